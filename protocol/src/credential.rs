@@ -1,0 +1,217 @@
+//! Terminal credentials: tokens the control plane signs and every gateway verifies locally, with
+//! no round trip (see `PROTOCOL.md`, "Credentials", for the layout and the threat model).
+//!
+//! A token is HMAC-SHA256 over `version | key_id | issued_at | expires_at | user | device`,
+//! carried as unpadded base64url text. Verification decodes into a stack buffer, looks the key up
+//! by id and compares the MAC in constant time (ring): about a microsecond.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::hmac;
+
+use crate::code::CloseCode;
+
+/// Token format version.
+pub const TOKEN_VERSION: u8 = 1;
+const MAC_BYTES: usize = 32;
+const FIXED_BYTES: usize = 1 + 4 + 8 + 8;
+/// Longest user or device id, in bytes.
+pub const MAX_ID_BYTES: usize = 255;
+/// Longest token text a verifier accepts.
+pub const MAX_TOKEN_TEXT: usize = (FIXED_BYTES + 2 + 2 * MAX_ID_BYTES + MAC_BYTES).div_ceil(3) * 4;
+
+/// A signing key: an id (carried in tokens, so keys can rotate) and a 32-byte secret.
+#[derive(Clone)]
+pub struct SigningKey {
+    pub id: u32,
+    secret: [u8; 32],
+    key: hmac::Key,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    pub fn new(id: u32, secret: [u8; 32]) -> Self {
+        SigningKey { id, secret, key: hmac::Key::new(hmac::HMAC_SHA256, &secret) }
+    }
+
+    pub fn secret(&self) -> &[u8; 32] {
+        &self.secret
+    }
+}
+
+/// What a token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub key_id: u32,
+    pub user: String,
+    pub device: String,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds; the token is refused at and after this instant.
+    pub expires_at: u64,
+}
+
+/// Why a token is refused. Each maps to a close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    /// Not base64url, wrong version, or lengths that do not add up (the terminal's fault).
+    #[error("credential is malformed")]
+    Malformed,
+    /// Signature does not verify, or no key with its id is known.
+    #[error("credential signature is invalid")]
+    Forged,
+    #[error("credential has expired")]
+    Expired,
+    #[error("credential was revoked")]
+    Revoked,
+    /// Issuing only: a user or device id is empty or longer than 255 bytes.
+    #[error("user and device ids must be 1..=255 bytes")]
+    BadId,
+}
+
+impl CredentialError {
+    pub fn close_code(self) -> CloseCode {
+        match self {
+            CredentialError::Malformed | CredentialError::BadId => CloseCode::AUTH_MALFORMED,
+            CredentialError::Forged => CloseCode::AUTH_FORGED,
+            CredentialError::Expired => CloseCode::AUTH_EXPIRED,
+            CredentialError::Revoked => CloseCode::AUTH_REVOKED,
+        }
+    }
+}
+
+/// Signs a token for `claims` (whose `key_id` is replaced by the key's).
+pub fn issue(key: &SigningKey, claims: &Claims) -> Result<String, CredentialError> {
+    let (user, device) = (claims.user.as_bytes(), claims.device.as_bytes());
+    if user.is_empty() || device.is_empty() || user.len() > MAX_ID_BYTES || device.len() > MAX_ID_BYTES {
+        return Err(CredentialError::BadId);
+    }
+    let mut raw = Vec::with_capacity(FIXED_BYTES + 2 + user.len() + device.len() + MAC_BYTES);
+    raw.push(TOKEN_VERSION);
+    raw.extend_from_slice(&key.id.to_le_bytes());
+    raw.extend_from_slice(&claims.issued_at.to_le_bytes());
+    raw.extend_from_slice(&claims.expires_at.to_le_bytes());
+    raw.push(user.len() as u8);
+    raw.extend_from_slice(user);
+    raw.push(device.len() as u8);
+    raw.extend_from_slice(device);
+    let tag = hmac::sign(&key.key, &raw);
+    raw.extend_from_slice(tag.as_ref());
+    Ok(URL_SAFE_NO_PAD.encode(raw))
+}
+
+/// The keys a gateway verifies with. Cheap to clone into a snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    keys: HashMap<u32, SigningKey>,
+}
+
+impl KeySet {
+    pub fn new(keys: impl IntoIterator<Item = SigningKey>) -> Self {
+        KeySet { keys: keys.into_iter().map(|k| (k.id, k)).collect() }
+    }
+
+    pub fn insert(&mut self, key: SigningKey) {
+        self.keys.insert(key.id, key);
+    }
+
+    pub fn remove(&mut self, id: u32) {
+        self.keys.remove(&id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Verifies `token` (its text bytes) at `now_secs` (Unix seconds). Revocation is checked by
+    /// the caller against its revocation table with [`Revocations::check`].
+    pub fn verify(&self, token: &[u8], now_secs: u64) -> Result<Claims, CredentialError> {
+        if token.len() > MAX_TOKEN_TEXT {
+            return Err(CredentialError::Malformed);
+        }
+        let mut buf = [0u8; MAX_TOKEN_TEXT];
+        let n = URL_SAFE_NO_PAD
+            .decode_slice(token, &mut buf)
+            .map_err(|_| CredentialError::Malformed)?;
+        let raw = &buf[..n];
+        if n < FIXED_BYTES + 2 + MAC_BYTES || raw[0] != TOKEN_VERSION {
+            return Err(CredentialError::Malformed);
+        }
+        let (signed, tag) = raw.split_at(n - MAC_BYTES);
+        let key_id = u32::from_le_bytes([signed[1], signed[2], signed[3], signed[4]]);
+        let issued_at = u64::from_le_bytes(signed[5..13].try_into().map_err(|_| CredentialError::Malformed)?);
+        let expires_at = u64::from_le_bytes(signed[13..21].try_into().map_err(|_| CredentialError::Malformed)?);
+        let user_len = signed[FIXED_BYTES] as usize;
+        let dev_at = FIXED_BYTES + 1 + user_len;
+        if dev_at >= signed.len() || dev_at + 1 + signed[dev_at] as usize != signed.len() {
+            return Err(CredentialError::Malformed);
+        }
+        let key = self.keys.get(&key_id).ok_or(CredentialError::Forged)?;
+        hmac::verify(&key.key, signed, tag).map_err(|_| CredentialError::Forged)?;
+        if now_secs >= expires_at {
+            return Err(CredentialError::Expired);
+        }
+        let user = std::str::from_utf8(&signed[FIXED_BYTES + 1..dev_at]).map_err(|_| CredentialError::Malformed)?;
+        let device = std::str::from_utf8(&signed[dev_at + 1..]).map_err(|_| CredentialError::Malformed)?;
+        if user.is_empty() || device.is_empty() {
+            return Err(CredentialError::Malformed);
+        }
+        Ok(Claims { key_id, user: user.to_owned(), device: device.to_owned(), issued_at, expires_at })
+    }
+}
+
+/// Revoked credentials: every token of a user (or of one of its devices) issued before a
+/// moment is refused. Revoking never needs to list tokens.
+#[derive(Debug, Clone, Default)]
+pub struct Revocations {
+    /// user → (all devices: tokens issued strictly before this second are revoked, per device).
+    by_user: HashMap<String, UserRevocation>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct UserRevocation {
+    all_before: u64,
+    device_before: HashMap<String, u64>,
+}
+
+impl Revocations {
+    /// Revokes tokens of `user` (one `device`, or all when `None`) issued before `before_secs`.
+    pub fn revoke(&mut self, user: &str, device: Option<&str>, before_secs: u64) {
+        let entry = self.by_user.entry(user.to_owned()).or_default();
+        let slot = match device {
+            None => &mut entry.all_before,
+            Some(d) => entry.device_before.entry(d.to_owned()).or_insert(0),
+        };
+        *slot = (*slot).max(before_secs);
+    }
+
+    /// Refuses `claims` if a revocation covers them. No allocation.
+    pub fn check(&self, claims: &Claims) -> Result<(), CredentialError> {
+        let Some(r) = self.by_user.get(&claims.user) else { return Ok(()) };
+        let device_before = r.device_before.get(&claims.device).copied().unwrap_or(0);
+        if claims.issued_at < r.all_before.max(device_before) {
+            return Err(CredentialError::Revoked);
+        }
+        Ok(())
+    }
+
+    /// Every revocation: (user, device or `None` for all devices, issued-before second).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&str>, u64)> {
+        self.by_user.iter().flat_map(|(u, r)| {
+            let all = (r.all_before > 0).then_some((u.as_str(), None, r.all_before));
+            all.into_iter()
+                .chain(r.device_before.iter().map(move |(d, &t)| (u.as_str(), Some(d.as_str()), t)))
+        })
+    }
+}
