@@ -351,7 +351,7 @@ fn parse_body(ty: u8, body: Bytes) -> Result<Frame, DecodeError> {
             Ok(Frame::Push(Push { flags, ttl_secs, stream, seq, payload }))
         }
         T_ACK => {
-            if body.is_empty() || body.len() % ACK_RANGE_BYTES != 0 {
+            if body.is_empty() || !body.len().is_multiple_of(ACK_RANGE_BYTES) {
                 return Err(malformed("ack", "length is not a positive multiple of 12"));
             }
             let ack = Ack { ranges_raw: body };

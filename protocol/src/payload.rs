@@ -41,7 +41,7 @@ impl PushPayload {
         bytes: &'a [u8],
         scratch: &'a mut AlignedVec,
     ) -> Result<&'a ArchivedPushPayload, PayloadError> {
-        let src: &'a [u8] = if (bytes.as_ptr() as usize) % 16 == 0 {
+        let src: &'a [u8] = if (bytes.as_ptr() as usize).is_multiple_of(16) {
             bytes
         } else {
             scratch.clear();
