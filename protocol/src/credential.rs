@@ -32,13 +32,19 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
 impl SigningKey {
     pub fn new(id: u32, secret: [u8; 32]) -> Self {
-        SigningKey { id, secret, key: hmac::Key::new(hmac::HMAC_SHA256, &secret) }
+        SigningKey {
+            id,
+            secret,
+            key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
+        }
     }
 
     pub fn secret(&self) -> &[u8; 32] {
@@ -90,7 +96,11 @@ impl CredentialError {
 /// Signs a token for `claims` (whose `key_id` is replaced by the key's).
 pub fn issue(key: &SigningKey, claims: &Claims) -> Result<String, CredentialError> {
     let (user, device) = (claims.user.as_bytes(), claims.device.as_bytes());
-    if user.is_empty() || device.is_empty() || user.len() > MAX_ID_BYTES || device.len() > MAX_ID_BYTES {
+    if user.is_empty()
+        || device.is_empty()
+        || user.len() > MAX_ID_BYTES
+        || device.len() > MAX_ID_BYTES
+    {
         return Err(CredentialError::BadId);
     }
     let mut raw = Vec::with_capacity(FIXED_BYTES + 2 + user.len() + device.len() + MAC_BYTES);
@@ -115,7 +125,9 @@ pub struct KeySet {
 
 impl KeySet {
     pub fn new(keys: impl IntoIterator<Item = SigningKey>) -> Self {
-        KeySet { keys: keys.into_iter().map(|k| (k.id, k)).collect() }
+        KeySet {
+            keys: keys.into_iter().map(|k| (k.id, k)).collect(),
+        }
     }
 
     pub fn insert(&mut self, key: SigningKey) {
@@ -137,37 +149,83 @@ impl KeySet {
     /// Verifies `token` (its text bytes) at `now_secs` (Unix seconds). Revocation is checked by
     /// the caller against its revocation table with [`Revocations::check`].
     pub fn verify(&self, token: &[u8], now_secs: u64) -> Result<Claims, CredentialError> {
+        let mut buf = [0u8; MAX_TOKEN_TEXT];
+        let raw = Raw::decode(token, &mut buf)?;
+        let key = self.keys.get(&raw.key_id).ok_or(CredentialError::Forged)?;
+        hmac::verify(&key.key, raw.signed, raw.tag).map_err(|_| CredentialError::Forged)?;
+        if now_secs >= raw.expires_at {
+            return Err(CredentialError::Expired);
+        }
+        raw.claims()
+    }
+}
+
+/// Reads a token's claims WITHOUT checking its signature or expiry. For terminals, which hold
+/// no keys but need to know which device id the token names; never for authorization.
+pub fn peek(token: &str) -> Result<Claims, CredentialError> {
+    let mut buf = [0u8; MAX_TOKEN_TEXT];
+    Raw::decode(token.as_bytes(), &mut buf)?.claims()
+}
+
+/// A decoded, not yet verified token.
+struct Raw<'a> {
+    signed: &'a [u8],
+    tag: &'a [u8],
+    key_id: u32,
+    issued_at: u64,
+    expires_at: u64,
+    dev_at: usize,
+}
+
+impl<'a> Raw<'a> {
+    fn decode(token: &[u8], buf: &'a mut [u8; MAX_TOKEN_TEXT]) -> Result<Raw<'a>, CredentialError> {
         if token.len() > MAX_TOKEN_TEXT {
             return Err(CredentialError::Malformed);
         }
-        let mut buf = [0u8; MAX_TOKEN_TEXT];
         let n = URL_SAFE_NO_PAD
-            .decode_slice(token, &mut buf)
+            .decode_slice(token, buf)
             .map_err(|_| CredentialError::Malformed)?;
         let raw = &buf[..n];
         if n < FIXED_BYTES + 2 + MAC_BYTES || raw[0] != TOKEN_VERSION {
             return Err(CredentialError::Malformed);
         }
         let (signed, tag) = raw.split_at(n - MAC_BYTES);
+        let le8 = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&signed[at..at + 8]);
+            u64::from_le_bytes(b)
+        };
         let key_id = u32::from_le_bytes([signed[1], signed[2], signed[3], signed[4]]);
-        let issued_at = u64::from_le_bytes(signed[5..13].try_into().map_err(|_| CredentialError::Malformed)?);
-        let expires_at = u64::from_le_bytes(signed[13..21].try_into().map_err(|_| CredentialError::Malformed)?);
-        let user_len = signed[FIXED_BYTES] as usize;
-        let dev_at = FIXED_BYTES + 1 + user_len;
+        let dev_at = FIXED_BYTES + 1 + signed[FIXED_BYTES] as usize;
         if dev_at >= signed.len() || dev_at + 1 + signed[dev_at] as usize != signed.len() {
             return Err(CredentialError::Malformed);
         }
-        let key = self.keys.get(&key_id).ok_or(CredentialError::Forged)?;
-        hmac::verify(&key.key, signed, tag).map_err(|_| CredentialError::Forged)?;
-        if now_secs >= expires_at {
-            return Err(CredentialError::Expired);
-        }
-        let user = std::str::from_utf8(&signed[FIXED_BYTES + 1..dev_at]).map_err(|_| CredentialError::Malformed)?;
-        let device = std::str::from_utf8(&signed[dev_at + 1..]).map_err(|_| CredentialError::Malformed)?;
+        Ok(Raw {
+            signed,
+            tag,
+            key_id,
+            issued_at: le8(5),
+            expires_at: le8(13),
+            dev_at,
+        })
+    }
+
+    fn claims(&self) -> Result<Claims, CredentialError> {
+        let s = self.signed;
+        let user = std::str::from_utf8(&s[FIXED_BYTES + 1..self.dev_at])
+            .map_err(|_| CredentialError::Malformed)?;
+        let device =
+            std::str::from_utf8(&s[self.dev_at + 1..]).map_err(|_| CredentialError::Malformed)?;
         if user.is_empty() || device.is_empty() {
             return Err(CredentialError::Malformed);
         }
-        Ok(Claims { key_id, user: user.to_owned(), device: device.to_owned(), issued_at, expires_at })
+        Ok(Claims {
+            key_id: self.key_id,
+            user: user.to_owned(),
+            device: device.to_owned(),
+            issued_at: self.issued_at,
+            expires_at: self.expires_at,
+        })
     }
 }
 
@@ -198,7 +256,9 @@ impl Revocations {
 
     /// Refuses `claims` if a revocation covers them. No allocation.
     pub fn check(&self, claims: &Claims) -> Result<(), CredentialError> {
-        let Some(r) = self.by_user.get(&claims.user) else { return Ok(()) };
+        let Some(r) = self.by_user.get(&claims.user) else {
+            return Ok(());
+        };
         let device_before = r.device_before.get(&claims.device).copied().unwrap_or(0);
         if claims.issued_at < r.all_before.max(device_before) {
             return Err(CredentialError::Revoked);
@@ -210,8 +270,101 @@ impl Revocations {
     pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&str>, u64)> {
         self.by_user.iter().flat_map(|(u, r)| {
             let all = (r.all_before > 0).then_some((u.as_str(), None, r.all_before));
-            all.into_iter()
-                .chain(r.device_before.iter().map(move |(d, &t)| (u.as_str(), Some(d.as_str()), t)))
+            all.into_iter().chain(
+                r.device_before
+                    .iter()
+                    .map(move |(d, &t)| (u.as_str(), Some(d.as_str()), t)),
+            )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(user: &str, device: &str) -> Claims {
+        Claims {
+            key_id: 0,
+            user: user.into(),
+            device: device.into(),
+            issued_at: 100,
+            expires_at: 200,
+        }
+    }
+
+    #[test]
+    fn issue_verify_and_each_refusal() {
+        let k1 = SigningKey::new(1, [1; 32]);
+        let keys = KeySet::new([k1.clone()]);
+        let token = issue(&k1, &claims("alice", "phone")).unwrap();
+        let got = keys.verify(token.as_bytes(), 150).unwrap();
+        assert_eq!(
+            (got.key_id, got.user.as_str(), got.device.as_str()),
+            (1, "alice", "phone")
+        );
+        assert_eq!(peek(&token).unwrap(), got);
+
+        assert_eq!(
+            keys.verify(token.as_bytes(), 200),
+            Err(CredentialError::Expired)
+        );
+        let other = issue(&SigningKey::new(1, [2; 32]), &claims("alice", "phone")).unwrap();
+        assert_eq!(
+            keys.verify(other.as_bytes(), 150),
+            Err(CredentialError::Forged)
+        );
+        let unknown = issue(&SigningKey::new(9, [1; 32]), &claims("alice", "phone")).unwrap();
+        assert_eq!(
+            keys.verify(unknown.as_bytes(), 150),
+            Err(CredentialError::Forged)
+        );
+        for bad in ["", "!!!", "AAAA", &token[..token.len() - 3]] {
+            assert!(
+                matches!(
+                    keys.verify(bad.as_bytes(), 150),
+                    Err(CredentialError::Malformed | CredentialError::Forged)
+                ),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            keys.verify(&[b'A'; MAX_TOKEN_TEXT + 1], 150),
+            Err(CredentialError::Malformed)
+        );
+        // One flipped bit anywhere in the signed bytes is a forgery or malformed, never accepted.
+        let mut raw = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        for i in 0..raw.len() {
+            raw[i] ^= 1;
+            let t = URL_SAFE_NO_PAD.encode(&raw);
+            assert!(
+                keys.verify(t.as_bytes(), 150).is_err(),
+                "bit flip at {i} accepted"
+            );
+            raw[i] ^= 1;
+        }
+        assert_eq!(issue(&k1, &claims("", "d")), Err(CredentialError::BadId));
+        assert_eq!(
+            issue(&k1, &claims(&"u".repeat(256), "d")),
+            Err(CredentialError::BadId)
+        );
+    }
+
+    #[test]
+    fn revocation_by_user_and_by_device() {
+        let c = claims("bob", "tablet");
+        let mut r = Revocations::default();
+        assert_eq!(r.check(&c), Ok(()));
+        r.revoke("bob", Some("phone"), 150);
+        assert_eq!(r.check(&c), Ok(()));
+        r.revoke("bob", Some("tablet"), 100);
+        assert_eq!(
+            r.check(&c),
+            Ok(()),
+            "issued at the revocation second is not before it"
+        );
+        r.revoke("bob", None, 101);
+        assert_eq!(r.check(&c), Err(CredentialError::Revoked));
+        assert_eq!(r.iter().count(), 3);
     }
 }
