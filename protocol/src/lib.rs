@@ -12,6 +12,7 @@ pub mod condition;
 pub mod credential;
 pub mod frame;
 pub mod link;
+pub mod mqtt;
 pub mod payload;
 pub mod server;
 pub mod session;
