@@ -52,25 +52,15 @@ impl Condition {
     /// Parses condition text.
     pub fn parse(text: &str) -> Result<Condition, ConditionError> {
         if text.len() > MAX_CONDITION_BYTES {
-            return Err(ConditionError {
-                at: MAX_CONDITION_BYTES,
-                what: "condition too long",
-            });
+            return Err(ConditionError { at: MAX_CONDITION_BYTES, what: "condition too long" });
         }
-        let mut p = Parser {
-            src: text.as_bytes(),
-            pos: 0,
-            topics: Vec::new(),
-        };
+        let mut p = Parser { src: text.as_bytes(), pos: 0, topics: Vec::new() };
         let root = p.or(0)?;
         p.skip_ws();
         if p.pos != p.src.len() {
             return Err(p.err("unexpected text after the condition"));
         }
-        Ok(Condition {
-            topics: p.topics,
-            root,
-        })
+        Ok(Condition { topics: p.topics, root })
     }
 
     /// Distinct topic names, in order of first appearance.
@@ -144,11 +134,7 @@ impl fmt::Display for Condition {
                     f.write_str(")")
                 }
                 Expr::And(es) | Expr::Or(es) => {
-                    let op = if matches!(e, Expr::And(_)) {
-                        " && "
-                    } else {
-                        " || "
-                    };
+                    let op = if matches!(e, Expr::And(_)) { " && " } else { " || " };
                     f.write_str("(")?;
                     for (n, e) in es.iter().enumerate() {
                         if n > 0 {
@@ -196,11 +182,7 @@ impl Parser<'_> {
         while self.eat(b"||") {
             terms.push(self.and(depth)?);
         }
-        Ok(if terms.len() == 1 {
-            terms.pop().unwrap_or(Expr::Or(Vec::new()))
-        } else {
-            Expr::Or(terms)
-        })
+        Ok(if terms.len() == 1 { terms.pop().unwrap_or(Expr::Or(Vec::new())) } else { Expr::Or(terms) })
     }
 
     fn and(&mut self, depth: usize) -> Result<Expr, ConditionError> {
@@ -208,11 +190,7 @@ impl Parser<'_> {
         while self.eat(b"&&") {
             terms.push(self.unary(depth)?);
         }
-        Ok(if terms.len() == 1 {
-            terms.pop().unwrap_or(Expr::And(Vec::new()))
-        } else {
-            Expr::And(terms)
-        })
+        Ok(if terms.len() == 1 { terms.pop().unwrap_or(Expr::And(Vec::new())) } else { Expr::And(terms) })
     }
 
     fn unary(&mut self, depth: usize) -> Result<Expr, ConditionError> {
@@ -239,10 +217,7 @@ impl Parser<'_> {
         let len = self.src[start..]
             .iter()
             .position(|&b| b == quote)
-            .ok_or(ConditionError {
-                at: self.pos,
-                what: "unterminated topic name",
-            })?;
+            .ok_or(ConditionError { at: self.pos, what: "unterminated topic name" })?;
         if len == 0 {
             return Err(self.err("empty topic name"));
         }
@@ -267,10 +242,7 @@ impl Parser<'_> {
         self.skip_ws();
         let end = self.pos + kw.len();
         let ok = self.src[self.pos..].starts_with(kw)
-            && self
-                .src
-                .get(end)
-                .is_none_or(|b| !(b.is_ascii_alphanumeric() || *b == b'_'));
+            && self.src.get(end).is_none_or(|b| !(b.is_ascii_alphanumeric() || *b == b'_'));
         if ok {
             self.pos = end;
         }
@@ -283,9 +255,7 @@ mod tests {
     use super::*;
 
     fn holds(cond: &str, topics: &[&str]) -> bool {
-        Condition::parse(cond)
-            .unwrap()
-            .eval_names(|t| topics.contains(&t))
+        Condition::parse(cond).unwrap().eval_names(|t| topics.contains(&t))
     }
 
     #[test]
@@ -303,14 +273,8 @@ mod tests {
     #[test]
     fn precedence_and_binds_tighter() {
         // a || b && c  ==  a || (b && c)
-        assert!(holds(
-            "'a' in topics || 'b' in topics && 'c' in topics",
-            &["a"]
-        ));
-        assert!(!holds(
-            "'a' in topics || 'b' in topics && 'c' in topics",
-            &["b"]
-        ));
+        assert!(holds("'a' in topics || 'b' in topics && 'c' in topics", &["a"]));
+        assert!(!holds("'a' in topics || 'b' in topics && 'c' in topics", &["b"]));
     }
 
     #[test]
@@ -337,10 +301,7 @@ mod tests {
             assert_eq!(e.at, at, "{text:?}: {e}");
         }
         let deep = "(".repeat(1000) + "'a' in topics" + &")".repeat(1000);
-        assert_eq!(
-            Condition::parse(&deep).unwrap_err().what,
-            "condition nested too deeply"
-        );
+        assert_eq!(Condition::parse(&deep).unwrap_err().what, "condition nested too deeply");
         assert!(Condition::parse(&"!".repeat(10_000)).is_err());
     }
 
@@ -351,29 +312,11 @@ mod tests {
             "big" => 1000,
             _ => 3,
         };
-        let cover: Vec<&str> = c
-            .cover(&size)
-            .unwrap()
-            .iter()
-            .map(|&i| c.topics()[i].as_str())
-            .collect();
+        let cover: Vec<&str> = c.cover(&size).unwrap().iter().map(|&i| c.topics()[i].as_str()).collect();
         assert_eq!(cover, ["s1", "s2"]);
-        assert_eq!(
-            Condition::parse("!('a' in topics)").unwrap().cover(&size),
-            None
-        );
-        assert_eq!(
-            Condition::parse("'a' in topics || !('b' in topics)")
-                .unwrap()
-                .cover(&size),
-            None
-        );
-        assert!(
-            Condition::parse("'a' in topics && !('b' in topics)")
-                .unwrap()
-                .cover(&size)
-                .is_some()
-        );
+        assert_eq!(Condition::parse("!('a' in topics)").unwrap().cover(&size), None);
+        assert_eq!(Condition::parse("'a' in topics || !('b' in topics)").unwrap().cover(&size), None);
+        assert!(Condition::parse("'a' in topics && !('b' in topics)").unwrap().cover(&size).is_some());
     }
 
     #[test]
@@ -381,5 +324,38 @@ mod tests {
         let c = Condition::parse("'a' in topics && ('b' in topics || !('c' in topics))").unwrap();
         let again = Condition::parse(&c.to_string()).unwrap();
         assert_eq!(c, again);
+    }
+
+    fn arb_expr() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let leaf = (0..6u8).prop_map(|t| format!("'t{t}' in topics"));
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                inner.clone().prop_map(|e| format!("!({e})")),
+                proptest::collection::vec(inner.clone(), 2..4).prop_map(|v| format!("({})", v.join(" && "))),
+                proptest::collection::vec(inner, 2..4).prop_map(|v| format!("({})", v.join(" || "))),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// The cover is sound: every topic set (of 6 topics) that satisfies a condition contains
+        /// a topic of its cover, so walking only the cover's subscribers misses no one.
+        #[test]
+        fn cover_never_misses_a_match(text in arb_expr(), sizes in proptest::collection::vec(0usize..100, 6)) {
+            let c = Condition::parse(&text).unwrap();
+            let size = |i: usize| sizes[c.topics()[i][1..].parse::<usize>().unwrap()];
+            let cover = c.cover(&size);
+            for mask in 0u32..64 {
+                let has = |t: &str| mask & (1 << t[1..].parse::<u32>().unwrap()) != 0;
+                if !c.eval_names(has) {
+                    continue;
+                }
+                if let Some(cover) = &cover {
+                    proptest::prop_assert!(cover.iter().any(|&i| has(&c.topics()[i])), "{text} mask {mask:b}");
+                }
+            }
+            proptest::prop_assert_eq!(Condition::parse(&c.to_string()).unwrap().to_string(), c.to_string());
+        }
     }
 }
