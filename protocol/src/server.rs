@@ -120,28 +120,12 @@ impl Outstanding {
                 keep(run, &mut heap);
                 continue;
             }
-            acked(AckRange {
-                stream: run.stream,
-                first: lo,
-                last: hi,
-            });
+            acked(AckRange { stream: run.stream, first: lo, last: hi });
             if run.first < lo {
-                keep(
-                    Run {
-                        last: lo - 1,
-                        ..run
-                    },
-                    &mut heap,
-                );
+                keep(Run { last: lo - 1, ..run }, &mut heap);
             }
             if hi < run.last {
-                keep(
-                    Run {
-                        first: hi + 1,
-                        ..run
-                    },
-                    &mut heap,
-                );
+                keep(Run { first: hi + 1, ..run }, &mut heap);
             }
         }
         *self = match heap {
@@ -156,10 +140,7 @@ impl Outstanding {
 fn inline_from(runs: &[Run]) -> Outstanding {
     let mut arr = [Run::default(); INLINE_RUNS];
     arr[..runs.len()].copy_from_slice(runs);
-    Outstanding::Inline {
-        len: runs.len() as u8,
-        runs: arr,
-    }
+    Outstanding::Inline { len: runs.len() as u8, runs: arr }
 }
 
 /// The connection already has [`MAX_OUTSTANDING_RUNS`] separate unacknowledged runs.
@@ -192,10 +173,7 @@ impl ServerConn {
     /// A just-accepted connection, which must log in within `login_timeout_ms`.
     pub fn accepted(now: Tick, login_timeout_ms: u32) -> Self {
         ServerConn {
-            outstanding: Outstanding::Inline {
-                len: 0,
-                runs: [Run::default(); INLINE_RUNS],
-            },
+            outstanding: Outstanding::Inline { len: 0, runs: [Run::default(); INLINE_RUNS] },
             last_seen: now,
             limit_ms: login_timeout_ms,
             phase: Phase::AwaitingLogin,
@@ -269,8 +247,13 @@ impl ServerConn {
     }
 
     /// Records a push sent with ACK_REQUIRED. Pushes of a stream extend the last run when they
-    /// follow it, so a burst costs one slot.
+    /// follow it, so a burst costs one slot; a push already outstanding (sent again) is not
+    /// recorded twice, so its receipt is reported once.
     pub fn track(&mut self, stream: u32, seq: u32) -> Result<(), OutstandingFull> {
+        if self.outstanding.as_slice().iter().any(|r| r.stream == stream && (r.first..=r.last).contains(&seq))
+        {
+            return Ok(());
+        }
         if let Some(r) = self.outstanding.last_mut()
             && r.stream == stream
             && r.last.checked_add(1) == Some(seq)
@@ -278,11 +261,7 @@ impl ServerConn {
             r.last = seq;
             return Ok(());
         }
-        self.outstanding.push(Run {
-            stream,
-            first: seq,
-            last: seq,
-        })
+        self.outstanding.push(Run { stream, first: seq, last: seq })
     }
 
     /// Applies one range of a terminal's ACK: calls `acked` with each part of it that was
@@ -294,11 +273,7 @@ impl ServerConn {
 
     /// Number of outstanding pushes.
     pub fn outstanding(&self) -> u64 {
-        self.outstanding
-            .as_slice()
-            .iter()
-            .map(|r| u64::from(r.last - r.first) + 1)
-            .sum()
+        self.outstanding.as_slice().iter().map(|r| u64::from(r.last - r.first) + 1).sum()
     }
 
     /// The outstanding runs as ranges (for redelivery elsewhere when this connection closes).
