@@ -26,8 +26,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::code::CloseCode;
 use crate::frame::{
-    self, Ack, AckRange, Close, DecodeError, Decoder, Frame, Login, PushFlags, PushHeader,
-    StreamPos,
+    self, Ack, AckRange, Close, DecodeError, Decoder, Frame, Login, PushFlags, PushHeader, StreamPos,
 };
 
 /// How a session behaves. Durations carry their unit in their type.
@@ -84,27 +83,17 @@ pub enum Event {
     /// [`Session::handle_connected`] once it is open, [`Session::handle_disconnected`] if it fails.
     Connect,
     /// The server accepted the login.
-    LoggedIn {
-        session_id: u64,
-        heartbeat_interval: Duration,
-    },
+    LoggedIn { session_id: u64, heartbeat_interval: Duration },
     /// A message the application has not seen before. `payload` is a slice of the receive buffer.
     Push { header: PushHeader, payload: Bytes },
     /// The server answered a heartbeat.
     Pong { nonce: u8 },
     /// The server asked us to leave; drop the transport, a reconnect is scheduled after its hint.
-    GoAway {
-        reason: CloseCode,
-        reconnect_after: Duration,
-    },
+    GoAway { reason: CloseCode, reconnect_after: Duration },
     /// The server closed the connection. `reconnect` is false when retrying cannot help (the
     /// credential is refused, or another connection replaced this one): the session gave up
     /// until [`Session::set_credential`].
-    Closed {
-        code: CloseCode,
-        reason: Bytes,
-        reconnect: bool,
-    },
+    Closed { code: CloseCode, reason: Bytes, reconnect: bool },
     /// No byte from the server within the grace after a PING (or no LOGIN_OK in time); drop the
     /// transport, a reconnect is scheduled.
     Dead,
@@ -188,11 +177,7 @@ struct Rng(u64);
 
 impl Rng {
     fn new(seed: u64) -> Self {
-        Rng(if seed == 0 {
-            0x9E37_79B9_7F4A_7C15
-        } else {
-            seed
-        })
+        Rng(if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed })
     }
 
     fn next(&mut self) -> u64 {
@@ -281,10 +266,7 @@ impl Session {
         self.streams
             .iter()
             .filter(|(_, s)| s.contiguous > 0)
-            .map(|(&stream, s)| StreamPos {
-                stream,
-                seq: s.contiguous,
-            })
+            .map(|(&stream, s)| StreamPos { stream, seq: s.contiguous })
             .collect()
     }
 
@@ -307,11 +289,7 @@ impl Session {
         self.ping_sent = None;
         self.last_recv = None;
         let resume = self.resume_positions();
-        let login = Login::new(
-            self.config.credential.clone(),
-            self.config.device.clone(),
-            &resume,
-        );
+        let login = Login::new(self.config.credential.clone(), self.config.device.clone(), &resume);
         if login.encode(&mut self.out).is_err() {
             // Credential or device id over 64 KiB, or over 65535 streams: nothing a retry fixes.
             self.out.clear();
@@ -324,9 +302,7 @@ impl Session {
             return;
         }
         self.last_send = Some(now);
-        self.state = State::LoggingIn {
-            deadline: now + self.config.login_timeout,
-        };
+        self.state = State::LoggingIn { deadline: now + self.config.login_timeout };
     }
 
     /// Call when the transport closed or failed to open without the session having asked for
@@ -399,10 +375,7 @@ impl Session {
                     self.queue_ack(p.stream, p.seq, now);
                 }
                 if is_new {
-                    self.events.push_back(Event::Push {
-                        header: p.header(),
-                        payload: p.payload,
-                    });
+                    self.events.push_back(Event::Push { header: p.header(), payload: p.payload });
                 }
             }
             Frame::Ping { nonce } => {
@@ -415,10 +388,7 @@ impl Session {
                 // Jitter on top of the hint so a drained node's terminals do not return in step.
                 let until = now + hint + self.rng.up_to(self.config.backoff_initial);
                 self.drop_connection(State::Backoff { until });
-                self.events.push_back(Event::GoAway {
-                    reason: g.reason,
-                    reconnect_after: hint,
-                });
+                self.events.push_back(Event::GoAway { reason: g.reason, reconnect_after: hint });
             }
             Frame::Close(c) => {
                 let reconnect = !is_fatal(c.code);
@@ -427,17 +397,10 @@ impl Session {
                 } else {
                     self.drop_connection(State::GaveUp);
                 }
-                self.events.push_back(Event::Closed {
-                    code: c.code,
-                    reason: c.reason,
-                    reconnect,
-                });
+                self.events.push_back(Event::Closed { code: c.code, reason: c.reason, reconnect });
             }
             _ => self.protocol_error(
-                DecodeError::Malformed {
-                    frame: "any",
-                    what: "frame not allowed from the server here",
-                },
+                DecodeError::Malformed { frame: "any", what: "frame not allowed from the server here" },
                 now,
             ),
         }
@@ -452,10 +415,7 @@ impl Session {
             }
             State::LoggingIn { deadline } if now >= deadline => self.dead(now),
             State::Active => {
-                if self
-                    .ping_sent
-                    .is_some_and(|at| now >= at + self.config.dead_grace)
-                {
+                if self.ping_sent.is_some_and(|at| now >= at + self.config.dead_grace) {
                     self.dead(now);
                     return;
                 }
@@ -484,10 +444,7 @@ impl Session {
                     Some(at) => at + self.config.dead_grace,
                     None => self.last_send? + self.heartbeat_interval,
                 };
-                Some(
-                    self.ack_deadline
-                        .map_or(ping_or_dead, |a| a.min(ping_or_dead)),
-                )
+                Some(self.ack_deadline.map_or(ping_or_dead, |a| a.min(ping_or_dead)))
             }
             State::Idle | State::Connecting | State::GaveUp => None,
         }
@@ -526,23 +483,12 @@ impl Session {
         let mut ranges: Vec<AckRange> = Vec::with_capacity(self.pending_acks.len());
         for &(stream, seq) in &self.pending_acks {
             let contiguous = self.streams.get(&stream).map_or(0, |s| s.contiguous);
-            let (first, last) = if seq <= contiguous {
-                (0, contiguous)
-            } else {
-                (seq, seq)
-            };
+            let (first, last) = if seq <= contiguous { (0, contiguous) } else { (seq, seq) };
             match ranges.last_mut() {
-                Some(r)
-                    if r.stream == stream
-                        && (r.last == last || r.last.checked_add(1) == Some(first)) =>
-                {
+                Some(r) if r.stream == stream && (r.last == last || r.last.checked_add(1) == Some(first)) => {
                     r.last = last;
                 }
-                _ => ranges.push(AckRange {
-                    stream,
-                    first,
-                    last,
-                }),
+                _ => ranges.push(AckRange { stream, first, last }),
             }
         }
         self.pending_acks.clear();
@@ -586,10 +532,7 @@ impl Session {
 /// capped at `backoff_max`. The actual delay is uniform in `0..=ceiling` ("full jitter").
 pub fn backoff_ceiling(config: &SessionConfig, attempt: u32) -> Duration {
     let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
-    config
-        .backoff_initial
-        .saturating_mul(factor)
-        .min(config.backoff_max)
+    config.backoff_initial.saturating_mul(factor).min(config.backoff_max)
 }
 
 /// Close codes after which reconnecting with the same credential cannot succeed.
