@@ -1,0 +1,154 @@
+//! The admin HTTP API, as an application server uses it: credentials, group membership, pushes.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use indicatif::ProgressBar;
+use serde_json::{Value, json};
+
+use crate::wire::Cred;
+
+/// Topic every bench user follows (through the group of the same name); fan-out and burst push
+/// to it.
+pub const ALL_TOPIC: &str = "bench-all";
+
+/// Groups of bench user `i`: three, so each connection is subscribed to three topics.
+pub fn groups_of(i: usize) -> Vec<String> {
+    vec![ALL_TOPIC.to_string(), format!("bench-g{}", i % 10), format!("bench-s{}", i % 100)]
+}
+
+pub fn user_name(i: usize) -> String {
+    format!("bench-u{i}")
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    base: String,
+    key: String,
+    agent: ureq::Agent,
+}
+
+impl Admin {
+    pub fn new(addr: &str, key: &str) -> Admin {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(30))
+            .max_idle_connections_per_host(64)
+            .build();
+        Admin { base: format!("http://{addr}"), key: key.to_string(), agent }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let req = self
+            .agent
+            .request(method, &format!("{}{path}", self.base))
+            .set("Authorization", &format!("Bearer {}", self.key));
+        let res = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        match res {
+            Ok(r) => {
+                let text = r.into_string().unwrap_or_default();
+                Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+            }
+            Err(ureq::Error::Status(code, r)) => {
+                Err(anyhow!("{method} {path}: HTTP {code}: {}", r.into_string().unwrap_or_default()))
+            }
+            Err(e) => Err(anyhow!("{method} {path}: {e}")),
+        }
+    }
+
+    /// Whether `GET /healthz` answers 200.
+    pub fn healthy(&self) -> bool {
+        self.agent.get(&format!("{}/healthz", self.base)).timeout(Duration::from_millis(500)).call().is_ok()
+    }
+
+    pub fn credential(&self, user: &str, device: &str) -> anyhow::Result<String> {
+        let v = self.call(
+            "POST",
+            "/v1/credentials",
+            Some(json!({"user": user, "device": device, "ttl_secs": 86_400})),
+        )?;
+        v.get("token")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .context("credential answer without a token")
+    }
+
+    pub fn set_groups(&self, user: &str, groups: &[String]) -> anyhow::Result<()> {
+        self.call("PUT", &format!("/v1/users/{user}/groups"), Some(json!({ "groups": groups })))?;
+        Ok(())
+    }
+
+    /// Sends a push; `to` is the API's target object. Returns the answer (`{push_id}`).
+    pub fn push(&self, to: Value, payload: Value, ttl_secs: u32) -> anyhow::Result<Value> {
+        self.call("POST", "/v1/pushes", Some(json!({"to": to, "payload": payload, "ttl_secs": ttl_secs})))
+    }
+
+    /// Issues credentials for users `0..n` and puts each in its three groups, on `threads`
+    /// threads. Returns the identities in user order.
+    pub fn provision(&self, n: usize, threads: usize, bar: &ProgressBar) -> anyhow::Result<Vec<Cred>> {
+        let threads = threads.clamp(1, n.max(1));
+        let chunk = n.div_ceil(threads);
+        let results: Vec<anyhow::Result<Vec<Cred>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let range = t * chunk..((t + 1) * chunk).min(n);
+                    s.spawn(move || {
+                        range
+                            .map(|i| {
+                                let user = user_name(i);
+                                let device = format!("bench-d{i}");
+                                let token = self.credential(&user, &device)?;
+                                self.set_groups(&user, &groups_of(i))?;
+                                bar.inc(1);
+                                Ok(Cred { user, device, token })
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("provisioning thread panicked"))))
+                .collect()
+        });
+        let mut out = Vec::with_capacity(n);
+        for r in results {
+            out.extend(r?);
+        }
+        Ok(out)
+    }
+}
+
+/// GETs a URL without authentication and returns the body (the metrics endpoint).
+pub fn get_text(url: &str) -> anyhow::Result<String> {
+    Ok(ureq::get(url).timeout(Duration::from_secs(5)).call()?.into_string()?)
+}
+
+/// Sums every sample of the Prometheus text whose metric name contains `needle` (labels
+/// ignored). Used for drop counters, whose exact names the bench does not depend on.
+pub fn sum_metric(text: &str, needle: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let name_end = l.find(['{', ' '])?;
+            if !l[..name_end].contains(needle) {
+                return None;
+            }
+            l.rsplit(' ').next()?.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_metrics_by_name() {
+        let t = "# HELP x\nherald_drops_total{reason=\"slow\"} 3\nherald_drops_total{reason=\"ttl\"} 2\nherald_pushes 9\n";
+        assert_eq!(sum_metric(t, "drop"), 5.0);
+        assert_eq!(groups_of(123), vec!["bench-all", "bench-g3", "bench-s23"]);
+    }
+}

@@ -1,0 +1,298 @@
+//! The Herald under test: addresses given on the command line, or processes the bench spawns
+//! (`herald serve`, or a control plane plus K gateway nodes sharing one port) and stops after.
+
+use std::fs::File;
+use std::net::{SocketAddrV4, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::admin::{Admin, get_text};
+
+/// Where Herald is, or how to start it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TargetArgs {
+    /// Start Herald for the run and stop it after.
+    #[arg(long)]
+    pub spawn: bool,
+    /// With --spawn: 0 = one `herald serve`; K > 0 = a control plane plus K gateway processes
+    /// sharing the terminal port (SO_REUSEPORT).
+    #[arg(long, default_value_t = 0)]
+    pub nodes: usize,
+    /// The herald binary (default: next to this one, then $HERALD_BIN, then PATH).
+    #[arg(long)]
+    pub herald: Option<PathBuf>,
+    /// Terminal (TCP) address of a running gateway.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    pub tcp: SocketAddrV4,
+    /// Admin API address of a running control plane.
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    pub admin: String,
+    /// Admin API key (with --spawn, the bench passes it to Herald as HERALD_ADMIN_KEY).
+    #[arg(long, default_value = "herald-bench-key")]
+    pub admin_key: String,
+    /// Metrics addresses of running gateways (repeatable).
+    #[arg(long)]
+    pub metrics: Vec<String>,
+    /// PIDs of running gateway processes, for /proc figures (repeatable).
+    #[arg(long = "gateway-pid")]
+    pub gateway_pids: Vec<u32>,
+    /// Readiness deadline for spawned processes, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub ready_secs: u64,
+}
+
+/// A Herald to measure. Spawned processes are stopped (SIGTERM, then SIGKILL) on drop.
+#[derive(Debug)]
+pub struct Target {
+    pub tcp: SocketAddrV4,
+    pub admin: Admin,
+    pub admin_addr: String,
+    pub metrics: Vec<String>,
+    pub gateway_pids: Vec<u32>,
+    pub version: String,
+    /// How it was started, for the report.
+    pub mode: String,
+    children: Vec<(String, Child)>,
+    _data: Option<tempfile::TempDir>,
+    log_dir: Option<PathBuf>,
+}
+
+/// A free loopback port: bind port 0, read it, close. Another process could take it before
+/// Herald binds it; acceptable for a bench, and reported as a readiness failure if it happens.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The herald binary: explicit, next to this executable, `$HERALD_BIN`, or `herald` on PATH.
+pub fn find_herald(explicit: Option<&Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(3) {
+            let cand = dir.join("herald");
+            if cand.is_file() {
+                return cand;
+            }
+        }
+    }
+    if let Ok(p) = std::env::var("HERALD_BIN") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from("herald")
+}
+
+fn version_of(bin: &Path) -> String {
+    Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl Target {
+    pub fn open(args: &TargetArgs, log_dir: Option<&Path>) -> anyhow::Result<Target> {
+        if args.spawn {
+            return Target::spawn(args, log_dir);
+        }
+        let admin = Admin::new(&args.admin, &args.admin_key);
+        if !admin.healthy() {
+            bail!("no healthy admin API at {} (start Herald, or use --spawn)", args.admin);
+        }
+        Ok(Target {
+            tcp: args.tcp,
+            admin,
+            admin_addr: args.admin.clone(),
+            metrics: args.metrics.clone(),
+            gateway_pids: args.gateway_pids.clone(),
+            version: "unknown (not spawned)".into(),
+            mode: "external".into(),
+            children: Vec::new(),
+            _data: None,
+            log_dir: None,
+        })
+    }
+
+    fn spawn(args: &TargetArgs, log_dir: Option<&Path>) -> anyhow::Result<Target> {
+        let bin = find_herald(args.herald.as_deref());
+        let version = version_of(&bin);
+        let data = tempfile::Builder::new().prefix("herald-bench-data").tempdir()?;
+        let logs = match log_dir {
+            Some(d) => d.to_path_buf(),
+            None => data.path().to_path_buf(),
+        };
+        std::fs::create_dir_all(&logs)?;
+        let tcp = SocketAddrV4::new([127, 0, 0, 1].into(), free_port()?);
+        let admin_addr = format!("127.0.0.1:{}", free_port()?);
+        let mut t = Target {
+            tcp,
+            admin: Admin::new(&admin_addr, &args.admin_key),
+            admin_addr: admin_addr.clone(),
+            metrics: Vec::new(),
+            gateway_pids: Vec::new(),
+            version,
+            mode: String::new(),
+            children: Vec::new(),
+            _data: None,
+            log_dir: Some(logs.clone()),
+        };
+        let start = |name: &str, argv: Vec<String>| -> anyhow::Result<Child> {
+            let log = File::create(logs.join(format!("{name}.log")))?;
+            Command::new(&bin)
+                .args(&argv)
+                .env("HERALD_ADMIN_KEY", &args.admin_key)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting {} {}", bin.display(), argv.join(" ")))
+        };
+        let dir = data.path().join("store").display().to_string();
+        if args.nodes == 0 {
+            let metrics = format!("127.0.0.1:{}", free_port()?);
+            let argv = vec![
+                "serve".into(),
+                "--data".into(),
+                dir,
+                "--tcp".into(),
+                tcp.to_string(),
+                "--admin".into(),
+                admin_addr,
+                "--metrics".into(),
+                metrics.clone(),
+            ];
+            t.mode = format!("herald {}", argv.join(" "));
+            let child = start("serve", argv)?;
+            t.gateway_pids.push(child.id());
+            t.children.push(("serve".into(), child));
+            t.metrics.push(metrics);
+        } else {
+            let link = format!("127.0.0.1:{}", free_port()?);
+            let argv = vec![
+                "control-plane".into(),
+                "--data".into(),
+                dir,
+                "--admin".into(),
+                admin_addr,
+                "--link".into(),
+                link.clone(),
+            ];
+            t.mode = format!("herald {}; {} × herald gateway", argv.join(" "), args.nodes);
+            let child = start("control-plane", argv)?;
+            t.children.push(("control-plane".into(), child));
+            for k in 0..args.nodes {
+                let metrics = format!("127.0.0.1:{}", free_port()?);
+                let argv = vec![
+                    "gateway".into(),
+                    "--control-plane".into(),
+                    link.clone(),
+                    "--tcp".into(),
+                    tcp.to_string(),
+                    "--metrics".into(),
+                    metrics.clone(),
+                    "--node-id".into(),
+                    format!("bench-gw{k}"),
+                ];
+                let name = format!("gateway-{k}");
+                let child = start(&name, argv)?;
+                t.gateway_pids.push(child.id());
+                t.children.push((name, child));
+                t.metrics.push(metrics);
+            }
+        }
+        t._data = Some(data);
+        t.wait_ready(Duration::from_secs(args.ready_secs))?;
+        Ok(t)
+    }
+
+    fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut exited = None;
+            for (name, c) in &mut self.children {
+                if let Some(status) = c.try_wait()? {
+                    exited = Some((name.clone(), status));
+                }
+            }
+            if let Some((name, status)) = exited {
+                bail!("{name} exited during start ({status}); log:\n{}", self.log_tail(&name));
+            }
+            let tcp_ok = TcpStream::connect_timeout(&self.tcp.into(), Duration::from_millis(200)).is_ok();
+            let metrics_ok = self.metrics.iter().all(|m| get_text(&format!("http://{m}/metrics")).is_ok());
+            if tcp_ok && metrics_ok && self.admin.healthy() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> =
+                    self.children.iter().map(|(n, _)| format!("--- {n}\n{}", self.log_tail(n))).collect();
+                bail!(
+                    "Herald not ready after {within:?} (tcp {tcp_ok}, metrics {metrics_ok}); logs:\n{}",
+                    logs.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_tail(&self, name: &str) -> String {
+        let Some(d) = &self.log_dir else { return String::new() };
+        let s = std::fs::read_to_string(d.join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Summed RSS of the gateway processes, bytes (0 when none is known).
+    pub fn gateway_rss(&self) -> u64 {
+        self.gateway_pids.iter().filter_map(|&p| crate::procfs::rss_bytes(p)).sum()
+    }
+
+    /// Summed CPU time of the gateway processes, µs.
+    pub fn gateway_cpu_us(&self) -> u64 {
+        self.gateway_pids.iter().filter_map(|&p| crate::procfs::cpu_us(p)).sum()
+    }
+
+    /// Sum of every gateway metric whose name contains `needle`; `None` without metrics.
+    pub fn metric_sum(&self, needle: &str) -> Option<f64> {
+        let texts: Vec<String> =
+            self.metrics.iter().filter_map(|m| get_text(&format!("http://{m}/metrics")).ok()).collect();
+        (!texts.is_empty()).then(|| texts.iter().map(|t| crate::admin::sum_metric(t, needle)).sum())
+    }
+
+    /// Whether every spawned process is still running.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for (name, c) in &mut self.children {
+            if let Some(status) = c.try_wait()? {
+                bail!("{name} exited during the run ({status})");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        // Gateways first, then the control plane.
+        for (_, c) in self.children.iter_mut().rev() {
+            // SAFETY: signalling a child this process spawned and has not reaped yet.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (_, c) in self.children.iter_mut().rev() {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if let Ok(None) = c.try_wait() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
