@@ -1,0 +1,350 @@
+//! The link client: one TCP connection from this node to the control plane (see
+//! `herald_protocol::link` for the conversation). Runs on the `herald-link` thread, with a
+//! `herald-link-rx` thread per connection reading what the control plane sends.
+//!
+//! Down: tables become snapshots; subscriptions, pushes and kicks go to every core's mailbox (a
+//! push is encoded into its frame once, here). Up: cores send [`Upstream`] events on one channel;
+//! this thread batches them into `Presence`, `Receipts` and `Reports` messages, sums each push's
+//! per-core reports into one per node, and keeps a mirror of who is online so that after a
+//! reconnect it can resync (`Hello`, then `Online` for every connection). Terminals stay connected
+//! while the link is down.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use herald_protocol::condition::Condition;
+use herald_protocol::frame::{Decoder, Frame, PushFlags, PushHeader, encode_push};
+use herald_protocol::link::{
+    Hello, LINK_VERSION, LinkMessage, MAX_LINK_FRAME_BYTES, NodeStats, Offline, Online, PresenceChange,
+    PushOrder, PushReport, Receipt, StreamSeq, Target,
+};
+use rkyv::util::AlignedVec;
+
+use crate::Node;
+use crate::index::Plan;
+use crate::tables::Snapshot;
+use crate::worker::{CoreCmd, PushJob};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const STATS_EVERY: Duration = Duration::from_secs(5);
+
+/// What cores report to the control plane.
+#[derive(Debug)]
+pub(crate) enum Upstream {
+    Online {
+        user: Arc<str>,
+        device: Arc<str>,
+        session_id: u64,
+        resume: Vec<StreamSeq>,
+    },
+    Offline {
+        user: Arc<str>,
+        device: Arc<str>,
+        session_id: u64,
+        code: u16,
+    },
+    Receipt {
+        user: Arc<str>,
+        device: Arc<str>,
+        stream: u32,
+        first: u32,
+        last: u32,
+    },
+    /// One core's part of a push.
+    Report {
+        push_id: u64,
+        sent: u32,
+        dropped: u32,
+    },
+}
+
+/// What waits to go up, and who is online (for resync).
+#[derive(Debug, Default)]
+struct UpState {
+    online: HashMap<u64, Online>,
+    presence: Vec<PresenceChange>,
+    receipts: Vec<Receipt>,
+    /// push id → (sent, dropped, cores that reported).
+    partial_reports: HashMap<u64, (u32, u32, usize)>,
+    reports: Vec<PushReport>,
+}
+
+impl UpState {
+    fn absorb(&mut self, ev: Upstream, cores: usize) {
+        match ev {
+            Upstream::Online { user, device, session_id, resume } => {
+                let o = Online { user: user.to_string(), device: device.to_string(), session_id, resume };
+                self.presence.push(PresenceChange::Online(o.clone()));
+                self.online.insert(session_id, o);
+            }
+            Upstream::Offline { user, device, session_id, code } => {
+                self.online.remove(&session_id);
+                self.presence.push(PresenceChange::Offline(Offline {
+                    user: user.to_string(),
+                    device: device.to_string(),
+                    session_id,
+                    code,
+                }));
+            }
+            Upstream::Receipt { user, device, stream, first, last } => {
+                self.receipts.push(Receipt {
+                    user: user.to_string(),
+                    device: device.to_string(),
+                    stream,
+                    first,
+                    last,
+                });
+            }
+            Upstream::Report { push_id, sent, dropped } => {
+                let e = self.partial_reports.entry(push_id).or_insert((0, 0, 0));
+                e.0 += sent;
+                e.1 += dropped;
+                e.2 += 1;
+                if e.2 >= cores {
+                    let (sent, dropped, _) = *e;
+                    self.partial_reports.remove(&push_id);
+                    self.reports.push(PushReport { push_id, sent, dropped });
+                }
+            }
+        }
+    }
+}
+
+/// Runs the link until the node has drained.
+pub(crate) fn run(node: Arc<Node>, up: Receiver<Upstream>) {
+    let mut state = UpState::default();
+    let mut backoff = BACKOFF_MIN;
+    let cores = node.cores.len();
+    loop {
+        if finished(&node) {
+            return;
+        }
+        match TcpStream::connect_timeout(&node.config.control_plane_addr, Duration::from_secs(1)) {
+            Ok(s) => {
+                backoff = BACKOFF_MIN;
+                node.metrics.link_connects.fetch_add(1, Ordering::Relaxed);
+                node.metrics.link_connected.store(1, Ordering::Relaxed);
+                let done = session(&node, s, &up, &mut state);
+                node.metrics.link_connected.store(0, Ordering::Relaxed);
+                if done {
+                    return;
+                }
+                tracing::warn!("link to the control plane lost; reconnecting");
+            }
+            Err(e) => tracing::debug!(error = %e, "control plane unreachable"),
+        }
+        // Keep absorbing events while disconnected, so the resync is current.
+        let until = Instant::now() + backoff;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match up.recv_timeout(left) {
+                Ok(ev) => state.absorb(ev, cores),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn finished(node: &Node) -> bool {
+    node.stopping.load(Ordering::SeqCst) && node.cores_running.load(Ordering::SeqCst) == 0
+}
+
+struct LinkWriter {
+    stream: TcpStream,
+    offset: u64,
+    buf: BytesMut,
+}
+
+impl LinkWriter {
+    fn send(&mut self, msg: &LinkMessage) -> std::io::Result<()> {
+        self.buf.clear();
+        msg.encode(self.offset, &mut self.buf).map_err(std::io::Error::other)?;
+        self.stream.write_all(&self.buf)?;
+        self.offset += self.buf.len() as u64;
+        Ok(())
+    }
+}
+
+/// One connection's life. True when the node has finished (stop for good).
+fn session(node: &Arc<Node>, stream: TcpStream, up: &Receiver<Upstream>, state: &mut UpState) -> bool {
+    let cores = node.cores.len();
+    let _ = stream.set_nodelay(true);
+    let Ok(rx_stream) = stream.try_clone() else { return false };
+    let closed = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (node, closed) = (node.clone(), closed.clone());
+        std::thread::Builder::new().name("herald-link-rx".into()).spawn(move || {
+            read_loop(&node, rx_stream);
+            closed.store(true, Ordering::SeqCst);
+        })
+    };
+    let Ok(reader) = reader else { return false };
+    let mut w = LinkWriter { stream, offset: 0, buf: BytesMut::with_capacity(4096) };
+    while let Ok(ev) = up.try_recv() {
+        state.absorb(ev, cores);
+    }
+    // The resync snapshot replaces every presence change queued while the link was down.
+    state.presence.clear();
+    let hello = LinkMessage::Hello(Hello {
+        node_id: node.config.node_id.clone(),
+        link_version: LINK_VERSION,
+        cores: cores as u16,
+        public_addr: node.tcp_addr.to_string(),
+    });
+    let online = LinkMessage::Presence(state.online.values().cloned().map(PresenceChange::Online).collect());
+    let mut ok = w.send(&hello).and_then(|()| w.send(&online)).is_ok();
+    let mut last_stats = Instant::now();
+    let mut finished_node = false;
+    while ok && !closed.load(Ordering::SeqCst) {
+        let stop = finished(node);
+        match up.recv_timeout(Duration::from_millis(50)) {
+            Ok(ev) => {
+                state.absorb(ev, cores);
+                while let Ok(ev) = up.try_recv() {
+                    state.absorb(ev, cores);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => finished_node = true,
+        }
+        ok = flush_up(&mut w, state).is_ok();
+        if ok && last_stats.elapsed() >= STATS_EVERY {
+            last_stats = Instant::now();
+            let m = &node.metrics;
+            let stats = NodeStats {
+                connections: m.sum(|c| c.connections.get()),
+                deliveries: m.sum(|c| c.deliveries.get()),
+                drops: m.sum(|c| c.drops.iter().map(crate::metrics::Cell::get).sum()),
+            };
+            ok = w.send(&LinkMessage::Stats(stats)).is_ok();
+        }
+        if stop || finished_node {
+            finished_node = true;
+            break;
+        }
+    }
+    let _ = w.stream.shutdown(Shutdown::Both);
+    let _ = reader.join();
+    finished_node
+}
+
+fn flush_up(w: &mut LinkWriter, state: &mut UpState) -> std::io::Result<()> {
+    if !state.presence.is_empty() {
+        w.send(&LinkMessage::Presence(std::mem::take(&mut state.presence)))?;
+    }
+    if !state.receipts.is_empty() {
+        w.send(&LinkMessage::Receipts(std::mem::take(&mut state.receipts)))?;
+    }
+    if !state.reports.is_empty() {
+        w.send(&LinkMessage::Reports(std::mem::take(&mut state.reports)))?;
+    }
+    Ok(())
+}
+
+fn read_loop(node: &Arc<Node>, mut stream: TcpStream) {
+    let decoder = Decoder::new(MAX_LINK_FRAME_BYTES);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut scratch = AlignedVec::new();
+    loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(Frame::Link(link))) => match LinkMessage::decode(&link, &mut scratch) {
+                    Ok(msg) => dispatch(node, msg),
+                    Err(e) => {
+                        tracing::error!(error = %e, "bad link message; dropping the link");
+                        return;
+                    }
+                },
+                Ok(Some(other)) => {
+                    tracing::error!(frame = ?other, "unexpected frame on the link; dropping it");
+                    return;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "bad link frame; dropping the link");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn dispatch(node: &Arc<Node>, msg: LinkMessage) {
+    match msg {
+        LinkMessage::Welcome(w) => tracing::info!(epoch = w.epoch, "control plane welcomed this node"),
+        LinkMessage::Tables(t) => node.tables.store(Snapshot::from_tables(&t)),
+        LinkMessage::TablesDelta(changes) => {
+            let cur = node.tables.load_full();
+            node.tables.store(cur.with_changes(&changes));
+        }
+        LinkMessage::Subscriptions(subs) => {
+            let subs = Arc::new(subs);
+            for c in &node.cores {
+                c.send(CoreCmd::Subscriptions(subs.clone()));
+            }
+        }
+        LinkMessage::Push(order) => {
+            if let Some(job) = push_job(order) {
+                let job = Arc::new(job);
+                for c in &node.cores {
+                    c.send(CoreCmd::Push(job.clone()));
+                }
+            }
+        }
+        LinkMessage::Kick(k) => {
+            let k = Arc::new(k);
+            for c in &node.cores {
+                c.send(CoreCmd::Kick(k.clone()));
+            }
+        }
+        other => tracing::warn!(message = ?std::mem::discriminant(&other), "unexpected link message"),
+    }
+}
+
+fn push_job(order: PushOrder) -> Option<PushJob> {
+    let received = Instant::now();
+    let flags = PushFlags(order.flags);
+    let header = PushHeader { flags, ttl_secs: order.ttl_secs, stream: order.stream, seq: order.seq };
+    let frame = match encode_push(header, &order.payload) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(push_id = order.push_id, error = %e, "push cannot be encoded");
+            return None;
+        }
+    };
+    let plan = match order.target {
+        Target::User(u) => Plan::User(u.into()),
+        Target::Users(us) => Plan::Users(us.into_iter().map(Into::into).collect()),
+        Target::Device { user, device } => Plan::Device { user: user.into(), device: device.into() },
+        Target::Group(g) => Plan::Group(g.into()),
+        Target::Topic(t) => Plan::Topic(t.into()),
+        Target::Condition(c) => match Condition::parse(&c) {
+            Ok(c) => Plan::Condition(c),
+            Err(e) => {
+                tracing::error!(push_id = order.push_id, error = %e, "push condition does not parse");
+                Plan::Nobody
+            }
+        },
+    };
+    Some(PushJob {
+        push_id: order.push_id,
+        plan,
+        frame,
+        persistent: flags.contains(PushFlags::ACK_REQUIRED),
+        received,
+    })
+}

@@ -1,0 +1,235 @@
+//! Counters and the Prometheus text endpoint.
+//!
+//! Each core owns one [`CoreMetrics`]: it is the only writer of its cells, so an increment is a
+//! relaxed load and store on a cache line no other core writes (no locked read-modify-write, no
+//! contention). The metrics thread reads every core's cells and sums or labels them.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use herald_protocol::CloseCode;
+
+/// A counter with a single writer (its core).
+#[derive(Debug, Default)]
+pub(crate) struct Cell(AtomicU64);
+
+impl Cell {
+    #[inline]
+    pub(crate) fn add(&self, n: u64) {
+        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn inc(&self) {
+        self.add(1);
+    }
+
+    #[inline]
+    pub(crate) fn sub(&self, n: u64) {
+        self.0.store(self.0.load(Ordering::Relaxed).wrapping_sub(n), Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds of the fan-out latency buckets, microseconds.
+pub(crate) const FANOUT_BUCKETS_US: [u64; 12] =
+    [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000];
+const CODES: usize = 16;
+
+/// Why a frame was not delivered.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Drop {
+    /// A queued non-persistent frame was dropped to make room.
+    QueueFullOldest = 0,
+    /// The new non-persistent frame was dropped (the queue held only persistent frames).
+    QueueFullNew = 1,
+    /// The connection was closed as a slow consumer with frames still queued.
+    SlowConsumer = 2,
+}
+const DROP_LABELS: [&str; 3] = ["queue_full_oldest", "queue_full_new", "slow_consumer"];
+
+/// One core's counters.
+#[derive(Debug, Default)]
+pub(crate) struct CoreMetrics {
+    pub(crate) connections: Cell,
+    pub(crate) accepted: Cell,
+    pub(crate) logins_ok: Cell,
+    pub(crate) logins_failed: [Cell; CODES],
+    pub(crate) closes: [Cell; CODES],
+    pub(crate) heartbeats: Cell,
+    pub(crate) frames_in: Cell,
+    pub(crate) bytes_in: Cell,
+    pub(crate) frames_out: Cell,
+    pub(crate) bytes_out: Cell,
+    pub(crate) pushes: Cell,
+    pub(crate) deliveries: Cell,
+    pub(crate) drops: [Cell; 3],
+    pub(crate) queued_frames: Cell,
+    pub(crate) fanout_buckets: [Cell; FANOUT_BUCKETS_US.len() + 1],
+    pub(crate) fanout_sum_us: Cell,
+}
+
+impl CoreMetrics {
+    pub(crate) fn login_failed(&self, code: CloseCode) {
+        self.logins_failed[usize::from(code.0).min(CODES - 1)].inc();
+    }
+
+    pub(crate) fn closed(&self, code: CloseCode) {
+        self.closes[usize::from(code.0).min(CODES - 1)].inc();
+    }
+
+    pub(crate) fn dropped(&self, why: Drop, n: u64) {
+        self.drops[why as usize].add(n);
+    }
+
+    pub(crate) fn fanout(&self, us: u64) {
+        let i = FANOUT_BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(FANOUT_BUCKETS_US.len());
+        self.fanout_buckets[i].inc();
+        self.fanout_sum_us.add(us);
+    }
+}
+
+/// A per-core series: name, type, help, and how to read it.
+type PerCore = (&'static str, &'static str, &'static str, fn(&CoreMetrics) -> u64);
+
+/// Every core's counters plus node-wide ones.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    pub(crate) cores: Vec<Arc<CoreMetrics>>,
+    pub(crate) link_connected: AtomicU64,
+    pub(crate) link_connects: AtomicU64,
+}
+
+impl Registry {
+    pub(crate) fn new(cores: usize) -> Registry {
+        Registry {
+            cores: (0..cores).map(|_| Arc::new(CoreMetrics::default())).collect(),
+            link_connected: AtomicU64::new(0),
+            link_connects: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn sum(&self, f: impl Fn(&CoreMetrics) -> u64) -> u64 {
+        self.cores.iter().map(|c| f(c)).sum()
+    }
+
+    /// The Prometheus text exposition of every counter.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        let per_core: [PerCore; 12] = [
+            ("herald_connections", "gauge", "Open terminal connections.", |m| m.connections.get()),
+            ("herald_accepted_total", "counter", "Accepted TCP connections.", |m| m.accepted.get()),
+            ("herald_logins_ok_total", "counter", "Successful logins.", |m| m.logins_ok.get()),
+            ("herald_heartbeats_total", "counter", "Heartbeats received.", |m| m.heartbeats.get()),
+            ("herald_frames_in_total", "counter", "Frames received from terminals.", |m| m.frames_in.get()),
+            ("herald_bytes_in_total", "counter", "Bytes received from terminals.", |m| m.bytes_in.get()),
+            ("herald_frames_out_total", "counter", "Frames queued to terminals.", |m| m.frames_out.get()),
+            ("herald_bytes_out_total", "counter", "Bytes written to terminals.", |m| m.bytes_out.get()),
+            ("herald_pushes_total", "counter", "Push orders handled by a core.", |m| m.pushes.get()),
+            ("herald_deliveries_total", "counter", "Push frames queued to recipients.", |m| {
+                m.deliveries.get()
+            }),
+            ("herald_queued_frames", "gauge", "Frames waiting in outbound queues.", |m| {
+                m.queued_frames.get()
+            }),
+            ("herald_fanout_latency_us_sum", "counter", "Sum of fan-out latencies.", |m| {
+                m.fanout_sum_us.get()
+            }),
+        ];
+        for (name, kind, help, f) in per_core {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (i, c) in self.cores.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{core=\"{i}\"}} {}", f(c));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP herald_logins_failed_total Refused logins by close code.\n# TYPE herald_logins_failed_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP herald_closes_total Connections closed by the gateway, by code.\n# TYPE herald_closes_total counter"
+        );
+        for code in CloseCode::ALL {
+            let i = usize::from(code.0).min(CODES - 1);
+            let failed = self.sum(|m| m.logins_failed[i].get());
+            if failed > 0 {
+                let _ = writeln!(out, "herald_logins_failed_total{{reason=\"{}\"}} {failed}", code.label());
+            }
+            let closed = self.sum(|m| m.closes[i].get());
+            if closed > 0 {
+                let _ = writeln!(out, "herald_closes_total{{reason=\"{}\"}} {closed}", code.label());
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP herald_drops_total Frames not delivered, by reason.\n# TYPE herald_drops_total counter"
+        );
+        for (i, label) in DROP_LABELS.iter().enumerate() {
+            let _ =
+                writeln!(out, "herald_drops_total{{reason=\"{label}\"}} {}", self.sum(|m| m.drops[i].get()));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP herald_fanout_latency_us Time from a push reaching the node to a core having written it to every local recipient.\n# TYPE herald_fanout_latency_us histogram"
+        );
+        let mut cumulative = 0;
+        for (i, b) in FANOUT_BUCKETS_US.iter().enumerate() {
+            cumulative += self.sum(|m| m.fanout_buckets[i].get());
+            let _ = writeln!(out, "herald_fanout_latency_us_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        cumulative += self.sum(|m| m.fanout_buckets[FANOUT_BUCKETS_US.len()].get());
+        let _ = writeln!(out, "herald_fanout_latency_us_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(out, "herald_fanout_latency_us_count {cumulative}");
+        let _ = writeln!(
+            out,
+            "# TYPE herald_link_connected gauge\nherald_link_connected {}\n# TYPE herald_link_connects_total counter\nherald_link_connects_total {}",
+            self.link_connected.load(Ordering::Relaxed),
+            self.link_connects.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+/// Serves `GET /metrics` (any path, in fact) until `stop` is set. Runs on its own thread.
+pub(crate) fn serve(listener: TcpListener, registry: Arc<Registry>, stop: Arc<AtomicBool>) {
+    if listener.set_nonblocking(true).is_err() {
+        return;
+    }
+    let mut req = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((mut s, _)) => {
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut got = 0;
+                while got < req.len() {
+                    match s.read(&mut req[got..]) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got += n,
+                    }
+                    if req[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let body = registry.render();
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).and_then(|()| s.write_all(body.as_bytes()));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! A connection's outbound queue: frames waiting for the socket, written with one `writev` per
+//! flush, with the padding that puts every push at a 16-aligned stream offset computed at write
+//! time (so dropping a queued frame never misaligns the ones after it).
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+
+use bytes::Bytes;
+use herald_protocol::frame::padding_for;
+
+static PAD: [u8; 16] = [0; 16];
+
+/// Most frames put in one `writev`.
+const MAX_IOV: usize = 64;
+
+#[derive(Debug)]
+struct Entry {
+    bytes: Bytes,
+    /// Starts at a 16-aligned offset (push frames).
+    aligned: bool,
+    /// Must not be dropped by the backpressure policy (ACK_REQUIRED pushes, control frames).
+    persistent: bool,
+    /// Padding chosen for this frame, fixed once its first byte is written.
+    pad: u8,
+    /// Bytes of `pad + bytes` already written; 0 = not started (droppable, padding not fixed).
+    written: u32,
+}
+
+/// What [`Outbound::push`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Queued {
+    Yes,
+    /// Queued after dropping the oldest unstarted non-persistent frame.
+    DroppedOldest,
+    /// Not queued: the frame is non-persistent and every queued frame is persistent.
+    DroppedNew,
+    /// Not queued: full of persistent frames and this one is persistent too.
+    Full,
+}
+
+/// Result of a flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flushed {
+    /// Everything written.
+    Empty,
+    /// The socket is full; wait for writability.
+    Blocked,
+    /// The socket failed (peer gone).
+    Error,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Outbound {
+    q: VecDeque<Entry>,
+    /// Bytes written on this connection so far (the stream offset of the next byte).
+    offset: u64,
+}
+
+impl Outbound {
+    pub(crate) fn len(&self) -> usize {
+        self.q.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    /// Queues a frame under the limit `max` (frames), applying the drop policy.
+    pub(crate) fn push(&mut self, bytes: Bytes, aligned: bool, persistent: bool, max: usize) -> Queued {
+        let mut outcome = Queued::Yes;
+        if self.q.len() >= max {
+            match self.q.iter().position(|e| !e.persistent && e.written == 0) {
+                Some(i) => {
+                    self.q.remove(i);
+                    outcome = Queued::DroppedOldest;
+                }
+                None if !persistent => return Queued::DroppedNew,
+                None => return Queued::Full,
+            }
+        }
+        self.q.push_back(Entry { bytes, aligned, persistent, pad: 0, written: 0 });
+        outcome
+    }
+
+    /// Queues a control frame regardless of the limit (login reply, pong, goaway, close).
+    pub(crate) fn push_control(&mut self, bytes: Bytes) {
+        self.q.push_back(Entry { bytes, aligned: false, persistent: true, pad: 0, written: 0 });
+    }
+
+    /// Forgets every queued frame; returns how many were dropped.
+    pub(crate) fn clear(&mut self) -> usize {
+        let n = self.q.len();
+        self.q.clear();
+        n
+    }
+
+    /// Writes as much as the socket takes with one `writev` per round. Returns the outcome and
+    /// the number of bytes written.
+    pub(crate) fn flush(&mut self, fd: RawFd) -> (Flushed, usize) {
+        let mut total = 0;
+        while !self.q.is_empty() {
+            let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV * 2];
+            let mut n_iov = 0;
+            let mut off = self.offset;
+            for e in self.q.iter_mut() {
+                if n_iov + 2 > iov.len() {
+                    break;
+                }
+                if e.written == 0 {
+                    e.pad = if e.aligned { padding_for(off).len() as u8 } else { 0 };
+                }
+                let pad = usize::from(e.pad);
+                let done = e.written as usize;
+                if done < pad {
+                    let p = &PAD[done..pad];
+                    iov[n_iov] = libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() };
+                    n_iov += 1;
+                }
+                let body = &e.bytes[done.saturating_sub(pad)..];
+                iov[n_iov] = libc::iovec { iov_base: body.as_ptr() as *mut _, iov_len: body.len() };
+                n_iov += 1;
+                off += (pad + e.bytes.len() - done) as u64;
+            }
+            // SAFETY: every iovec points into a static padding buffer or into a `Bytes` held by
+            // `self.q`, which is not touched until writev returns.
+            let n = unsafe { libc::writev(fd, iov.as_ptr(), n_iov as libc::c_int) };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                return match err.kind() {
+                    std::io::ErrorKind::WouldBlock => (Flushed::Blocked, total),
+                    std::io::ErrorKind::Interrupted => continue,
+                    _ => (Flushed::Error, total),
+                };
+            }
+            let mut n = n as usize;
+            total += n;
+            self.offset += n as u64;
+            while n > 0 {
+                let Some(e) = self.q.front_mut() else { break };
+                let left = usize::from(e.pad) + e.bytes.len() - e.written as usize;
+                if n >= left {
+                    n -= left;
+                    self.q.pop_front();
+                } else {
+                    e.written += n as u32;
+                    n = 0;
+                }
+            }
+            if !self.q.is_empty() && (self.q.front().is_some_and(|e| e.written > 0)) {
+                // Short write: the socket buffer is full.
+                return (Flushed::Blocked, total);
+            }
+        }
+        if self.q.capacity() > 64 {
+            self.q.shrink_to(8);
+        }
+        (Flushed::Empty, total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_policy_prefers_oldest_non_persistent_then_refuses() {
+        let mut o = Outbound::default();
+        let f = |b: u8| Bytes::from(vec![b; 4]);
+        assert_eq!(o.push(f(1), true, false, 2), Queued::Yes);
+        assert_eq!(o.push(f(2), true, true, 2), Queued::Yes);
+        assert_eq!(o.push(f(3), true, true, 2), Queued::DroppedOldest);
+        assert_eq!(o.push(f(4), true, false, 2), Queued::DroppedNew);
+        assert_eq!(o.push(f(5), true, true, 2), Queued::Full);
+        assert_eq!(o.len(), 2);
+    }
+
+    #[test]
+    fn flush_pads_pushes_to_16_byte_offsets() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        use std::os::fd::AsRawFd;
+        let mut o = Outbound::default();
+        o.push_control(Bytes::from_static(&[0x02, 7]));
+        o.push(Bytes::from_static(&[0x12; 20]), true, false, 8);
+        o.push_control(Bytes::from_static(&[0x02, 8]));
+        o.push(Bytes::from_static(&[0x12; 16]), true, false, 8);
+        assert_eq!(o.flush(a.as_raw_fd()), (Flushed::Empty, 2 + 14 + 20 + 2 + 2 + 16));
+        let mut got = [0u8; 56];
+        use std::io::Read;
+        (&b).read_exact(&mut got).unwrap();
+        assert_eq!(&got[..2], &[0x02, 7]);
+        assert!(got[2..16].iter().all(|&x| x == 0));
+        assert_eq!(got[16], 0x12);
+        assert_eq!(&got[36..38], &[0x02, 8]);
+        assert_eq!(&got[38..40], &[0, 0]);
+        assert_eq!(got[40], 0x12);
+    }
+}

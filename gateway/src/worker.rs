@@ -1,0 +1,790 @@
+//! One core's world: its listener, its connections (a slab), their deadlines (one heap swept by
+//! one timer), its subscriber index and the fan-out of pushes to its own connections.
+//!
+//! Everything here is `!Send` and touched only by the core's thread; other threads reach it
+//! through its [`Mailbox`] ([`CoreCmd`]). A connection is a task that waits for readiness and
+//! reads into the core's buffer, so an idle one holds no read buffer and no timer. Writes go
+//! straight to the socket with `writev` from whoever queued them; only a connection whose socket
+//! is full gets a writer task, which waits for writability.
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::TcpListener as StdListener;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use herald_protocol::CloseCode;
+use herald_protocol::frame::{Close, Decoder, Frame, GoAway, Login, LoginOk, PROTOCOL_VERSION};
+use herald_protocol::link::{Kick, StreamSeq, UserSubscriptions};
+use monoio::net::{TcpListener, TcpStream};
+use slab::Slab;
+
+use crate::index::{Index, Plan};
+use crate::link::Upstream;
+use crate::mailbox::Mailbox;
+use crate::metrics::{CoreMetrics, Drop as DropWhy};
+use crate::outbound::{Flushed, Outbound, Queued};
+use crate::{Driver, Node};
+
+/// Bytes read per `recv` into the core's buffer.
+const READ_CHUNK: usize = 64 * 1024;
+/// Most bytes read from one connection per readiness event (fairness between connections).
+const READ_BUDGET: usize = 256 * 1024;
+
+/// A message for a core.
+#[derive(Debug)]
+pub(crate) enum CoreCmd {
+    Push(Arc<PushJob>),
+    Subscriptions(Arc<Vec<UserSubscriptions>>),
+    Kick(Arc<Kick>),
+    /// A newer session of `(user, device)` logged in on another core.
+    Replace {
+        user: Arc<str>,
+        device: Arc<str>,
+        session_id: u64,
+    },
+    Drain,
+}
+
+/// A push as every core sees it: encoded once, targeted once.
+#[derive(Debug)]
+pub(crate) struct PushJob {
+    pub(crate) push_id: u64,
+    pub(crate) plan: Plan,
+    /// The whole push frame; each core writes these same bytes to each recipient.
+    pub(crate) frame: Bytes,
+    /// ACK_REQUIRED: never dropped by the backpressure policy (the connection is closed instead).
+    pub(crate) persistent: bool,
+    /// When the node received it (fan-out latency).
+    pub(crate) received: Instant,
+}
+
+const fn pong_table() -> [[u8; 2]; 256] {
+    let mut t = [[herald_protocol::frame::T_PONG, 0]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i][1] = i as u8;
+        i += 1;
+    }
+    t
+}
+/// Every possible PONG, so answering a heartbeat allocates nothing.
+static PONGS: [[u8; 2]; 256] = pong_table();
+
+#[derive(Debug)]
+struct Auth {
+    user: Arc<str>,
+    device: Arc<str>,
+    session_id: u64,
+    /// The user's id in the core's index.
+    uid: usize,
+}
+
+#[derive(Debug)]
+struct Conn {
+    stream: Rc<TcpStream>,
+    fd: RawFd,
+    generation: u32,
+    auth: Option<Auth>,
+    accepted_ms: u64,
+    last_seen_ms: u64,
+    out: Outbound,
+    /// Queued since the last flush of the core's batch.
+    dirty: bool,
+    /// A writer task is waiting for the socket to drain.
+    writer: bool,
+    /// Being closed with this code; no more frames are read from it.
+    closing: Option<CloseCode>,
+    /// A partial frame carried over between reads (only while one is in flight).
+    partial: Option<BytesMut>,
+}
+
+/// Why a frame ends a connection (sent in a CLOSE) or that the peer ended it.
+enum Stop {
+    Close(CloseCode),
+    PeerClosed,
+}
+
+struct Worker {
+    n: usize,
+    node: Arc<Node>,
+    m: Arc<CoreMetrics>,
+    me: Weak<RefCell<Worker>>,
+    conns: Slab<Conn>,
+    index: Index,
+    deadlines: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    next_gen: u32,
+    rbuf: BytesMut,
+    decoder: Decoder,
+    dirty: Vec<usize>,
+    scratch: Vec<usize>,
+    slow: Vec<usize>,
+    /// Arrival times of the pushes in the batch being written (fan-out latency).
+    pending_fanout: Vec<Instant>,
+    epoch: Instant,
+    listener_fd: RawFd,
+    draining: bool,
+}
+
+/// Runs core `n` until its drain has finished. Called on thread `herald-core-{n}`.
+pub(crate) fn run(n: usize, node: Arc<Node>, listener: StdListener, inbox: Mailbox<CoreCmd>) {
+    let result = match node.driver {
+        Driver::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+            .map(|mut rt| rt.block_on(core_main(n, node.clone(), listener, inbox))),
+        _ => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .map(|mut rt| rt.block_on(core_main(n, node.clone(), listener, inbox))),
+    };
+    if let Err(e) = result {
+        tracing::error!(core = n, error = %e, "cannot build the core's runtime");
+    }
+    node.cores_running.fetch_sub(1, Ordering::SeqCst);
+}
+
+async fn core_main(n: usize, node: Arc<Node>, listener: StdListener, inbox: Mailbox<CoreCmd>) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(core = n, error = %e, "cannot register the listener");
+            return;
+        }
+    };
+    let cfg = &node.config;
+    let tick = Duration::from_millis((cfg.login_timeout_ms / 4).clamp(5, 250));
+    let w = Rc::new_cyclic(|me| {
+        RefCell::new(Worker {
+            n,
+            m: node.metrics.cores[n].clone(),
+            decoder: Decoder::new(cfg.max_frame_bytes),
+            node: node.clone(),
+            me: me.clone(),
+            conns: Slab::new(),
+            index: Index::default(),
+            deadlines: BinaryHeap::new(),
+            next_gen: 0,
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            dirty: Vec::new(),
+            scratch: Vec::new(),
+            slow: Vec::new(),
+            pending_fanout: Vec::new(),
+            epoch: Instant::now(),
+            listener_fd: listener.as_raw_fd(),
+            draining: false,
+        })
+    });
+    monoio::spawn(accept_loop(w.clone(), listener));
+    monoio::spawn(timer_loop(w.clone(), tick));
+    loop {
+        inbox.ready().await;
+        let drain = {
+            let mut wk = w.borrow_mut();
+            let mut jobs = 0;
+            while let Ok(cmd) = inbox.try_recv() {
+                jobs += usize::from(matches!(cmd, CoreCmd::Push(_)));
+                wk.on_cmd(cmd);
+            }
+            wk.flush_dirty();
+            if jobs > 0 {
+                wk.record_fanout();
+            }
+            wk.draining
+        };
+        if drain {
+            break;
+        }
+    }
+    drain(&w).await;
+}
+
+async fn drain(w: &Rc<RefCell<Worker>>) {
+    let timeout = Duration::from_millis(w.borrow().node.config.drain_timeout_ms);
+    let deadline = Instant::now() + timeout;
+    while !w.borrow().conns.is_empty() && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+    {
+        let mut wk = w.borrow_mut();
+        for (_, c) in wk.conns.iter_mut() {
+            c.out.clear();
+            shutdown(c.fd, libc::SHUT_RDWR);
+        }
+    }
+    // Let the connection tasks observe the shutdown and report their users offline.
+    let deadline = Instant::now() + Duration::from_millis(200);
+    while !w.borrow().conns.is_empty() && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn accept_loop(w: Rc<RefCell<Worker>>, listener: TcpListener) {
+    loop {
+        let res = listener.accept().await;
+        let failed = {
+            let mut wk = w.borrow_mut();
+            if wk.draining {
+                return;
+            }
+            match res {
+                Ok((stream, _)) => {
+                    wk.on_accept(stream);
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(core = wk.n, error = %e, "accept failed");
+                    true
+                }
+            }
+        };
+        if failed {
+            // Out of descriptors or similar: back off instead of spinning.
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+async fn timer_loop(w: Rc<RefCell<Worker>>, tick: Duration) {
+    loop {
+        monoio::time::sleep(tick).await;
+        let mut wk = w.borrow_mut();
+        if wk.draining && wk.conns.is_empty() {
+            return;
+        }
+        wk.sweep();
+    }
+}
+
+async fn conn_task(w: Rc<RefCell<Worker>>, stream: Rc<TcpStream>, slot: usize, generation: u32) {
+    loop {
+        if stream.readable(false).await.is_err() {
+            break;
+        }
+        if !w.borrow_mut().on_readable(slot, generation) {
+            break;
+        }
+    }
+    w.borrow_mut().finish(slot, generation);
+}
+
+async fn writer_task(w: Rc<RefCell<Worker>>, stream: Rc<TcpStream>, slot: usize, generation: u32) {
+    loop {
+        if stream.writable(false).await.is_err() {
+            break;
+        }
+        let mut wk = w.borrow_mut();
+        if wk.conn(slot, generation).is_none() {
+            return;
+        }
+        if wk.flush_conn(slot) != Flushed::Blocked {
+            break;
+        }
+    }
+    if let Some(c) = w.borrow_mut().conn(slot, generation) {
+        c.writer = false;
+    }
+}
+
+fn shutdown(fd: RawFd, how: libc::c_int) {
+    // SAFETY: `fd` is an open socket owned by a live connection or listener of this core.
+    unsafe { libc::shutdown(fd, how) };
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+impl Worker {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn conn(&mut self, slot: usize, generation: u32) -> Option<&mut Conn> {
+        self.conns.get_mut(slot).filter(|c| c.generation == generation)
+    }
+
+    fn on_accept(&mut self, stream: TcpStream) {
+        let fd = stream.as_raw_fd();
+        // SAFETY: plain fcntl on a socket this core just accepted. Raw reads and writes must
+        // never block the core, whichever driver accepted it.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+        let _ = stream.set_nodelay(true);
+        let now = self.now_ms();
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let generation = self.next_gen;
+        let stream = Rc::new(stream);
+        let slot = self.conns.insert(Conn {
+            stream: stream.clone(),
+            fd,
+            generation,
+            auth: None,
+            accepted_ms: now,
+            last_seen_ms: now,
+            out: Outbound::default(),
+            dirty: false,
+            writer: false,
+            closing: None,
+            partial: None,
+        });
+        let due = now + self.node.config.login_timeout_ms;
+        self.deadlines.push(Reverse((due, slot as u32, generation)));
+        self.m.accepted.inc();
+        self.m.connections.inc();
+        let Some(me) = self.me.upgrade() else { return };
+        monoio::spawn(conn_task(me, stream, slot, generation));
+    }
+
+    /// Reads what the socket holds and handles every whole frame. False: the connection is over.
+    fn on_readable(&mut self, slot: usize, generation: u32) -> bool {
+        let now = self.now_ms();
+        let Some(c) = self.conn(slot, generation) else { return false };
+        if c.closing.is_some() {
+            // Waiting for a goaway to flush: discard input; stop once the queue is empty.
+            if c.out.is_empty() {
+                return false;
+            }
+            return discard_input(c.fd);
+        }
+        c.last_seen_ms = now;
+        let fd = c.fd;
+        let (mut buf, from_core) = match c.partial.take() {
+            Some(p) => (p, false),
+            None => (std::mem::take(&mut self.rbuf), true),
+        };
+        let mut eof = false;
+        let mut read = 0;
+        while read < READ_BUDGET {
+            buf.reserve(READ_CHUNK);
+            let spare = buf.spare_capacity_mut();
+            // SAFETY: `spare` is writable, uninitialised capacity of `buf`; recv writes at most
+            // its length and we only mark as initialised what it reports.
+            let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), 0) };
+            if n > 0 {
+                let n = n as usize;
+                // SAFETY: recv initialised `n` bytes of the spare capacity.
+                unsafe { buf.set_len(buf.len() + n) };
+                read += n;
+                if n < READ_CHUNK {
+                    break;
+                }
+            } else if n == 0 {
+                eof = true;
+                break;
+            } else {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::Interrupted => continue,
+                    std::io::ErrorKind::WouldBlock => break,
+                    _ => {
+                        eof = true;
+                        break;
+                    }
+                }
+            }
+        }
+        self.m.bytes_in.add(read as u64);
+        let mut outcome = None;
+        loop {
+            let decoded = if eof { self.decoder.decode_eof(&mut buf) } else { self.decoder.decode(&mut buf) };
+            match decoded {
+                Ok(Some(frame)) => {
+                    self.m.frames_in.inc();
+                    if let Err(stop) = self.on_frame(slot, frame, now) {
+                        outcome = Some(stop);
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    outcome = Some(Stop::Close(e.close_code()));
+                    break;
+                }
+            }
+        }
+        let keep = match outcome {
+            Some(Stop::Close(code)) => {
+                self.fail(slot, code);
+                false
+            }
+            Some(Stop::PeerClosed) => false,
+            None => !eof,
+        };
+        // Keep only a partial frame, in a buffer of its own; the core's buffer goes back.
+        if keep
+            && !buf.is_empty()
+            && let Some(c) = self.conns.get_mut(slot)
+        {
+            c.partial = Some(if from_core { BytesMut::from(&buf[..]) } else { std::mem::take(&mut buf) });
+        }
+        if from_core {
+            buf.clear();
+            self.rbuf = buf;
+        }
+        self.flush_dirty();
+        keep
+    }
+
+    fn on_frame(&mut self, slot: usize, frame: Frame, now: u64) -> Result<(), Stop> {
+        let authed = self.conns[slot].auth.is_some();
+        match frame {
+            Frame::Ping { nonce } => {
+                self.m.heartbeats.inc();
+                self.queue_control(slot, Bytes::from_static(&PONGS[usize::from(nonce)]));
+                Ok(())
+            }
+            Frame::Login(login) if !authed => self.on_login(slot, &login, now),
+            Frame::Ack(ack) if authed => {
+                let Some(a) = &self.conns[slot].auth else { return Ok(()) };
+                for r in ack.ranges() {
+                    let _ = self.node.upstream.send(Upstream::Receipt {
+                        user: a.user.clone(),
+                        device: a.device.clone(),
+                        stream: r.stream,
+                        first: r.first,
+                        last: r.last,
+                    });
+                }
+                Ok(())
+            }
+            Frame::Close(_) => Err(Stop::PeerClosed),
+            _ => Err(Stop::Close(CloseCode::PROTOCOL_ERROR)),
+        }
+    }
+
+    fn on_login(&mut self, slot: usize, login: &Login, now: u64) -> Result<(), Stop> {
+        let refuse = |m: &CoreMetrics, code: CloseCode| {
+            m.login_failed(code);
+            Err(Stop::Close(code))
+        };
+        if login.version != PROTOCOL_VERSION {
+            return refuse(&self.m, CloseCode::UNSUPPORTED_VERSION);
+        }
+        let snap = self.node.tables.load();
+        if snap.version == 0 {
+            return refuse(&self.m, CloseCode::OVERLOADED);
+        }
+        let unix = unix_now();
+        let claims = match snap.keys.verify(&login.credential, unix.as_secs()) {
+            Ok(c) => c,
+            Err(e) => return refuse(&self.m, e.close_code()),
+        };
+        if let Err(e) = snap.revocations.check(&claims) {
+            return refuse(&self.m, e.close_code());
+        }
+        if login.device != claims.device.as_bytes() {
+            return refuse(&self.m, CloseCode::DEVICE_MISMATCH);
+        }
+        drop(snap);
+        let session_id = self.node.next_session_id();
+        let user: Arc<str> = claims.user.into();
+        let device: Arc<str> = claims.device.into();
+        self.replace(&user, &device, session_id);
+        for (i, core) in self.node.cores.iter().enumerate() {
+            if i != self.n {
+                core.send(CoreCmd::Replace { user: user.clone(), device: device.clone(), session_id });
+            }
+        }
+        let uid = self.index.add_conn(&user, slot);
+        let c = &mut self.conns[slot];
+        c.last_seen_ms = now;
+        c.auth = Some(Auth { user: user.clone(), device: device.clone(), session_id, uid });
+        let cfg = &self.node.config;
+        let mut ok = BytesMut::with_capacity(28);
+        LoginOk {
+            session_id,
+            server_time_ms: unix.as_millis() as u64,
+            heartbeat_interval_secs: cfg.heartbeat_interval_secs,
+            max_frame_bytes: cfg.max_frame_bytes as u32,
+        }
+        .encode(&mut ok);
+        self.queue_control(slot, ok.freeze());
+        self.m.logins_ok.inc();
+        let resume = login.resume().map(|p| StreamSeq { stream: p.stream, seq: p.seq }).collect();
+        let _ = self.node.upstream.send(Upstream::Online { user, device, session_id, resume });
+        Ok(())
+    }
+
+    /// Closes local sessions of `(user, device)` older than `session_id`.
+    fn replace(&mut self, user: &str, device: &str, session_id: u64) {
+        let mut old = std::mem::take(&mut self.scratch);
+        old.clear();
+        old.extend(self.index.user_conns(user).iter().copied().filter(|&s| {
+            self.conns[s].auth.as_ref().is_some_and(|a| &*a.device == device && a.session_id < session_id)
+        }));
+        for &s in &old {
+            self.close_conn(s, CloseCode::REPLACED, true, false);
+        }
+        self.scratch = old;
+    }
+
+    fn queue_control(&mut self, slot: usize, frame: Bytes) {
+        let c = &mut self.conns[slot];
+        c.out.push_control(frame);
+        self.m.frames_out.inc();
+        self.m.queued_frames.inc();
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push(slot);
+        }
+    }
+
+    /// The connection broke the protocol (or failed its login): CLOSE with `code`.
+    fn fail(&mut self, slot: usize, code: CloseCode) {
+        let c = &mut self.conns[slot];
+        c.closing = Some(code);
+        let mut f = BytesMut::with_capacity(8);
+        Close::encode_parts(code, code.label(), &mut f);
+        self.queue_control(slot, f.freeze());
+        self.m.closed(code);
+    }
+
+    /// Closes a connection from the core's side: GOAWAY or CLOSE with `code`, flushed. With
+    /// `linger`, its queue is flushed before the close (drain); otherwise it is closed now.
+    fn close_conn(&mut self, slot: usize, code: CloseCode, goaway: bool, linger: bool) {
+        let Some(c) = self.conns.get_mut(slot) else { return };
+        if c.closing.is_some() {
+            return;
+        }
+        c.closing = Some(code);
+        if !linger {
+            let n = c.out.clear();
+            self.m.queued_frames.sub(n as u64);
+            if code == CloseCode::SLOW_CONSUMER {
+                self.m.dropped(DropWhy::SlowConsumer, n as u64);
+            }
+        }
+        let mut f = BytesMut::with_capacity(16);
+        if goaway {
+            let hint =
+                if code == CloseCode::SHUTTING_DOWN { self.node.config.drain_reconnect_after_ms } else { 0 };
+            GoAway { reason: code, reconnect_after_ms: hint }.encode(&mut f);
+        } else {
+            Close::encode_parts(code, code.label(), &mut f);
+        }
+        self.queue_control(slot, f.freeze());
+        self.m.closed(code);
+        if self.flush_conn(slot) != Flushed::Blocked || !linger {
+            // Wake the connection's task (its read returns end of stream); it finishes the close.
+            shutdown(self.conns[slot].fd, libc::SHUT_RD);
+        }
+    }
+
+    /// Writes a connection's queue. A full socket gets a writer task.
+    fn flush_conn(&mut self, slot: usize) -> Flushed {
+        let c = &mut self.conns[slot];
+        let before = c.out.len();
+        let (res, n) = c.out.flush(c.fd);
+        self.m.bytes_out.add(n as u64);
+        self.m.queued_frames.sub((before - c.out.len()) as u64);
+        match res {
+            Flushed::Empty => {
+                if c.closing.is_some() {
+                    shutdown(c.fd, libc::SHUT_RD);
+                }
+            }
+            Flushed::Blocked if !c.writer => {
+                c.writer = true;
+                if let Some(me) = self.me.upgrade() {
+                    monoio::spawn(writer_task(me, c.stream.clone(), slot, c.generation));
+                }
+            }
+            Flushed::Blocked => {}
+            Flushed::Error => shutdown(c.fd, libc::SHUT_RDWR),
+        }
+        res
+    }
+
+    fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &slot in &dirty {
+            let Some(c) = self.conns.get_mut(slot) else { continue };
+            c.dirty = false;
+            if !c.writer {
+                self.flush_conn(slot);
+            }
+        }
+        dirty.clear();
+        self.dirty = dirty;
+    }
+
+    /// The connection task ended: forget the connection and report it offline.
+    fn finish(&mut self, slot: usize, generation: u32) {
+        if self.conn(slot, generation).is_none() {
+            return;
+        }
+        let mut c = self.conns.remove(slot);
+        self.m.connections.sub(1);
+        let _ = c.out.flush(c.fd);
+        self.m.queued_frames.sub(c.out.clear() as u64);
+        discard_input(c.fd);
+        // Wakes a writer task still waiting on this socket, and sends FIN after what is queued.
+        shutdown(c.fd, libc::SHUT_RDWR);
+        if let Some(a) = c.auth {
+            self.index.remove_conn(a.uid, slot);
+            let code = c.closing.unwrap_or(CloseCode::NORMAL).0;
+            let _ = self.node.upstream.send(Upstream::Offline {
+                user: a.user,
+                device: a.device,
+                session_id: a.session_id,
+                code,
+            });
+        }
+    }
+
+    /// Closes connections whose login deadline or heartbeat grace has passed.
+    fn sweep(&mut self) {
+        let now = self.now_ms();
+        let login_ms = self.node.config.login_timeout_ms;
+        let grace_ms = u64::from(self.node.config.heartbeat_grace_secs) * 1000;
+        while let Some(&Reverse((due, slot, generation))) = self.deadlines.peek() {
+            if due > now {
+                break;
+            }
+            self.deadlines.pop();
+            let (slot, generation) = (slot as usize, generation);
+            let Some(c) = self.conn(slot, generation) else { continue };
+            if c.closing.is_some() {
+                continue;
+            }
+            let (next, code) = match c.auth {
+                None => (c.accepted_ms + login_ms, CloseCode::LOGIN_TIMEOUT),
+                Some(_) => (c.last_seen_ms + grace_ms, CloseCode::HEARTBEAT_TIMEOUT),
+            };
+            if now >= next {
+                if code == CloseCode::LOGIN_TIMEOUT {
+                    self.m.login_failed(code);
+                }
+                self.close_conn(slot, code, false, false);
+            } else {
+                self.deadlines.push(Reverse((next, slot as u32, generation)));
+            }
+        }
+        self.flush_dirty();
+    }
+
+    fn on_cmd(&mut self, cmd: CoreCmd) {
+        match cmd {
+            CoreCmd::Push(job) => self.on_push(&job),
+            CoreCmd::Subscriptions(subs) => {
+                for s in subs.iter() {
+                    self.index.set_subscriptions(&s.user, &s.groups, &s.topics);
+                }
+            }
+            CoreCmd::Kick(k) => {
+                let mut slots = std::mem::take(&mut self.scratch);
+                slots.clear();
+                slots.extend(self.index.user_conns(&k.user).iter().copied().filter(|&s| {
+                    k.device
+                        .as_deref()
+                        .is_none_or(|d| self.conns[s].auth.as_ref().is_some_and(|a| &*a.device == d))
+                }));
+                for &s in &slots {
+                    self.close_conn(s, CloseCode(k.code), false, false);
+                }
+                self.scratch = slots;
+            }
+            CoreCmd::Replace { user, device, session_id } => self.replace(&user, &device, session_id),
+            CoreCmd::Drain => self.begin_drain(),
+        }
+    }
+
+    fn on_push(&mut self, job: &PushJob) {
+        self.m.pushes.inc();
+        self.pending_fanout.push(job.received);
+        let snap = self.node.tables.load();
+        let mut slots = std::mem::take(&mut self.scratch);
+        slots.clear();
+        self.index.collect(&job.plan, &snap, &mut slots);
+        drop(snap);
+        let max = self.node.config.outbound_queue_frames;
+        let (mut sent, mut dropped) = (0u32, 0u32);
+        for &slot in &slots {
+            let c = &mut self.conns[slot];
+            if c.closing.is_some() {
+                continue;
+            }
+            if let Plan::Device { device, .. } = &job.plan
+                && c.auth.as_ref().is_none_or(|a| *a.device != **device)
+            {
+                continue;
+            }
+            match c.out.push(job.frame.clone(), true, job.persistent, max) {
+                Queued::Yes => {
+                    sent += 1;
+                    self.m.queued_frames.inc();
+                }
+                Queued::DroppedOldest => {
+                    sent += 1;
+                    self.m.dropped(DropWhy::QueueFullOldest, 1);
+                }
+                Queued::DroppedNew => {
+                    dropped += 1;
+                    self.m.dropped(DropWhy::QueueFullNew, 1);
+                    continue;
+                }
+                Queued::Full => {
+                    dropped += 1;
+                    self.slow.push(slot);
+                    continue;
+                }
+            }
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(slot);
+            }
+        }
+        self.scratch = slots;
+        self.m.deliveries.add(u64::from(sent));
+        self.m.frames_out.add(u64::from(sent));
+        let mut slow = std::mem::take(&mut self.slow);
+        for &s in &slow {
+            self.close_conn(s, CloseCode::SLOW_CONSUMER, false, false);
+        }
+        slow.clear();
+        self.slow = slow;
+        let _ = self.node.upstream.send(Upstream::Report { push_id: job.push_id, sent, dropped });
+    }
+
+    fn record_fanout(&mut self) {
+        for t in self.pending_fanout.drain(..) {
+            self.m.fanout(t.elapsed().as_micros() as u64);
+        }
+    }
+
+    fn begin_drain(&mut self) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        // Wakes the pending accept with an error; the accept loop sees `draining` and ends.
+        shutdown(self.listener_fd, libc::SHUT_RDWR);
+        let slots: Vec<usize> = self.conns.iter().map(|(s, _)| s).collect();
+        for s in slots {
+            self.close_conn(s, CloseCode::SHUTTING_DOWN, true, true);
+        }
+    }
+}
+
+/// Reads and drops whatever the socket holds. False when the peer has closed.
+fn discard_input(fd: RawFd) -> bool {
+    let mut sink = [0u8; 4096];
+    loop {
+        // SAFETY: `sink` is a writable stack buffer of the given length.
+        let n = unsafe { libc::recv(fd, sink.as_mut_ptr().cast(), sink.len(), 0) };
+        if n == 0 {
+            return false;
+        }
+        if n < 0 {
+            return std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock;
+        }
+    }
+}
