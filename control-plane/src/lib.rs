@@ -1,1 +1,446 @@
-//! placeholder
+//! Herald's control plane: the admin HTTP API, credentials and signing keys, the users / groups /
+//! topics tables, push acceptance and dispatch, presence, offline queues and push status, and the
+//! [`Store`] they persist into. It serves gateway nodes over the link (`herald_protocol::link`)
+//! and knows nothing of how gateways hold terminal sockets.
+//!
+//! Entry point: [`start`] opens the store, binds the admin and link listeners (port 0 is
+//! resolved before it returns) and runs everything on its own tokio runtime thread; the returned
+//! [`ControlPlane`] handle reports the addresses and the admin key and stops it.
+//!
+//! # Delivery model
+//!
+//! - **Streams.** The control plane owns message streams (`u32` ids): one per user inbox
+//!   (`u:USER`), per group (`g:GROUP`), per topic (`t:TOPIC`) and one for all condition pushes
+//!   (`c`). Each stream numbers its messages from 1; `(stream, seq)` is the message id the
+//!   terminal sees, deduplicates by and acknowledges. A stream's last sequence is stored with
+//!   every push, so numbers are never reused, even after every message expired and a restart.
+//! - **Messages are stored once** (TTL > 0), whatever the number of recipients. A direct push
+//!   goes to the user's inbox stream (`users`: one message per inbox, one push id). Group,
+//!   topic and condition pushes go to their stream.
+//! - **Who a message is owed to.** Positions are push ids (one global, monotonic counter): a
+//!   device is owed a message if the device was known (credential issued or seen online) before
+//!   the push, and, for group/topic streams, the user's subscription to that group/topic started
+//!   before the push; for condition pushes, the condition holds over the user's topics that were
+//!   followed before the push. So a device gets group/topic messages published after its user
+//!   subscribed, never older ones.
+//! - **Cursors.** Per (device, stream): the highest sequence up to which everything owed is
+//!   acknowledged, plus the acknowledged sequences above it. Not one row per recipient per
+//!   message. Receipts (terminal acks) and a login's resume positions both advance cursors.
+//! - **TTL 0** is fire-and-forget: not stored, no `ACK_REQUIRED`, sent to the nodes where an
+//!   interested device is online at that moment. It still takes a sequence number.
+//! - **TTL > 0**: `ACK_REQUIRED`, stored, sent live to interested online devices, and on each
+//!   login (`Online`) the device gets its user's `Subscriptions` and then its backlog (every owed,
+//!   unexpired, unacknowledged message, per stream in order, `Target::Device`), until it acks or
+//!   the TTL passes. Backlog messages the device may have seen live carry `REDELIVERY`.
+//! - **Collapse key**: a newer message with the same key on the same stream replaces the older
+//!   one, which is deleted and never redelivered (its push reports `collapsed`).
+//! - **Idempotency key**: a POST with a key already used answers the same push id and does
+//!   nothing else (after that push is durable).
+//! - **Durability.** Every admin change is durable before the API answers; a push is durable
+//!   before `202`, and reaches the gateways only after it is durable (a crash can never leave
+//!   a terminal holding a message id the store does not know). Writes are group-committed.
+//!
+//! **Push status** (`GET /v1/pushes/{id}`): `targeted` = the devices the push was for when it
+//! was accepted (TTL > 0: every known device of every target user; TTL 0: the interested devices
+//! online then); `sent` / `dropped` = sums of the nodes' reports (frames queued to connections,
+//! redeliveries included; recipients skipped by backpressure); `delivered` = devices that
+//! acknowledged it; `pending_offline` = targeted devices that have not acknowledged yet while the
+//! TTL runs (offline ones waiting for their next login, and online ones whose ack is in flight);
+//! `expired` = targeted devices that never acknowledged before the TTL passed; `collapsed` =
+//! those that never got it because a newer message replaced it.
+//!
+//! **Routing**: the control plane knows each node's online devices (presence) and each user's
+//! subscriptions, and sends a push only to nodes holding at least one interested connection.
+//!
+//! # Layout
+//! `store.rs` (trait, records, redb backend), `committer.rs` (group commit), `core.rs` (state and
+//! delivery rules), `api.rs` (admin HTTP), `openapi.rs`, `link.rs` (link server), `metrics.rs`.
+
+mod api;
+mod committer;
+mod core;
+mod link;
+mod metrics;
+mod openapi;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::{oneshot, watch};
+
+pub use crate::api::ApiError;
+pub use crate::core::{PushStatus, UserView};
+pub use crate::metrics::Metrics;
+pub use crate::store::{RedbStore, Store, StoreError};
+
+use crate::committer::{Committer, Job};
+use crate::core::Core;
+
+/// How the control plane runs. Units are in the field names.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    /// Where the store (`herald.redb`) and a generated `admin.key` live.
+    pub data_dir: PathBuf,
+    /// Admin HTTP API listen address (loopback by default).
+    pub admin_addr: SocketAddr,
+    /// Link listen address for gateway nodes.
+    pub link_addr: SocketAddr,
+    /// The admin API key; `None`: read `<data_dir>/admin.key`, generating it on first start.
+    /// (The binary passes `HERALD_ADMIN_KEY` here.)
+    pub admin_key: Option<String>,
+    /// TTL of a push that does not say.
+    pub default_ttl_secs: u32,
+    /// Longest TTL a push may ask for.
+    pub max_ttl_secs: u32,
+    /// Lifetime of a credential that does not say.
+    pub credential_ttl_secs: u64,
+    /// Longest credential lifetime a caller may ask for.
+    pub max_credential_ttl_secs: u64,
+    /// Tokio worker threads for the API and the link.
+    pub worker_threads: usize,
+}
+
+impl Default for ControlPlaneConfig {
+    fn default() -> Self {
+        ControlPlaneConfig {
+            data_dir: PathBuf::from("./data"),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            link_addr: SocketAddr::from(([127, 0, 0, 1], 7001)),
+            admin_key: None,
+            default_ttl_secs: 86_400,
+            max_ttl_secs: 28 * 86_400,
+            credential_ttl_secs: 30 * 86_400,
+            max_credential_ttl_secs: 365 * 86_400,
+            worker_threads: 2,
+        }
+    }
+}
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store could not be opened or read (disk, permissions, corruption).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A listener could not be bound (address in use, permissions).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    /// The admin key file could not be read or written.
+    #[error("admin key file {path}: {source}")]
+    AdminKey { path: PathBuf, source: std::io::Error },
+    /// Threads or the runtime could not be created.
+    #[error("cannot start the control plane runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// State shared by the API handlers, the link connections and the committer.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    core: Mutex<Core>,
+    committer: Committer,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) admin_key: String,
+    pub(crate) config: ControlPlaneConfig,
+    committed: watch::Sender<u64>,
+    rng: SystemRandom,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn random(&self) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        // The OS random source failing is not recoverable; a zero key would be worse.
+        if self.rng.fill(&mut b).is_err() {
+            panic!("system random source failed");
+        }
+        b
+    }
+
+    /// Runs `f` on the core, queues its store changes and waits until they are durable.
+    /// `f` returns its result and the push ids to publish after the commit.
+    pub(crate) async fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Core) -> Result<(T, Vec<u64>), ApiError>,
+    ) -> Result<T, ApiError> {
+        let (value, rx) = {
+            let mut core = self.lock();
+            let result = f(&mut core);
+            let ops = core.take_ops();
+            let publish = result.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
+            if ops.is_empty() && publish.is_empty() {
+                return result.map(|(v, _)| v);
+            }
+            let (tx, rx) = oneshot::channel();
+            self.committer.submit(Job { ops, publish, done: Some(tx) });
+            (result?.0, rx)
+        };
+        match rx.await {
+            Ok(true) => Ok(value),
+            _ => Err(ApiError::unavailable("the store is not accepting writes")),
+        }
+    }
+
+    /// Runs `f` on the core and queues its store changes without waiting (link traffic).
+    pub(crate) fn fire<T>(&self, f: impl FnOnce(&mut Core) -> T) -> T {
+        let mut core = self.lock();
+        let v = f(&mut core);
+        let ops = core.take_ops();
+        if !ops.is_empty() {
+            self.committer.submit(Job { ops, publish: Vec::new(), done: None });
+        }
+        v
+    }
+
+    /// Waits until push `id` is durable (an idempotent retry of a push still in flight).
+    pub(crate) async fn wait_committed(&self, id: u64) -> Result<(), ApiError> {
+        let mut rx = self.committed.subscribe();
+        let wait = rx.wait_for(|&c| c >= id);
+        match tokio::time::timeout(Duration::from_secs(10), wait).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ApiError::unavailable("the push is not durable yet")),
+        }
+    }
+}
+
+/// A running control plane. Dropping it shuts it down and waits.
+#[derive(Debug)]
+pub struct ControlPlane {
+    admin_addr: SocketAddr,
+    link_addr: SocketAddr,
+    admin_key: String,
+    admin_key_generated: bool,
+    shutdown: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl ControlPlane {
+    /// The bound admin API address (port 0 resolved).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The bound link address gateways connect to.
+    pub fn link_addr(&self) -> SocketAddr {
+        self.link_addr
+    }
+
+    /// The admin API bearer key.
+    pub fn admin_key(&self) -> &str {
+        &self.admin_key
+    }
+
+    /// Whether the admin key was generated by this start (print it once, then never again).
+    pub fn admin_key_generated(&self) -> bool {
+        self.admin_key_generated
+    }
+
+    /// The counters behind `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// The admin API router over this control plane's state, for in-process callers and tests
+    /// (`tower::ServiceExt::oneshot`); the same router serves [`ControlPlane::admin_addr`].
+    pub fn router(&self) -> axum::Router {
+        api::router(self.shared.clone())
+    }
+
+    /// Asks the control plane to stop: listeners close, queued writes are committed.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until the control plane has stopped (after [`ControlPlane::shutdown`]).
+    pub fn join(mut self) {
+        self.join_inner();
+    }
+
+    fn join_inner(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.shutdown();
+        self.join_inner();
+    }
+}
+
+/// Reads or creates the admin key. Returns the key and whether it was generated now.
+fn resolve_admin_key(config: &ControlPlaneConfig, rng: &SystemRandom) -> Result<(String, bool), Error> {
+    if let Some(k) = &config.admin_key {
+        return Ok((k.clone(), false));
+    }
+    let path = config.data_dir.join("admin.key");
+    let err = |source| Error::AdminKey { path: path.clone(), source };
+    match std::fs::read_to_string(&path) {
+        Ok(k) if !k.trim().is_empty() => return Ok((k.trim().to_owned(), false)),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let mut b = [0u8; 32];
+    rng.fill(&mut b).map_err(|_| err(std::io::Error::other("system random source failed")))?;
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    write_private(&path, &key).map_err(err)?;
+    Ok((key, true))
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}
+
+/// Starts a control plane on the embedded redb store under `config.data_dir`.
+pub fn start(config: ControlPlaneConfig) -> Result<ControlPlane, Error> {
+    let store = RedbStore::open(&config.data_dir)?;
+    start_with_store(config, Arc::new(store))
+}
+
+/// Starts a control plane on any [`Store`].
+pub fn start_with_store(config: ControlPlaneConfig, store: Arc<dyn Store>) -> Result<ControlPlane, Error> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| Error::AdminKey { path: config.data_dir.clone(), source })?;
+    let rng = SystemRandom::new();
+    let (admin_key, admin_key_generated) = resolve_admin_key(&config, &rng)?;
+    let snapshot = store.load()?;
+    let metrics = Arc::new(Metrics::default());
+    let mut first_secret = [0u8; 32];
+    rng.fill(&mut first_secret)
+        .map_err(|_| Error::Runtime(std::io::Error::other("system random source failed")))?;
+    let now = now_ms();
+    let mut core = Core::load(snapshot, metrics.clone(), now, now / 1000, first_secret);
+    let initial_ops = core.take_ops();
+    if !initial_ops.is_empty() {
+        store.commit(&initial_ops)?;
+    }
+    let committed_at = core.last_push_id();
+    let slot: Arc<OnceLock<Weak<Shared>>> = Arc::new(OnceLock::new());
+    let publish_slot = slot.clone();
+    let committer = Committer::start(store, metrics.clone(), move |ids| {
+        if let Some(shared) = publish_slot.get().and_then(Weak::upgrade) {
+            shared.lock().publish(ids);
+            if let Some(&max) = ids.iter().max() {
+                shared.committed.send_if_modified(|c| {
+                    let changed = max > *c;
+                    *c = (*c).max(max);
+                    changed
+                });
+            }
+        }
+    })
+    .map_err(Error::Runtime)?;
+    let (committed, _) = watch::channel(committed_at);
+    let admin = bind(config.admin_addr)?;
+    let link = bind(config.link_addr)?;
+    let admin_addr = admin.local_addr().map_err(Error::Runtime)?;
+    let link_addr = link.local_addr().map_err(Error::Runtime)?;
+    let shared = Arc::new(Shared {
+        core: Mutex::new(core),
+        committer,
+        metrics,
+        admin_key: admin_key.clone(),
+        config: config.clone(),
+        committed,
+        rng,
+    });
+    let _ = slot.set(Arc::downgrade(&shared));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads.max(1))
+        .thread_name("herald-cp")
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let run_shared = shared.clone();
+    let thread = std::thread::Builder::new()
+        .name("herald-cp-main".into())
+        .spawn(move || {
+            runtime.block_on(run(run_shared.clone(), admin, link, shutdown_rx));
+            // Everything accepted is committed before the store is let go.
+            run_shared.committer.close();
+            runtime.shutdown_timeout(Duration::from_secs(2));
+        })
+        .map_err(Error::Runtime)?;
+    tracing::info!(%admin_addr, %link_addr, "control plane started");
+    Ok(ControlPlane {
+        admin_addr,
+        link_addr,
+        admin_key,
+        admin_key_generated,
+        shutdown,
+        thread: Some(thread),
+        shared,
+    })
+}
+
+/// Resolves once the shutdown flag is set (or its sender is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|&s| s).await;
+}
+
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
+    let l = std::net::TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
+    l.set_nonblocking(true).map_err(|source| Error::Bind { addr, source })?;
+    Ok(l)
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    admin: std::net::TcpListener,
+    link: std::net::TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (admin, link) =
+        match (tokio::net::TcpListener::from_std(admin), tokio::net::TcpListener::from_std(link)) {
+            (Ok(a), Ok(l)) => (a, l),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot register listeners");
+                return;
+            }
+        };
+    tokio::spawn(link::serve(shared.clone(), link, shutdown.clone()));
+    let sweeper_shared = shared.clone();
+    let mut sweeper_stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => sweeper_shared.fire(|core| core.sweep(now_ms())),
+                () = stopped(&mut sweeper_stop) => break,
+            }
+        }
+    });
+    let app = api::router(shared);
+    let stop = async move { stopped(&mut shutdown).await };
+    if let Err(e) = axum::serve(admin, app).with_graceful_shutdown(stop).await {
+        tracing::error!(error = %e, "admin API server failed");
+    }
+}

@@ -1,0 +1,2 @@
+//! Store throughput bench (being written).
+fn main() {}

@@ -1,0 +1,1258 @@
+//! The control plane's working state and every rule of the delivery model (see the crate docs).
+//!
+//! [`Core`] is plain data behind one mutex: admin calls, link messages and the committer's
+//! publish step each take the lock, change memory, queue the matching store [`Op`]s and queue
+//! link messages to nodes (unbounded channels, so nothing here waits). The caller hands the ops
+//! to the committer before releasing the lock, which keeps store order equal to memory order.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use herald_protocol::CloseCode;
+use herald_protocol::condition::Condition;
+use herald_protocol::credential::{self, Claims, SigningKey};
+use herald_protocol::frame::PushFlags;
+use herald_protocol::link::{
+    GroupTopics, Hello, KeyEntry, Kick, LinkMessage, NodeStats, PresenceChange, PushOrder, PushReport,
+    Receipt, RevocationEntry, StreamSeq, TableChange, Tables, Target, UserSubscriptions, Welcome,
+};
+use serde::Serialize;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::api::ApiError;
+use crate::metrics::Metrics;
+use crate::store::{
+    CursorRecord, DeviceRecord, KeyRecord, MessageRecord, Op, PushRecord, RevocationRecord, Snapshot,
+    StreamRecord, TargetSpec, UserRecord,
+};
+
+/// Name of the one stream that carries condition pushes.
+const COND_STREAM: &str = "c";
+
+/// A connected gateway node.
+#[derive(Debug)]
+struct Node {
+    /// Distinguishes this connection from an earlier one of the same node id.
+    conn: u64,
+    tx: UnboundedSender<LinkMessage>,
+    public_addr: String,
+    stats: NodeStats,
+}
+
+/// One online device: where it is connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Conn {
+    device: String,
+    node: String,
+    session: u64,
+}
+
+#[derive(Debug)]
+struct Stream {
+    rec: StreamRecord,
+    /// Highest sequence handed to the gateways; every sequence up to it is final.
+    published: u32,
+    /// Stored messages still owed to someone (not expired, not collapsed).
+    messages: BTreeMap<u32, MessageRecord>,
+    /// Collapse key → sequence of the newest message carrying it.
+    collapse: HashMap<String, u32>,
+}
+
+#[derive(Debug, Default)]
+struct User {
+    rec: UserRecord,
+    effective: BTreeSet<String>,
+}
+
+/// A push accepted but not yet durable: what publishing it needs.
+#[derive(Debug)]
+struct Pending {
+    message: MessageRecord,
+}
+
+/// A validated push request.
+#[derive(Debug, Clone)]
+pub(crate) struct NewPush {
+    pub target: TargetSpec,
+    pub title: Option<String>,
+    pub body: Option<String>,
+    pub data: Vec<(String, String)>,
+    pub ttl_secs: u32,
+    pub high_priority: bool,
+    pub collapse_key: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// What accepting a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Accepted {
+    /// A new push, durable once its job commits.
+    New { push_id: u64, targeted: u64 },
+    /// The idempotency key names an earlier push; nothing else was done.
+    Existing { push_id: u64 },
+}
+
+/// A push's delivery status, as `GET /v1/pushes/{id}` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PushStatus {
+    pub push_id: u64,
+    pub state: &'static str,
+    pub targeted: u64,
+    pub sent: u64,
+    pub delivered: u64,
+    pub pending_offline: u64,
+    pub expired: u64,
+    pub dropped: u64,
+    pub collapsed: u64,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+}
+
+/// A user as `GET /v1/users/{user}` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserView {
+    pub user: String,
+    pub groups: Vec<String>,
+    pub topics: Vec<String>,
+    pub effective_topics: Vec<String>,
+    pub devices: Vec<String>,
+    pub presence: Vec<PresenceView>,
+}
+
+/// One online device of a user.
+#[derive(Debug, Clone, Serialize)]
+pub struct PresenceView {
+    pub device: String,
+    pub node: String,
+    pub node_addr: String,
+    pub session_id: u64,
+}
+
+/// A retired signing key that still verifies until `valid_until`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RetiringKey {
+    pub key_id: u32,
+    pub valid_until: u64,
+}
+
+/// The working state.
+#[derive(Debug)]
+pub(crate) struct Core {
+    users: BTreeMap<String, User>,
+    /// Group → topics, explicit or implicit (a group nobody configured follows its own name).
+    groups: BTreeMap<String, Vec<String>>,
+    group_members: HashMap<String, BTreeSet<String>>,
+    topic_subs: HashMap<String, BTreeSet<String>>,
+    keys: BTreeMap<u32, KeyRecord>,
+    revocations: BTreeMap<String, RevocationRecord>,
+    stream_ids: HashMap<String, u32>,
+    streams: HashMap<u32, Stream>,
+    pushes: HashMap<u64, PushRecord>,
+    conditions: HashMap<u64, Arc<Condition>>,
+    pending: HashMap<u64, Pending>,
+    idem: HashMap<String, u64>,
+    last_push_id: u64,
+    cursors: HashMap<(String, String), HashMap<u32, CursorRecord>>,
+    expiries: BTreeMap<u64, Vec<(u32, u32)>>,
+    nodes: HashMap<String, Node>,
+    presence: BTreeMap<String, Vec<Conn>>,
+    next_conn: u64,
+    tables_version: u64,
+    epoch: u64,
+    ops: Vec<Op>,
+    metrics: Arc<Metrics>,
+}
+
+fn stream_name_user(u: &str) -> String {
+    format!("u:{u}")
+}
+
+fn stream_name_group(g: &str) -> String {
+    format!("g:{g}")
+}
+
+fn stream_name_topic(t: &str) -> String {
+    format!("t:{t}")
+}
+
+fn with_flag(flags: u8, f: PushFlags) -> u8 {
+    PushFlags(flags).with(f).0
+}
+
+impl Core {
+    /// Rebuilds the working state from a store snapshot. Creates the first signing key (with
+    /// `secret`) if there is none; its op is queued.
+    pub(crate) fn load(
+        snap: Snapshot,
+        metrics: Arc<Metrics>,
+        epoch: u64,
+        now_secs: u64,
+        first_secret: [u8; 32],
+    ) -> Core {
+        let mut core = Core {
+            users: BTreeMap::new(),
+            groups: snap.groups.into_iter().collect(),
+            group_members: HashMap::new(),
+            topic_subs: HashMap::new(),
+            keys: snap.keys.into_iter().map(|k| (k.id, k)).collect(),
+            revocations: snap.revocations.into_iter().collect(),
+            stream_ids: HashMap::new(),
+            streams: HashMap::new(),
+            pushes: HashMap::new(),
+            conditions: HashMap::new(),
+            pending: HashMap::new(),
+            idem: HashMap::new(),
+            last_push_id: 0,
+            cursors: HashMap::new(),
+            expiries: BTreeMap::new(),
+            nodes: HashMap::new(),
+            presence: BTreeMap::new(),
+            next_conn: 1,
+            tables_version: 1,
+            epoch,
+            ops: Vec::new(),
+            metrics,
+        };
+        for rec in snap.streams {
+            core.stream_ids.insert(rec.name.clone(), rec.id);
+            core.streams.insert(
+                rec.id,
+                Stream { published: rec.head, rec, messages: BTreeMap::new(), collapse: HashMap::new() },
+            );
+        }
+        for p in snap.pushes {
+            core.last_push_id = core.last_push_id.max(p.id);
+            if let Some(k) = &p.idempotency_key {
+                core.idem.insert(k.clone(), p.id);
+            }
+            if let TargetSpec::Condition(text) = &p.target
+                && p.ttl_secs > 0
+                && let Ok(c) = Condition::parse(text)
+            {
+                core.conditions.insert(p.id, Arc::new(c));
+            }
+            core.pushes.insert(p.id, p);
+        }
+        for (stream, seq, m) in snap.messages {
+            if let Some(st) = core.streams.get_mut(&stream) {
+                if let Some(k) = &m.collapse_key {
+                    st.collapse.insert(k.clone(), seq);
+                }
+                core.expiries.entry(m.expires_ms).or_default().push((stream, seq));
+                st.messages.insert(seq, m);
+            }
+        }
+        for (user, device, stream, c) in snap.cursors {
+            core.cursors.entry((user, device)).or_default().insert(stream, c);
+        }
+        for (name, rec) in snap.users {
+            for g in &rec.groups {
+                core.group_members.entry(g.clone()).or_default().insert(name.clone());
+            }
+            let mut user = User { rec, effective: BTreeSet::new() };
+            user.effective = core.effective_topics(&user.rec);
+            for t in &user.effective {
+                core.topic_subs.entry(t.clone()).or_default().insert(name.clone());
+            }
+            core.users.insert(name, user);
+        }
+        if !core.keys.values().any(|k| k.current) {
+            let id = core.keys.keys().next_back().map_or(1, |id| id + 1);
+            let rec = KeyRecord {
+                id,
+                secret: first_secret,
+                created_secs: now_secs,
+                max_expires_at: 0,
+                current: true,
+            };
+            core.ops.push(Op::Key(rec.clone()));
+            core.keys.insert(id, rec);
+        }
+        core.update_gauges();
+        core
+    }
+
+    /// The store changes made since the last call.
+    pub(crate) fn take_ops(&mut self) -> Vec<Op> {
+        std::mem::take(&mut self.ops)
+    }
+
+    fn update_gauges(&self) {
+        self.metrics.nodes.set(self.nodes.len() as u64);
+        self.metrics.online_devices.set(self.presence.values().map(|v| v.len() as u64).sum());
+        self.metrics.stored_messages.set(self.streams.values().map(|s| s.messages.len() as u64).sum());
+    }
+
+    fn effective_topics(&self, rec: &UserRecord) -> BTreeSet<String> {
+        let mut eff: BTreeSet<String> = rec.topics.iter().cloned().collect();
+        for g in &rec.groups {
+            match self.groups.get(g) {
+                Some(ts) => eff.extend(ts.iter().cloned()),
+                None => {
+                    eff.insert(g.clone());
+                }
+            }
+        }
+        eff
+    }
+
+    fn save_user(&mut self, name: &str) {
+        if let Some(u) = self.users.get(name) {
+            self.ops.push(Op::User(name.to_owned(), u.rec.clone()));
+        }
+    }
+
+    // ---- tables -------------------------------------------------------------------------
+
+    fn current_key(&self) -> Option<&KeyRecord> {
+        self.keys.values().find(|k| k.current)
+    }
+
+    fn tables(&self) -> Tables {
+        Tables {
+            version: self.tables_version,
+            keys: self.keys.values().map(|k| KeyEntry { key_id: k.id, secret: k.secret }).collect(),
+            revocations: self.revocations.iter().map(|(u, r)| revocation_entry(u, r)).collect(),
+            groups: self
+                .groups
+                .iter()
+                .map(|(g, ts)| GroupTopics { group: g.clone(), topics: ts.clone() })
+                .collect(),
+        }
+    }
+
+    fn broadcast(&mut self, changes: Vec<TableChange>) {
+        if changes.is_empty() {
+            return;
+        }
+        self.tables_version += 1;
+        for node in self.nodes.values() {
+            let _ = node.tx.send(LinkMessage::TablesDelta(changes.clone()));
+        }
+    }
+
+    fn send_to(&self, node: &str, msg: LinkMessage) {
+        if let Some(n) = self.nodes.get(node) {
+            let _ = n.tx.send(msg);
+        }
+    }
+
+    fn user_nodes(&self, user: &str) -> BTreeSet<String> {
+        self.presence.get(user).map(|cs| cs.iter().map(|c| c.node.clone()).collect()).unwrap_or_default()
+    }
+
+    fn subscriptions_of(&self, user: &str) -> UserSubscriptions {
+        let (groups, topics) =
+            self.users.get(user).map(|u| (u.rec.groups.clone(), u.rec.topics.clone())).unwrap_or_default();
+        UserSubscriptions { user: user.to_owned(), groups, topics }
+    }
+
+    // ---- credentials and keys -----------------------------------------------------------
+
+    fn register_device(&mut self, user: &str, device: &str) {
+        let pos = self.last_push_id;
+        let u = self.users.entry(user.to_owned()).or_default();
+        if u.rec.devices.contains_key(device) {
+            return;
+        }
+        u.rec.devices.insert(device.to_owned(), DeviceRecord { registered_pos: pos, offline_pos: pos });
+        self.save_user(user);
+    }
+
+    /// Signs a credential for `user`/`device` valid `ttl_secs`; registers the device.
+    pub(crate) fn issue_credential(
+        &mut self,
+        user: &str,
+        device: &str,
+        ttl_secs: u64,
+        now_secs: u64,
+    ) -> Result<(String, u64), ApiError> {
+        let revoked_until = self
+            .revocations
+            .get(user)
+            .map_or(0, |r| r.all_before.max(r.devices.get(device).copied().unwrap_or(0)));
+        let issued_at = now_secs.max(revoked_until);
+        let expires_at = issued_at.saturating_add(ttl_secs);
+        let key = self.current_key().cloned().ok_or_else(|| ApiError::internal("no current signing key"))?;
+        let claims = Claims {
+            key_id: key.id,
+            user: user.to_owned(),
+            device: device.to_owned(),
+            issued_at,
+            expires_at,
+        };
+        let token = credential::issue(&SigningKey::new(key.id, key.secret), &claims)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if expires_at > key.max_expires_at
+            && let Some(k) = self.keys.get_mut(&key.id)
+        {
+            k.max_expires_at = expires_at;
+            let rec = k.clone();
+            self.ops.push(Op::Key(rec));
+        }
+        self.register_device(user, device);
+        Ok((token, expires_at))
+    }
+
+    /// Revokes every credential of `user` (or of one device) issued up to now, and closes the
+    /// matching connections.
+    pub(crate) fn revoke(&mut self, user: &str, device: Option<&str>, now_secs: u64) -> u64 {
+        let before = now_secs + 1;
+        let r = self.revocations.entry(user.to_owned()).or_default();
+        match device {
+            None => r.all_before = r.all_before.max(before),
+            Some(d) => {
+                let slot = r.devices.entry(d.to_owned()).or_insert(0);
+                *slot = (*slot).max(before);
+            }
+        }
+        let rec = r.clone();
+        self.ops.push(Op::Revocation(user.to_owned(), rec.clone()));
+        self.broadcast(vec![TableChange::Revoked(revocation_entry(user, &rec))]);
+        let kick = Kick {
+            user: user.to_owned(),
+            device: device.map(str::to_owned),
+            code: CloseCode::AUTH_REVOKED.0,
+        };
+        for node in self.user_nodes(user) {
+            self.send_to(&node, LinkMessage::Kick(kick.clone()));
+        }
+        before
+    }
+
+    /// Makes a new signing key current; older keys keep verifying until their tokens expire.
+    pub(crate) fn rotate_key(
+        &mut self,
+        secret: [u8; 32],
+        now_secs: u64,
+    ) -> (u32, Option<u32>, Vec<RetiringKey>) {
+        let previous = self.current_key().map(|k| k.id);
+        let id = self.keys.keys().next_back().map_or(1, |id| id + 1);
+        for k in self.keys.values_mut().filter(|k| k.current) {
+            k.current = false;
+            self.ops.push(Op::Key(k.clone()));
+        }
+        let rec = KeyRecord { id, secret, created_secs: now_secs, max_expires_at: 0, current: true };
+        self.ops.push(Op::Key(rec.clone()));
+        self.keys.insert(id, rec);
+        self.broadcast(vec![TableChange::KeyAdded(KeyEntry { key_id: id, secret })]);
+        let retiring = self
+            .keys
+            .values()
+            .filter(|k| !k.current)
+            .map(|k| RetiringKey { key_id: k.id, valid_until: k.max_expires_at })
+            .collect();
+        (id, previous, retiring)
+    }
+
+    // ---- users, groups, topics ----------------------------------------------------------
+
+    /// Replaces a user's groups (`Some`) and/or direct topics (`Some`).
+    pub(crate) fn set_user(
+        &mut self,
+        user: &str,
+        groups: Option<Vec<String>>,
+        topics: Option<Vec<String>>,
+    ) -> UserView {
+        let mut new_groups = Vec::new();
+        if let Some(gs) = &groups {
+            for g in gs {
+                if !self.groups.contains_key(g) {
+                    self.groups.insert(g.clone(), vec![g.clone()]);
+                    self.ops.push(Op::Group(g.clone(), vec![g.clone()]));
+                    new_groups
+                        .push(TableChange::Group(GroupTopics { group: g.clone(), topics: vec![g.clone()] }));
+                }
+            }
+        }
+        self.broadcast(new_groups);
+        let u = self.users.entry(user.to_owned()).or_default();
+        let old_groups = std::mem::take(&mut u.rec.groups);
+        let old_topics = std::mem::take(&mut u.rec.topics);
+        u.rec.groups = dedup(groups.unwrap_or(old_groups.clone()));
+        u.rec.topics = dedup(topics.unwrap_or(old_topics));
+        for g in &old_groups {
+            if let Some(m) = self.group_members.get_mut(g) {
+                m.remove(user);
+            }
+        }
+        let groups_now = u.rec.groups.clone();
+        for g in &groups_now {
+            self.group_members.entry(g.clone()).or_default().insert(user.to_owned());
+        }
+        self.refresh_user(user);
+        self.save_user(user);
+        let subs = self.subscriptions_of(user);
+        for node in self.user_nodes(user) {
+            self.send_to(&node, LinkMessage::Subscriptions(vec![subs.clone()]));
+        }
+        self.user_view(user).unwrap_or_else(|| UserView {
+            user: user.to_owned(),
+            groups: Vec::new(),
+            topics: Vec::new(),
+            effective_topics: Vec::new(),
+            devices: Vec::new(),
+            presence: Vec::new(),
+        })
+    }
+
+    /// Recomputes a user's effective topics and subscription start positions after a change.
+    fn refresh_user(&mut self, name: &str) {
+        let Some(u) = self.users.get(name) else {
+            return;
+        };
+        let eff = self.effective_topics(&u.rec);
+        let pos = self.last_push_id;
+        let old = self.users.get_mut(name).map(|u| std::mem::take(&mut u.effective)).unwrap_or_default();
+        for t in old.difference(&eff) {
+            if let Some(s) = self.topic_subs.get_mut(t) {
+                s.remove(name);
+            }
+        }
+        for t in eff.difference(&old) {
+            self.topic_subs.entry(t.clone()).or_default().insert(name.to_owned());
+        }
+        let Some(u) = self.users.get_mut(name) else {
+            return;
+        };
+        let wanted: BTreeSet<String> = u
+            .rec
+            .groups
+            .iter()
+            .map(|g| stream_name_group(g))
+            .chain(eff.iter().map(|t| stream_name_topic(t)))
+            .collect();
+        u.rec.since.retain(|k, _| wanted.contains(k));
+        for k in wanted {
+            u.rec.since.entry(k).or_insert(pos);
+        }
+        u.effective = eff;
+    }
+
+    /// Sets the topics a group's members follow.
+    pub(crate) fn set_group(&mut self, group: &str, topics: Vec<String>) -> Vec<String> {
+        let topics = dedup(topics);
+        self.groups.insert(group.to_owned(), topics.clone());
+        self.ops.push(Op::Group(group.to_owned(), topics.clone()));
+        self.broadcast(vec![TableChange::Group(GroupTopics {
+            group: group.to_owned(),
+            topics: topics.clone(),
+        })]);
+        let members: Vec<String> =
+            self.group_members.get(group).map(|m| m.iter().cloned().collect()).unwrap_or_default();
+        for m in members {
+            self.refresh_user(&m);
+            self.save_user(&m);
+        }
+        topics
+    }
+
+    pub(crate) fn group_topics(&self, group: &str) -> Option<Vec<String>> {
+        self.groups.get(group).cloned()
+    }
+
+    pub(crate) fn user_view(&self, user: &str) -> Option<UserView> {
+        let u = self.users.get(user);
+        let online = self.presence.get(user);
+        if u.is_none() && online.is_none() {
+            return None;
+        }
+        let presence = online
+            .map(|cs| {
+                cs.iter()
+                    .map(|c| PresenceView {
+                        device: c.device.clone(),
+                        node: c.node.clone(),
+                        node_addr: self.nodes.get(&c.node).map(|n| n.public_addr.clone()).unwrap_or_default(),
+                        session_id: c.session,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(UserView {
+            user: user.to_owned(),
+            groups: u.map(|u| u.rec.groups.clone()).unwrap_or_default(),
+            topics: u.map(|u| u.rec.topics.clone()).unwrap_or_default(),
+            effective_topics: u.map(|u| u.effective.iter().cloned().collect()).unwrap_or_default(),
+            devices: u.map(|u| u.rec.devices.keys().cloned().collect()).unwrap_or_default(),
+            presence,
+        })
+    }
+
+    /// One page of a topic's subscribers (users, in name order) after `cursor`.
+    pub(crate) fn subscribers(
+        &self,
+        topic: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> (Vec<String>, Option<String>) {
+        let Some(set) = self.topic_subs.get(topic) else {
+            return (Vec::new(), None);
+        };
+        let iter: Box<dyn Iterator<Item = &String>> = match cursor {
+            Some(c) => {
+                Box::new(set.range::<str, _>((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded)))
+            }
+            None => Box::new(set.iter()),
+        };
+        let mut page: Vec<String> = iter.take(limit + 1).cloned().collect();
+        let next = if page.len() > limit {
+            page.truncate(limit);
+            page.last().cloned()
+        } else {
+            None
+        };
+        (page, next)
+    }
+
+    // ---- pushes -------------------------------------------------------------------------
+
+    fn stream_id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.stream_ids.get(name) {
+            return id;
+        }
+        let id = self.streams.keys().max().map_or(1, |m| m + 1);
+        let rec = StreamRecord { id, name: name.to_owned(), head: 0 };
+        self.stream_ids.insert(name.to_owned(), id);
+        self.streams
+            .insert(id, Stream { rec, published: 0, messages: BTreeMap::new(), collapse: HashMap::new() });
+        id
+    }
+
+    /// Users a push with this target is for, as of now.
+    fn target_users(&self, target: &TargetSpec, cond: Option<&Condition>) -> Vec<String> {
+        match target {
+            TargetSpec::User(u) => vec![u.clone()],
+            TargetSpec::Users(us) => us.clone(),
+            TargetSpec::Group(g) => {
+                self.group_members.get(g).map(|m| m.iter().cloned().collect()).unwrap_or_default()
+            }
+            TargetSpec::Topic(t) => {
+                self.topic_subs.get(t).map(|m| m.iter().cloned().collect()).unwrap_or_default()
+            }
+            TargetSpec::Condition(_) => {
+                let Some(cond) = cond else {
+                    return Vec::new();
+                };
+                let empty = BTreeSet::new();
+                let subs = |t: &str| self.topic_subs.get(t).unwrap_or(&empty);
+                let candidates: Box<dyn Iterator<Item = &String>> =
+                    match cond.cover(&|i| subs(&cond.topics()[i]).len()) {
+                        Some(cover) => {
+                            let mut set: BTreeSet<&String> = BTreeSet::new();
+                            for i in cover {
+                                set.extend(subs(&cond.topics()[i]).iter());
+                            }
+                            Box::new(set.into_iter())
+                        }
+                        None => Box::new(self.users.keys()),
+                    };
+                candidates
+                    .filter(|u| {
+                        self.users.get(*u).is_some_and(|u| cond.eval_names(|t| u.effective.contains(t)))
+                    })
+                    .cloned()
+                    .collect()
+            }
+        }
+    }
+
+    /// Accepts a push: numbers it, stores it (queued ops), and remembers what to publish once
+    /// durable. The caller submits the ops with `publish: [push_id]`.
+    pub(crate) fn accept_push(&mut self, req: NewPush, now_ms: u64) -> Result<Accepted, ApiError> {
+        if let Some(k) = &req.idempotency_key
+            && let Some(&id) = self.idem.get(k)
+        {
+            return Ok(Accepted::Existing { push_id: id });
+        }
+        let cond = match &req.target {
+            TargetSpec::Condition(text) => {
+                Some(Arc::new(Condition::parse(text).map_err(|e| ApiError::bad_request(e.to_string()))?))
+            }
+            _ => None,
+        };
+        self.last_push_id += 1;
+        let push_id = self.last_push_id;
+        let users = self.target_users(&req.target, cond.as_deref());
+        let targeted: u64 = if req.ttl_secs == 0 {
+            users.iter().map(|u| self.presence.get(u).map_or(0, |c| c.len() as u64)).sum()
+        } else {
+            users.iter().map(|u| self.users.get(u).map_or(0, |u| u.rec.devices.len() as u64)).sum()
+        };
+        let stream_names: Vec<String> = match &req.target {
+            TargetSpec::User(u) => vec![stream_name_user(u)],
+            TargetSpec::Users(us) => us.iter().map(|u| stream_name_user(u)).collect(),
+            TargetSpec::Group(g) => vec![stream_name_group(g)],
+            TargetSpec::Topic(t) => vec![stream_name_topic(t)],
+            TargetSpec::Condition(_) => vec![COND_STREAM.to_owned()],
+        };
+        let mut flags = PushFlags::default();
+        if req.ttl_secs > 0 {
+            flags = flags.with(PushFlags::ACK_REQUIRED);
+        }
+        if req.high_priority {
+            flags = flags.with(PushFlags::HIGH_PRIORITY);
+        }
+        let payload = herald_protocol::payload::PushPayload {
+            push_id,
+            created_ms: now_ms,
+            title: req.title,
+            body: req.body,
+            data: req
+                .data
+                .into_iter()
+                .map(|(key, value)| herald_protocol::payload::DataEntry { key, value })
+                .collect(),
+            collapse_key: req.collapse_key.clone(),
+        };
+        let expires_ms = now_ms + u64::from(req.ttl_secs) * 1000;
+        let message = MessageRecord {
+            push_id,
+            created_ms: now_ms,
+            expires_ms,
+            flags: flags.0,
+            ttl_secs: req.ttl_secs,
+            collapse_key: req.collapse_key.clone(),
+            payload: payload.to_bytes().to_vec(),
+        };
+        let mut messages = Vec::with_capacity(stream_names.len());
+        let mut collapsed_pushes = Vec::new();
+        for name in &stream_names {
+            let id = self.stream_id(name);
+            let Some(st) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            st.rec.head += 1;
+            let seq = st.rec.head;
+            self.ops.push(Op::Stream(st.rec.clone()));
+            if req.ttl_secs > 0 {
+                if let Some(key) = &req.collapse_key
+                    && let Some(old) = st.collapse.insert(key.clone(), seq)
+                {
+                    if let Some(m) = st.messages.remove(&old) {
+                        collapsed_pushes.push(m.push_id);
+                    } else if let Some((&pid, _)) = self
+                        .pending
+                        .iter()
+                        .find(|(_, p)| p.message.collapse_key.as_deref() == Some(key))
+                        .filter(|(pid, _)| {
+                            self.pushes.get(pid).is_some_and(|p| p.messages.contains(&(id, old)))
+                        })
+                    {
+                        collapsed_pushes.push(pid);
+                    }
+                    self.ops.push(Op::Message(id, old, None));
+                }
+                self.ops.push(Op::Message(id, seq, Some(message.clone())));
+            }
+            messages.push((id, seq));
+        }
+        for pid in collapsed_pushes {
+            if let Some(p) = self.pushes.get_mut(&pid) {
+                p.collapsed = true;
+                self.ops.push(Op::Push(p.clone()));
+            }
+        }
+        let rec = PushRecord {
+            id: push_id,
+            created_ms: now_ms,
+            expires_ms,
+            ttl_secs: req.ttl_secs,
+            target: req.target,
+            messages,
+            targeted,
+            sent: 0,
+            delivered: 0,
+            dropped: 0,
+            collapsed: false,
+            collapse_key: req.collapse_key,
+            idempotency_key: req.idempotency_key.clone(),
+        };
+        self.ops.push(Op::Push(rec.clone()));
+        self.pushes.insert(push_id, rec);
+        if let Some(k) = req.idempotency_key {
+            self.idem.insert(k, push_id);
+        }
+        if let Some(c) = cond
+            && req.ttl_secs > 0
+        {
+            self.conditions.insert(push_id, c);
+        }
+        self.pending.insert(push_id, Pending { message });
+        Ok(Accepted::New { push_id, targeted })
+    }
+
+    /// Called by the committer once pushes are durable: makes them visible for backlog and
+    /// sends them to every node holding an interested connection.
+    pub(crate) fn publish(&mut self, ids: &[u64]) {
+        for &id in ids {
+            let Some(pending) = self.pending.remove(&id) else {
+                continue;
+            };
+            let Some(p) = self.pushes.get(&id) else {
+                continue;
+            };
+            let (target, msgs, collapsed) = (p.target.clone(), p.messages.clone(), p.collapsed);
+            let m = pending.message;
+            for &(stream, seq) in &msgs {
+                if let Some(st) = self.streams.get_mut(&stream) {
+                    st.published = st.published.max(seq);
+                    let superseded =
+                        m.collapse_key.as_ref().is_some_and(|k| st.collapse.get(k) != Some(&seq));
+                    if m.ttl_secs > 0 && !collapsed && !superseded {
+                        st.messages.insert(seq, m.clone());
+                        self.expiries.entry(m.expires_ms).or_default().push((stream, seq));
+                    }
+                }
+            }
+            if collapsed {
+                continue;
+            }
+            self.dispatch_live(id, &target, &msgs, &m);
+        }
+        self.update_gauges();
+    }
+
+    fn dispatch_live(&mut self, id: u64, target: &TargetSpec, msgs: &[(u32, u32)], m: &MessageRecord) {
+        let order = |target: Target, (stream, seq): (u32, u32)| PushOrder {
+            push_id: id,
+            target,
+            stream,
+            seq,
+            flags: m.flags,
+            ttl_secs: m.ttl_secs,
+            payload: m.payload.clone(),
+        };
+        let mut sends: Vec<(String, PushOrder)> = Vec::new();
+        match target {
+            TargetSpec::User(u) => {
+                for node in self.user_nodes(u) {
+                    sends.push((node, order(Target::User(u.clone()), msgs[0])));
+                }
+            }
+            TargetSpec::Users(us) => {
+                for (u, &pos) in us.iter().zip(msgs) {
+                    for node in self.user_nodes(u) {
+                        sends.push((node, order(Target::User(u.clone()), pos)));
+                    }
+                }
+            }
+            TargetSpec::Group(g) => {
+                let nodes = self.nodes_of(self.group_members.get(g));
+                for node in nodes {
+                    sends.push((node, order(Target::Group(g.clone()), msgs[0])));
+                }
+            }
+            TargetSpec::Topic(t) => {
+                let nodes = self.nodes_of(self.topic_subs.get(t));
+                for node in nodes {
+                    sends.push((node, order(Target::Topic(t.clone()), msgs[0])));
+                }
+            }
+            TargetSpec::Condition(text) => {
+                let cond = match self.conditions.get(&id) {
+                    Some(c) => Some(c.clone()),
+                    None => Condition::parse(text).ok().map(Arc::new),
+                };
+                let mut nodes = BTreeSet::new();
+                if let Some(cond) = cond {
+                    for (u, conns) in &self.presence {
+                        let wants =
+                            self.users.get(u).is_some_and(|u| cond.eval_names(|t| u.effective.contains(t)));
+                        if wants {
+                            nodes.extend(conns.iter().map(|c| c.node.clone()));
+                        }
+                    }
+                }
+                for node in nodes {
+                    sends.push((node, order(Target::Condition(text.clone()), msgs[0])));
+                }
+            }
+        }
+        for (node, o) in sends {
+            self.metrics.push_orders_sent.inc();
+            self.send_to(&node, LinkMessage::Push(o));
+        }
+    }
+
+    fn nodes_of(&self, users: Option<&BTreeSet<String>>) -> BTreeSet<String> {
+        let mut nodes = BTreeSet::new();
+        let Some(users) = users else {
+            return nodes;
+        };
+        // Walk whichever side is smaller: the interested users or the online ones.
+        if users.len() <= self.presence.len() {
+            for u in users {
+                if let Some(cs) = self.presence.get(u) {
+                    nodes.extend(cs.iter().map(|c| c.node.clone()));
+                }
+            }
+        } else {
+            for (u, cs) in &self.presence {
+                if users.contains(u) {
+                    nodes.extend(cs.iter().map(|c| c.node.clone()));
+                }
+            }
+        }
+        nodes
+    }
+
+    /// The id of the newest push accepted.
+    pub(crate) fn last_push_id(&self) -> u64 {
+        self.last_push_id
+    }
+
+    pub(crate) fn push_status(&self, id: u64, now_ms: u64) -> Option<PushStatus> {
+        let p = self.pushes.get(&id)?;
+        let owed = p.targeted.saturating_sub(p.delivered);
+        let (state, pending, expired, collapsed) = if p.ttl_secs == 0 {
+            ("fire_and_forget", 0, 0, 0)
+        } else if p.collapsed {
+            ("collapsed", 0, 0, owed)
+        } else if now_ms >= p.expires_ms {
+            ("expired", 0, owed, 0)
+        } else if owed == 0 {
+            ("delivered", 0, 0, 0)
+        } else {
+            ("pending", owed, 0, 0)
+        };
+        Some(PushStatus {
+            push_id: id,
+            state,
+            targeted: p.targeted,
+            sent: p.sent,
+            delivered: p.delivered,
+            pending_offline: pending,
+            expired,
+            dropped: p.dropped,
+            collapsed,
+            created_ms: p.created_ms,
+            expires_ms: p.expires_ms,
+        })
+    }
+
+    // ---- delivery bookkeeping -----------------------------------------------------------
+
+    /// Whether message `m` of stream `stream_name` is owed to `device` of `user`.
+    fn owed(&self, user: &str, device: &str, stream_name: &str, m: &MessageRecord) -> bool {
+        let Some(u) = self.users.get(user) else {
+            return false;
+        };
+        let Some(d) = u.rec.devices.get(device) else {
+            return false;
+        };
+        if m.push_id <= d.registered_pos {
+            return false;
+        }
+        let since_ok = |name: &str| u.rec.since.get(name).is_some_and(|&s| s < m.push_id);
+        if stream_name == COND_STREAM {
+            return self.conditions.get(&m.push_id).is_some_and(|c| {
+                c.eval_names(|t| u.effective.contains(t) && since_ok(&stream_name_topic(t)))
+            });
+        }
+        match stream_name.split_once(':') {
+            Some(("u", name)) => name == user,
+            Some(("g" | "t", _)) => since_ok(stream_name),
+            _ => false,
+        }
+    }
+
+    /// Applies a terminal's acknowledgement of `first..=last` (first 0: cumulative) of a stream.
+    fn ack(&mut self, user: &str, device: &str, stream: u32, first: u32, last: u32) {
+        let Some(st) = self.streams.get(&stream) else {
+            return;
+        };
+        let last = last.min(st.published);
+        let key = (user.to_owned(), device.to_owned());
+        let mut cur = self.cursors.get(&key).and_then(|m| m.get(&stream)).cloned().unwrap_or_default();
+        let before = cur.clone();
+        let name = st.rec.name.as_str();
+        let mut newly = Vec::new();
+        let lo =
+            if first == 0 { cur.cursor.saturating_add(1) } else { first.max(cur.cursor.saturating_add(1)) };
+        if lo <= last {
+            for (&seq, m) in st.messages.range(lo..=last) {
+                if cur.above.binary_search(&seq).is_err() && self.owed(user, device, name, m) {
+                    newly.push(m.push_id);
+                    if first != 0 {
+                        let at = cur.above.partition_point(|&s| s < seq);
+                        cur.above.insert(at, seq);
+                    }
+                }
+            }
+        }
+        if first == 0 {
+            cur.cursor = cur.cursor.max(last);
+        }
+        // Advance over everything acknowledged or not owed to this device.
+        let mut c = cur.cursor;
+        let mut blocked = false;
+        for (&seq, m) in st.messages.range(c.saturating_add(1)..) {
+            if seq > st.published {
+                break;
+            }
+            if cur.above.binary_search(&seq).is_ok() || !self.owed(user, device, name, m) {
+                c = seq;
+            } else {
+                c = seq - 1;
+                blocked = true;
+                break;
+            }
+        }
+        if !blocked {
+            c = st.published;
+        }
+        cur.cursor = cur.cursor.max(c);
+        let cursor = cur.cursor;
+        cur.above.retain(|&s| s > cursor);
+        for pid in newly {
+            if let Some(p) = self.pushes.get_mut(&pid) {
+                p.delivered += 1;
+                self.ops.push(Op::Push(p.clone()));
+            }
+        }
+        if cur != before {
+            self.ops.push(Op::Cursor {
+                user: user.to_owned(),
+                device: device.to_owned(),
+                stream,
+                cursor: cur.clone(),
+            });
+            self.cursors.entry(key).or_default().insert(stream, cur);
+        }
+    }
+
+    /// Stored messages owed to a device that just logged in, in order per stream.
+    fn backlog(&mut self, user: &str, device: &str, resume: &[StreamSeq], now_ms: u64) -> Vec<PushOrder> {
+        for r in resume {
+            self.ack(user, device, r.stream, 0, r.seq);
+        }
+        let Some(u) = self.users.get(user) else {
+            return Vec::new();
+        };
+        let offline_pos = u.rec.devices.get(device).map_or(0, |d| d.offline_pos);
+        let mut names: Vec<String> = vec![stream_name_user(user)];
+        names.extend(u.rec.groups.iter().map(|g| stream_name_group(g)));
+        names.extend(u.effective.iter().map(|t| stream_name_topic(t)));
+        names.push(COND_STREAM.to_owned());
+        let key = (user.to_owned(), device.to_owned());
+        let mut out = Vec::new();
+        for name in names {
+            let Some(&sid) = self.stream_ids.get(&name) else {
+                continue;
+            };
+            let Some(st) = self.streams.get(&sid) else {
+                continue;
+            };
+            let cur = self.cursors.get(&key).and_then(|m| m.get(&sid)).cloned().unwrap_or_default();
+            for (&seq, m) in st.messages.range(cur.cursor.saturating_add(1)..) {
+                if m.expires_ms <= now_ms
+                    || cur.above.binary_search(&seq).is_ok()
+                    || !self.owed(user, device, &name, m)
+                {
+                    continue;
+                }
+                let mut flags = m.flags;
+                if m.push_id <= offline_pos {
+                    flags = with_flag(flags, PushFlags::REDELIVERY);
+                }
+                out.push(PushOrder {
+                    push_id: m.push_id,
+                    target: Target::Device { user: user.to_owned(), device: device.to_owned() },
+                    stream: sid,
+                    seq,
+                    flags,
+                    ttl_secs: (m.expires_ms - now_ms).div_ceil(1000) as u32,
+                    payload: m.payload.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    // ---- the link ------------------------------------------------------------------------
+
+    /// A node said Hello: it replaces any earlier connection of the same node id and gets a
+    /// Welcome and the tables. Returns the connection's id.
+    pub(crate) fn node_hello(&mut self, hello: &Hello, tx: UnboundedSender<LinkMessage>) -> u64 {
+        self.drop_node_presence(&hello.node_id);
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let _ = tx.send(LinkMessage::Welcome(Welcome { epoch: self.epoch }));
+        let _ = tx.send(LinkMessage::Tables(self.tables()));
+        self.nodes.insert(
+            hello.node_id.clone(),
+            Node { conn, tx, public_addr: hello.public_addr.clone(), stats: NodeStats::default() },
+        );
+        self.metrics.link_connects.inc();
+        self.update_gauges();
+        conn
+    }
+
+    fn drop_node_presence(&mut self, node: &str) {
+        let pos = self.last_push_id;
+        let mut gone = Vec::new();
+        for (u, cs) in self.presence.iter_mut() {
+            cs.retain(|c| {
+                let keep = c.node != node;
+                if !keep {
+                    gone.push((u.clone(), c.device.clone()));
+                }
+                keep
+            });
+        }
+        self.presence.retain(|_, cs| !cs.is_empty());
+        for (u, d) in gone {
+            self.mark_offline(&u, &d, pos);
+        }
+    }
+
+    fn mark_offline(&mut self, user: &str, device: &str, pos: u64) {
+        if let Some(d) = self.users.get_mut(user).and_then(|u| u.rec.devices.get_mut(device)) {
+            d.offline_pos = pos;
+            self.save_user(user);
+        }
+    }
+
+    /// The node's connection ended.
+    pub(crate) fn node_gone(&mut self, node: &str, conn: u64) {
+        if self.nodes.get(node).is_some_and(|n| n.conn == conn) {
+            self.nodes.remove(node);
+            self.drop_node_presence(node);
+            self.update_gauges();
+        }
+    }
+
+    fn is_current(&self, node: &str, conn: u64) -> bool {
+        self.nodes.get(node).is_some_and(|n| n.conn == conn)
+    }
+
+    pub(crate) fn presence_changes(
+        &mut self,
+        node: &str,
+        conn: u64,
+        changes: Vec<PresenceChange>,
+        now_ms: u64,
+    ) {
+        if !self.is_current(node, conn) {
+            return;
+        }
+        for ch in changes {
+            match ch {
+                PresenceChange::Online(on) => {
+                    self.register_device(&on.user, &on.device);
+                    let cs = self.presence.entry(on.user.clone()).or_default();
+                    cs.retain(|c| !(c.node == node && c.device == on.device));
+                    cs.push(Conn {
+                        device: on.device.clone(),
+                        node: node.to_owned(),
+                        session: on.session_id,
+                    });
+                    let subs = self.subscriptions_of(&on.user);
+                    self.send_to(node, LinkMessage::Subscriptions(vec![subs]));
+                    let orders = self.backlog(&on.user, &on.device, &on.resume, now_ms);
+                    self.metrics.backlog_pushes_sent.add(orders.len() as u64);
+                    for o in orders {
+                        self.send_to(node, LinkMessage::Push(o));
+                    }
+                }
+                PresenceChange::Offline(off) => {
+                    let mut removed = false;
+                    if let Some(cs) = self.presence.get_mut(&off.user) {
+                        let n = cs.len();
+                        cs.retain(|c| {
+                            !(c.node == node && c.device == off.device && c.session == off.session_id)
+                        });
+                        removed = cs.len() != n;
+                        if cs.is_empty() {
+                            self.presence.remove(&off.user);
+                        }
+                    }
+                    if removed {
+                        let pos = self.last_push_id;
+                        self.mark_offline(&off.user, &off.device, pos);
+                    }
+                }
+            }
+        }
+        self.update_gauges();
+    }
+
+    pub(crate) fn receipts(&mut self, receipts: &[Receipt]) {
+        self.metrics.receipts.add(receipts.len() as u64);
+        for r in receipts {
+            if r.first > r.last {
+                continue;
+            }
+            self.ack(&r.user, &r.device, r.stream, r.first, r.last);
+        }
+    }
+
+    pub(crate) fn reports(&mut self, reports: &[PushReport]) {
+        for r in reports {
+            if let Some(p) = self.pushes.get_mut(&r.push_id) {
+                p.sent += u64::from(r.sent);
+                p.dropped += u64::from(r.dropped);
+                self.ops.push(Op::Push(p.clone()));
+            }
+        }
+    }
+
+    pub(crate) fn node_stats(&mut self, node: &str, conn: u64, stats: NodeStats) {
+        if let Some(n) = self.nodes.get_mut(node).filter(|n| n.conn == conn) {
+            n.stats = stats;
+        }
+    }
+
+    /// Names and public addresses of connected nodes.
+    pub(crate) fn node_list(&self) -> Vec<(String, String, NodeStats)> {
+        self.nodes.iter().map(|(id, n)| (id.clone(), n.public_addr.clone(), n.stats)).collect()
+    }
+
+    // ---- housekeeping -------------------------------------------------------------------
+
+    /// Drops expired messages and retired keys whose tokens have all expired.
+    pub(crate) fn sweep(&mut self, now_ms: u64) {
+        let later = self.expiries.split_off(&(now_ms + 1));
+        let due = std::mem::replace(&mut self.expiries, later);
+        let mut dropped = 0u64;
+        for (_, list) in due {
+            for (stream, seq) in list {
+                if let Some(st) = self.streams.get_mut(&stream)
+                    && st.messages.get(&seq).is_some_and(|m| m.expires_ms <= now_ms)
+                    && let Some(m) = st.messages.remove(&seq)
+                {
+                    dropped += 1;
+                    self.conditions.remove(&m.push_id);
+                    self.ops.push(Op::Message(stream, seq, None));
+                }
+            }
+        }
+        self.metrics.messages_expired.add(dropped);
+        let now_secs = now_ms / 1000;
+        let retired: Vec<u32> =
+            self.keys.values().filter(|k| !k.current && k.max_expires_at <= now_secs).map(|k| k.id).collect();
+        for id in &retired {
+            self.keys.remove(id);
+            self.ops.push(Op::KeyRemoved(*id));
+        }
+        self.broadcast(retired.into_iter().map(TableChange::KeyRemoved).collect());
+        if dropped > 0 {
+            self.update_gauges();
+        }
+    }
+}
+
+fn revocation_entry(user: &str, r: &RevocationRecord) -> RevocationEntry {
+    RevocationEntry {
+        user: user.to_owned(),
+        all_before: r.all_before,
+        devices: r.devices.iter().map(|(d, &t)| (d.clone(), t)).collect(),
+    }
+}
+
+fn dedup(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v.dedup();
+    v
+}

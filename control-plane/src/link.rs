@@ -1,0 +1,175 @@
+//! The link server: one TCP connection per gateway node, `LINK` frames carrying
+//! `herald_protocol::link::LinkMessage`s (see that module for the conversation).
+//!
+//! Per connection a reader task decodes and applies messages to the core, and a writer task
+//! drains the node's outbound queue (filled by the core under its lock), tracking the stream
+//! offset for alignment padding and coalescing queued messages into one write.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use herald_protocol::frame::{Decoder, Frame};
+use herald_protocol::link::{LINK_VERSION, LinkMessage, MAX_LINK_FRAME_BYTES};
+use rkyv::util::AlignedVec;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::{Shared, now_ms};
+
+/// How long a new connection has to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of queued messages written in one go.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// Accepts gateway nodes until `shutdown`.
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    let mut stop = shutdown.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(connection(shared.clone(), stream, peer, shutdown.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "link accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = crate::stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// Reads link messages from one node.
+struct Reader {
+    half: OwnedReadHalf,
+    buf: BytesMut,
+    decoder: Decoder,
+    scratch: AlignedVec,
+}
+
+impl Reader {
+    /// The next message; `Ok(None)` at a clean end of stream.
+    async fn next(&mut self) -> anyhow::Result<Option<LinkMessage>> {
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buf)? {
+                let Frame::Link(link) = frame else {
+                    anyhow::bail!("unexpected non-link frame on the link");
+                };
+                return Ok(Some(LinkMessage::decode(&link, &mut self.scratch)?));
+            }
+            self.buf.reserve(64 * 1024);
+            if self.half.read_buf(&mut self.buf).await? == 0 {
+                return match self.decoder.decode_eof(&mut self.buf)? {
+                    Some(_) => anyhow::bail!("frame at end of stream"),
+                    None => Ok(None),
+                };
+            }
+        }
+    }
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (rd, wr) = stream.into_split();
+    let mut reader = Reader {
+        half: rd,
+        buf: BytesMut::with_capacity(64 * 1024),
+        decoder: Decoder::new(MAX_LINK_FRAME_BYTES),
+        scratch: AlignedVec::new(),
+    };
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, reader.next()).await {
+        Ok(Ok(Some(LinkMessage::Hello(h)))) => h,
+        Ok(Ok(other)) => {
+            tracing::warn!(%peer, ?other, "link peer did not start with Hello");
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, error = %e, "link peer sent garbage before Hello");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "link peer sent no Hello in time");
+            return;
+        }
+    };
+    if hello.link_version != LINK_VERSION {
+        tracing::warn!(%peer, version = hello.link_version, "link version refused");
+        return;
+    }
+    let node = hello.node_id.clone();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let conn = shared.fire(|core| core.node_hello(&hello, tx));
+    tracing::info!(%peer, %node, conn, "gateway node connected");
+    let writer = tokio::spawn(write_loop(wr, rx));
+    loop {
+        let msg = tokio::select! {
+            m = reader.next() => m,
+            () = crate::stopped(&mut shutdown) => break,
+        };
+        match msg {
+            Ok(Some(m)) => {
+                if !apply(&shared, &node, conn, m) {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(%node, error = %e, "link read failed");
+                break;
+            }
+        }
+    }
+    shared.fire(|core| core.node_gone(&node, conn));
+    // The core dropped its sender (or will on replacement); stop the writer either way.
+    writer.abort();
+    tracing::info!(%node, conn, "gateway node disconnected");
+}
+
+/// Applies one message from a node; false ends the connection (protocol violation).
+fn apply(shared: &Shared, node: &str, conn: u64, msg: LinkMessage) -> bool {
+    match msg {
+        LinkMessage::Presence(changes) => {
+            let now = now_ms();
+            shared.fire(|core| core.presence_changes(node, conn, changes, now));
+        }
+        LinkMessage::Receipts(rs) => shared.fire(|core| core.receipts(&rs)),
+        LinkMessage::Reports(rs) => shared.fire(|core| core.reports(&rs)),
+        LinkMessage::Stats(s) => shared.fire(|core| core.node_stats(node, conn, s)),
+        other => {
+            tracing::warn!(%node, ?other, "gateway sent a control-plane message");
+            return false;
+        }
+    }
+    true
+}
+
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<LinkMessage>) {
+    let mut offset: u64 = 0;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg.encode(offset, &mut buf) {
+                Ok(n) => offset += n as u64,
+                Err(e) => tracing::error!(error = %e, "cannot encode a link message; dropped"),
+            }
+            if buf.len() < WRITE_BATCH_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        if wr.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+    }
+    let _ = wr.shutdown().await;
+}

@@ -1,0 +1,109 @@
+//! Counters and gauges, rendered in the Prometheus text format at `GET /metrics`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A monotonically increasing counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything the control plane counts.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub pushes_accepted: Counter,
+    pub pushes_idempotent: Counter,
+    pub api_errors: Counter,
+    pub push_orders_sent: Counter,
+    pub backlog_pushes_sent: Counter,
+    pub receipts: Counter,
+    pub store_commits: Counter,
+    pub store_ops: Counter,
+    pub store_commit_micros: Counter,
+    pub store_errors: Counter,
+    pub messages_expired: Counter,
+    pub link_connects: Counter,
+    pub nodes: Gauge,
+    pub online_devices: Gauge,
+    pub stored_messages: Gauge,
+}
+
+impl Metrics {
+    /// The Prometheus exposition text.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        let counters: [(&str, &str, &Counter); 12] = [
+            ("herald_cp_pushes_accepted_total", "Pushes accepted (durable).", &self.pushes_accepted),
+            (
+                "herald_cp_pushes_idempotent_total",
+                "Retried pushes answered from an idempotency key.",
+                &self.pushes_idempotent,
+            ),
+            ("herald_cp_api_errors_total", "Admin API calls answered with an error.", &self.api_errors),
+            (
+                "herald_cp_push_orders_sent_total",
+                "Push orders sent to gateway nodes.",
+                &self.push_orders_sent,
+            ),
+            (
+                "herald_cp_backlog_pushes_sent_total",
+                "Stored messages sent to devices at login.",
+                &self.backlog_pushes_sent,
+            ),
+            ("herald_cp_receipts_total", "Terminal acknowledgement ranges received.", &self.receipts),
+            ("herald_cp_store_commits_total", "Store write transactions.", &self.store_commits),
+            ("herald_cp_store_ops_total", "Records written to the store.", &self.store_ops),
+            (
+                "herald_cp_store_commit_micros_total",
+                "Time spent in store commits.",
+                &self.store_commit_micros,
+            ),
+            ("herald_cp_store_errors_total", "Failed store commits.", &self.store_errors),
+            (
+                "herald_cp_messages_expired_total",
+                "Stored messages removed at TTL expiry.",
+                &self.messages_expired,
+            ),
+            ("herald_cp_link_connects_total", "Gateway node link connections accepted.", &self.link_connects),
+        ];
+        for (name, help, c) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.get());
+        }
+        let gauges: [(&str, &str, &Gauge); 3] = [
+            ("herald_cp_nodes", "Connected gateway nodes.", &self.nodes),
+            ("herald_cp_online_devices", "Devices online on some node.", &self.online_devices),
+            ("herald_cp_stored_messages", "Messages held for delivery.", &self.stored_messages),
+        ];
+        for (name, help, g) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", g.get());
+        }
+        out
+    }
+}

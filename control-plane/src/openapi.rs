@@ -1,0 +1,159 @@
+//! The OpenAPI 3 document served at `/openapi.json`. A test checks that every route of the
+//! router is in it, with the same methods.
+
+use serde_json::{Value, json};
+
+fn err(desc: &str) -> Value {
+    json!({ "description": desc, "content": { "application/json": {
+        "schema": { "$ref": "#/components/schemas/Error" } } } })
+}
+
+fn body(schema: Value) -> Value {
+    json!({ "required": true, "content": { "application/json": { "schema": schema } } })
+}
+
+fn ok_json(desc: &str, schema: Value) -> Value {
+    json!({ "description": desc, "content": { "application/json": { "schema": schema } } })
+}
+
+fn path_param(name: &str, desc: &str) -> Value {
+    json!({ "name": name, "in": "path", "required": true, "description": desc,
+            "schema": { "type": "string", "minLength": 1, "maxLength": 255 } })
+}
+
+fn op(summary: &str, params: Vec<Value>, request: Option<Value>, ok: (&str, Value)) -> Value {
+    let mut o = json!({
+        "summary": summary,
+        "parameters": params,
+        "responses": {
+            ok.0: ok.1,
+            "400": err("Invalid input"),
+            "401": err("Missing or wrong admin key"),
+            "503": err("The store is not accepting writes"),
+        }
+    });
+    if let Some(r) = request {
+        o["requestBody"] = r;
+    }
+    o
+}
+
+/// The document.
+pub(crate) fn document() -> Value {
+    let names = json!({ "type": "array", "items": { "type": "string", "minLength": 1, "maxLength": 255 } });
+    let user_view = json!({ "$ref": "#/components/schemas/User" });
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Herald control plane admin API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Credentials, groups and topics, pushes and their status. Every route but /healthz needs `Authorization: Bearer <admin key>`. Errors are JSON {\"error\": reason}."
+        },
+        "security": [{ "bearer": [] }],
+        "paths": {
+            "/healthz": { "get": { "summary": "Liveness", "security": [],
+                "responses": { "200": ok_json("Up", json!({ "type": "object" })) } } },
+            "/metrics": { "get": { "summary": "Prometheus metrics",
+                "responses": { "200": { "description": "Prometheus text format",
+                    "content": { "text/plain": { "schema": { "type": "string" } } } },
+                    "401": err("Missing or wrong admin key") } } },
+            "/openapi.json": { "get": { "summary": "This document",
+                "responses": { "200": ok_json("OpenAPI 3", json!({ "type": "object" })),
+                    "401": err("Missing or wrong admin key") } } },
+            "/v1/credentials": { "post": op("Issue a terminal credential (registers the device)", vec![],
+                Some(body(json!({ "type": "object", "required": ["user", "device"], "properties": {
+                    "user": { "type": "string" }, "device": { "type": "string" },
+                    "ttl_secs": { "type": "integer", "minimum": 1 } } }))),
+                ("200", ok_json("Token", json!({ "type": "object", "properties": {
+                    "token": { "type": "string" }, "expires_at": { "type": "integer" },
+                    "user": { "type": "string" }, "device": { "type": "string" } } })))) },
+            "/v1/credentials/revoke": { "post": op("Revoke a user's (or one device's) credentials issued so far; closes their connections", vec![],
+                Some(body(json!({ "type": "object", "required": ["user"], "properties": {
+                    "user": { "type": "string" }, "device": { "type": "string" } } }))),
+                ("200", ok_json("Revoked", json!({ "type": "object", "properties": {
+                    "revoked_issued_before": { "type": "integer" } } })))) },
+            "/v1/keys/rotate": { "post": op("Make a new signing key current; older keys verify until their tokens expire", vec![], None,
+                ("200", ok_json("Rotated", json!({ "type": "object", "properties": {
+                    "key_id": { "type": "integer" }, "previous_key_id": { "type": "integer", "nullable": true },
+                    "retiring": { "type": "array", "items": { "type": "object", "properties": {
+                        "key_id": { "type": "integer" }, "valid_until": { "type": "integer" } } } } } })))) },
+            "/v1/users/{user}": { "get": op("A user's groups, effective topics, devices and presence",
+                vec![path_param("user", "User id")], None, ("200", ok_json("User", user_view.clone()))) },
+            "/v1/users/{user}/groups": { "put": op("Replace a user's groups",
+                vec![path_param("user", "User id")],
+                Some(body(json!({ "type": "object", "required": ["groups"], "properties": { "groups": names.clone() } }))),
+                ("200", ok_json("User", user_view.clone()))) },
+            "/v1/users/{user}/topics": { "put": op("Replace a user's direct topics",
+                vec![path_param("user", "User id")],
+                Some(body(json!({ "type": "object", "required": ["topics"], "properties": { "topics": names.clone() } }))),
+                ("200", ok_json("User", user_view))) },
+            "/v1/groups/{group}": {
+                "get": op("The topics a group's members follow (default: the topic named after the group)",
+                    vec![path_param("group", "Group name")], None,
+                    ("200", ok_json("Group", json!({ "$ref": "#/components/schemas/Group" })))),
+                "put": op("Set the topics a group's members follow",
+                    vec![path_param("group", "Group name")],
+                    Some(body(json!({ "type": "object", "required": ["topics"], "properties": { "topics": names } }))),
+                    ("200", ok_json("Group", json!({ "$ref": "#/components/schemas/Group" })))) },
+            "/v1/pushes": { "post": op("Accept a push; answered once it is durable", vec![],
+                Some(body(json!({ "$ref": "#/components/schemas/PushRequest" }))),
+                ("202", ok_json("Accepted", json!({ "type": "object", "properties": {
+                    "push_id": { "type": "integer" }, "targeted": { "type": "integer" },
+                    "replayed": { "type": "boolean", "description": "true when an idempotency key named an earlier push" } } })))) },
+            "/v1/pushes/{id}": { "get": {
+                "summary": "Delivery status of a push",
+                "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } }],
+                "responses": { "200": ok_json("Status", json!({ "$ref": "#/components/schemas/PushStatus" })),
+                    "400": err("Not a push id"), "401": err("Missing or wrong admin key"), "404": err("Unknown push") } } },
+            "/v1/topics/{topic}/subscribers": { "get": op("Users following a topic (directly or through a group), paged",
+                vec![path_param("topic", "Topic name"),
+                     json!({ "name": "cursor", "in": "query", "schema": { "type": "string" },
+                             "description": "next_cursor of the previous page" }),
+                     json!({ "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 } })],
+                None,
+                ("200", ok_json("Page", json!({ "type": "object", "properties": {
+                    "subscribers": { "type": "array", "items": { "type": "string" } },
+                    "next_cursor": { "type": "string", "nullable": true } } })))) },
+            "/v1/nodes": { "get": op("Connected gateway nodes", vec![], None,
+                ("200", ok_json("Nodes", json!({ "type": "object" })))) },
+        },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
+                "Group": { "type": "object", "properties": { "group": { "type": "string" },
+                    "topics": { "type": "array", "items": { "type": "string" } } } },
+                "User": { "type": "object", "properties": {
+                    "user": { "type": "string" },
+                    "groups": { "type": "array", "items": { "type": "string" } },
+                    "topics": { "type": "array", "items": { "type": "string" } },
+                    "effective_topics": { "type": "array", "items": { "type": "string" } },
+                    "devices": { "type": "array", "items": { "type": "string" } },
+                    "presence": { "type": "array", "items": { "type": "object", "properties": {
+                        "device": { "type": "string" }, "node": { "type": "string" },
+                        "node_addr": { "type": "string" }, "session_id": { "type": "integer" } } } } } },
+                "PushRequest": { "type": "object", "required": ["to"], "properties": {
+                    "to": { "type": "object", "description": "exactly one of the properties",
+                        "properties": { "user": { "type": "string" },
+                            "users": { "type": "array", "items": { "type": "string" } },
+                            "group": { "type": "string" }, "topic": { "type": "string" },
+                            "condition": { "type": "string", "example": "'a' in topics && ('b' in topics || !('c' in topics))" } } },
+                    "payload": { "type": "object", "properties": { "title": { "type": "string" },
+                        "body": { "type": "string" },
+                        "data": { "type": "object", "additionalProperties": { "type": "string" } } } },
+                    "ttl_secs": { "type": "integer", "minimum": 0, "description": "0: fire-and-forget to whoever is online" },
+                    "priority": { "type": "string", "enum": ["normal", "high"] },
+                    "collapse_key": { "type": "string" },
+                    "idempotency_key": { "type": "string" } } },
+                "PushStatus": { "type": "object", "properties": {
+                    "push_id": { "type": "integer" },
+                    "state": { "type": "string", "enum": ["pending", "delivered", "expired", "collapsed", "fire_and_forget"] },
+                    "targeted": { "type": "integer" }, "sent": { "type": "integer" },
+                    "delivered": { "type": "integer" }, "pending_offline": { "type": "integer" },
+                    "expired": { "type": "integer" }, "dropped": { "type": "integer" },
+                    "collapsed": { "type": "integer" },
+                    "created_ms": { "type": "integer" }, "expires_ms": { "type": "integer" } } }
+            }
+        }
+    })
+}
