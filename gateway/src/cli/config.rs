@@ -39,10 +39,7 @@ pub struct FileConfig {
 pub struct ConfigErrors(pub Vec<String>);
 
 const SECTIONS: &[(&str, &[&str])] = &[
-    (
-        "control_plane",
-        &["data", "admin", "link", "admin_key", "default_ttl_secs", "credential_ttl_secs"],
-    ),
+    ("control_plane", &["data", "admin", "link", "admin_key", "default_ttl_secs", "credential_ttl_secs"]),
     (
         "gateway",
         &[
@@ -138,9 +135,8 @@ impl Reader<'_> {
         match text.parse() {
             Ok(a) => Some(a),
             Err(_) => {
-                self.errors.push(format!(
-                    "`{section}.{key}`: {text:?} is not an address like \"127.0.0.1:7000\""
-                ));
+                self.errors
+                    .push(format!("`{section}.{key}`: {text:?} is not an address like \"127.0.0.1:7000\""));
                 None
             }
         }

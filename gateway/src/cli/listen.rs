@@ -36,7 +36,8 @@ pub fn run(args: ListenArgs) -> anyhow::Result<()> {
         Some(d) => d,
         None => credential::peek(&args.token).context("the token is not a Herald credential")?.device,
     };
-    let mut config = SessionConfig::new(Bytes::from(args.token.into_bytes()), Bytes::from(device.into_bytes()));
+    let mut config =
+        SessionConfig::new(Bytes::from(args.token.into_bytes()), Bytes::from(device.into_bytes()));
     // A person watching pushes arrive wants each acknowledged at once (and `--count` exits right
     // after the last one), so acks are not batched here.
     config.ack_batch = 1;
@@ -81,7 +82,9 @@ pub fn run(args: ListenArgs) -> anyhow::Result<()> {
             match ev {
                 Event::Connect => want_connect = true,
                 Event::LoggedIn { session_id, heartbeat_interval } => {
-                    eprintln!("herald listen: logged in, session {session_id}, heartbeat every {heartbeat_interval:?}");
+                    eprintln!(
+                        "herald listen: logged in, session {session_id}, heartbeat every {heartbeat_interval:?}"
+                    );
                 }
                 Event::Push { header, payload } => {
                     let line = push_json(header.stream, header.seq, header.flags, &payload);

@@ -145,9 +145,9 @@ fn run_inner(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Mode::Gateway { control_plane, gw } => {
-            let addr = control_plane
-                .or(file.control_plane)
-                .ok_or_else(|| usage("`herald gateway` needs --control-plane ADDR (or gateway.control_plane in the config)"))?;
+            let addr = control_plane.or(file.control_plane).ok_or_else(|| {
+                usage("`herald gateway` needs --control-plane ADDR (or gateway.control_plane in the config)")
+            })?;
             let gw = start_gateway(&file, &gw, addr)?;
             wait_for_signal()?;
             drain(gw)
@@ -170,7 +170,8 @@ fn run_inner(cli: Cli) -> Result<(), Failure> {
 }
 
 fn init_tracing(file_filter: Option<&str>) {
-    let filter = std::env::var("RUST_LOG").ok().or(file_filter.map(str::to_owned)).unwrap_or_else(|| "info".into());
+    let filter =
+        std::env::var("RUST_LOG").ok().or(file_filter.map(str::to_owned)).unwrap_or_else(|| "info".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -188,7 +189,8 @@ fn start_control_plane(file: &FileConfig, args: &CpArgs) -> Result<ControlPlane,
     if let Some(a) = args.link.or(file.link) {
         cfg.link_addr = a;
     }
-    cfg.admin_key = std::env::var("HERALD_ADMIN_KEY").ok().filter(|k| !k.is_empty()).or(file.admin_key.clone());
+    cfg.admin_key =
+        std::env::var("HERALD_ADMIN_KEY").ok().filter(|k| !k.is_empty()).or(file.admin_key.clone());
     if let Some(t) = file.default_ttl_secs {
         cfg.default_ttl_secs = t;
     }
