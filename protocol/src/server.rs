@@ -1,5 +1,5 @@
 //! The server side of one terminal connection, as the gateway holds it: small enough that a core
-//! keeps tens of thousands in a slab (40 bytes), allocation-free unless a terminal leaves many
+//! keeps tens of thousands in a slab (48 bytes), allocation-free unless a terminal leaves many
 //! separate runs of pushes unacknowledged.
 //!
 //! Time is a [`Tick`]: milliseconds since the owning core's epoch in a `u32`, compared with
