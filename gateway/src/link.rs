@@ -298,7 +298,7 @@ fn dispatch(node: &Arc<Node>, msg: LinkMessage) {
             }
         }
         LinkMessage::Push(order) => {
-            if let Some(job) = push_job(order) {
+            if let Some(job) = push_job(order, node.tables.load_full()) {
                 let job = Arc::new(job);
                 for c in &node.cores {
                     c.send(CoreCmd::Push(job.clone()));
@@ -315,7 +315,7 @@ fn dispatch(node: &Arc<Node>, msg: LinkMessage) {
     }
 }
 
-fn push_job(order: PushOrder) -> Option<PushJob> {
+fn push_job(order: PushOrder, tables: Arc<Snapshot>) -> Option<PushJob> {
     let received = Instant::now();
     let flags = PushFlags(order.flags);
     let header = PushHeader { flags, ttl_secs: order.ttl_secs, stream: order.stream, seq: order.seq };
@@ -346,5 +346,6 @@ fn push_job(order: PushOrder) -> Option<PushJob> {
         frame,
         persistent: flags.contains(PushFlags::ACK_REQUIRED),
         received,
+        tables,
     })
 }

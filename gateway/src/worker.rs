@@ -36,6 +36,9 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Most bytes read from one connection per readiness event (fairness between connections).
 const READ_BUDGET: usize = 256 * 1024;
 
+/// Most commands applied before the queued frames are written (latency of the first ones).
+const COMMAND_BATCH: usize = 64;
+
 /// A message for a core.
 #[derive(Debug)]
 pub(crate) enum CoreCmd {
@@ -62,6 +65,9 @@ pub(crate) struct PushJob {
     pub(crate) persistent: bool,
     /// When the node received it (fan-out latency).
     pub(crate) received: Instant,
+    /// The tables as they were when the push arrived: a group change that arrives on the link
+    /// after a push must not change who that push reaches.
+    pub(crate) tables: Arc<crate::tables::Snapshot>,
 }
 
 const fn pong_table() -> [[u8; 2]; 256] {
@@ -187,7 +193,11 @@ async fn core_main(n: usize, node: Arc<Node>, listener: StdListener, inbox: Mail
         let drain = {
             let mut wk = w.borrow_mut();
             let mut jobs = 0;
-            while let Ok(cmd) = inbox.try_recv() {
+            let mut budget = COMMAND_BATCH;
+            while budget > 0
+                && let Ok(cmd) = inbox.try_recv()
+            {
+                budget -= 1;
                 jobs += usize::from(matches!(cmd, CoreCmd::Push(_)));
                 wk.on_cmd(cmd);
             }
@@ -195,13 +205,31 @@ async fn core_main(n: usize, node: Arc<Node>, listener: StdListener, inbox: Mail
             if jobs > 0 {
                 wk.record_fanout();
             }
-            wk.draining
+            (wk.draining, budget == 0)
         };
-        if drain {
+        if drain.0 {
             break;
+        }
+        if drain.1 {
+            // More commands wait: let connection tasks run before the next batch.
+            yield_now().await;
         }
     }
     drain(&w).await;
+}
+
+/// Lets every other ready task of the core run once.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await;
 }
 
 async fn drain(w: &Rc<RefCell<Worker>>) {
@@ -700,11 +728,9 @@ impl Worker {
     fn on_push(&mut self, job: &PushJob) {
         self.m.pushes.inc();
         self.pending_fanout.push(job.received);
-        let snap = self.node.tables.load();
         let mut slots = std::mem::take(&mut self.scratch);
         slots.clear();
-        self.index.collect(&job.plan, &snap, &mut slots);
-        drop(snap);
+        self.index.collect(&job.plan, &job.tables, &mut slots);
         let max = self.node.config.outbound_queue_frames;
         let (mut sent, mut dropped) = (0u32, 0u32);
         for &slot in &slots {
@@ -712,6 +738,12 @@ impl Worker {
             if c.closing.is_some() {
                 continue;
             }
+            if c.out.len() >= max && !c.writer {
+                // Full only because the batch has not been written yet: the policy is for
+                // sockets that do not drain, so write first.
+                self.flush_conn(slot);
+            }
+            let c = &mut self.conns[slot];
             if let Plan::Device { device, .. } = &job.plan
                 && c.auth.as_ref().is_none_or(|a| *a.device != **device)
             {

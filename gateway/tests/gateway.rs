@@ -125,6 +125,8 @@ fn fanout_reaches_exactly_the_targets(driver: Driver) {
     // A second device of `a`.
     let (a2, _) = Term::login(gw.tcp_addr(), "a", "dev2");
     cp.wait_online("a", "dev2");
+    // As the control plane does for every Online: the user's subscriptions, again.
+    cp.subscribe("a", &["g1"], &["t1"]);
     terms.push(("a2", a2));
     let cases: Vec<(Target, &[&str])> = vec![
         (Target::User("a".into()), &["a", "a2"]),
@@ -184,19 +186,22 @@ fn slow_consumer_is_dropped_and_does_not_delay_others(driver: Driver) {
     cp.wait_online("reader", "d");
     cp.subscribe("stuck", &[], &["news"]);
     cp.subscribe("reader", &[], &["news"]);
-    // Non-persistent first: the stuck one's queue fills and drops (no disconnect yet)...
     let n = 300u32;
+    let persistent = n + 1..=n + 20;
+    let marker = n + 21;
+    let reading = std::thread::spawn(move || reader.pushes_until(marker));
+    // Non-persistent first, more than the stuck terminal's socket buffers hold: its queue fills
+    // and drops (no disconnect yet)...
     for seq in 1..=n {
-        cp.push(u64::from(seq), Target::Topic("news".into()), seq, 0, vec![0xab; 32 * 1024]);
+        cp.push(u64::from(seq), Target::User("stuck".into()), seq, 0, vec![0xab; 32 * 1024]);
     }
     // ...then persistent ones, which cannot be dropped: the stuck one is disconnected.
-    for seq in n + 1..=n + 20 {
+    for seq in persistent.clone() {
         cp.push(u64::from(seq), Target::Topic("news".into()), seq, PushFlags::ACK_REQUIRED.0, vec![1; 1024]);
     }
-    let marker = n + 21;
     cp.push(0, Target::User("reader".into()), marker, 0, vec![]);
-    let got = reader.pushes_until(marker);
-    assert_eq!(got.len() as u32, n + 20, "the reading terminal got everything");
+    let got = reading.join().unwrap();
+    assert_eq!(got, persistent.collect(), "the reader got every persistent push, undelayed");
     assert_eq!(cp.wait_offline("stuck"), CloseCode::SLOW_CONSUMER.0);
     let m = gw.metrics_text();
     assert!(m.contains("herald_closes_total{reason=\"slow_consumer\"} 1"), "{m}");
