@@ -216,3 +216,104 @@ fn check_condition(u: &mut LocalUser, pass: u64, c: &Condition, snap: &Snapshot,
         out.extend_from_slice(&u.conns);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use herald_protocol::link::{GroupTopics, Tables};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const TOPICS: [&str; 5] = ["t0", "t1", "t2", "t3", "t4"];
+    const GROUPS: [&str; 3] = ["g0", "g1", "g2"];
+
+    fn condition() -> impl Strategy<Value = String> {
+        let leaf = (0..TOPICS.len()).prop_map(|i| format!("'{}' in topics", TOPICS[i]));
+        leaf.prop_recursive(4, 24, 3, |inner| {
+            prop_oneof![
+                inner.clone().prop_map(|e| format!("!({e})")),
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} && {b})")),
+                (inner.clone(), inner).prop_map(|(a, b)| format!("({a} || {b})")),
+            ]
+        })
+    }
+
+    /// (groups, direct topics) per user, as bit sets over GROUPS / TOPICS.
+    fn users() -> impl Strategy<Value = Vec<(u8, u8)>> {
+        proptest::collection::vec((0u8..8, 0u8..32), 1..12)
+    }
+
+    fn names<const N: usize>(bits: u8, all: [&str; N]) -> Vec<String> {
+        (0..N).filter(|i| bits & (1 << i) != 0).map(|i| all[i].to_string()).collect()
+    }
+
+    proptest! {
+        /// Every target kind reaches exactly the connections a brute-force evaluation names.
+        #[test]
+        fn collect_matches_brute_force(
+            users in users(),
+            group_bits in proptest::collection::vec(0u8..32, 3),
+            cond in condition(),
+            topic in 0..TOPICS.len(),
+            group in 0..GROUPS.len(),
+        ) {
+            let tables = Tables {
+                version: 1,
+                groups: GROUPS.iter().zip(&group_bits)
+                    .map(|(g, &b)| GroupTopics { group: g.to_string(), topics: names(b, TOPICS) })
+                    .collect(),
+                ..Tables::default()
+            };
+            let snap = Snapshot::from_tables(&tables);
+            let mut index = Index::default();
+            // Two connections per user (slots 2u and 2u+1).
+            for (u, &(gb, tb)) in users.iter().enumerate() {
+                let name: Arc<str> = format!("u{u}").into();
+                index.add_conn(&name, 2 * u);
+                index.add_conn(&name, 2 * u + 1);
+                index.set_subscriptions(&name, &names(gb, GROUPS), &names(tb, TOPICS));
+            }
+            let follows = |u: usize, t: &str| {
+                let (gb, tb) = users[u];
+                names(tb, TOPICS).iter().any(|x| x == t)
+                    || names(gb, GROUPS).iter().any(|g| snap.group_has(g, t))
+            };
+            let expect = |pred: &dyn Fn(usize) -> bool| -> BTreeSet<usize> {
+                (0..users.len()).filter(|&u| pred(u)).flat_map(|u| [2 * u, 2 * u + 1]).collect()
+            };
+            let mut run = |plan: &Plan| {
+                let mut out = Vec::new();
+                index.collect(plan, &snap, &mut out);
+                let set: BTreeSet<usize> = out.iter().copied().collect();
+                assert_eq!(set.len(), out.len(), "a connection was reached twice");
+                set
+            };
+            let c = Condition::parse(&cond).unwrap();
+            prop_assert_eq!(
+                run(&Plan::Condition(c.clone())),
+                expect(&|u| c.eval_names(|t| follows(u, t)))
+            );
+            prop_assert_eq!(run(&Plan::Topic(TOPICS[topic].into())), expect(&|u| follows(u, TOPICS[topic])));
+            prop_assert_eq!(
+                run(&Plan::Group(GROUPS[group].into())),
+                expect(&|u| users[u].0 & (1 << group) != 0)
+            );
+            prop_assert_eq!(run(&Plan::User("u0".into())), expect(&|u| u == 0));
+        }
+    }
+
+    #[test]
+    fn last_connection_leaves_the_index() {
+        let mut index = Index::default();
+        let snap = Snapshot::default();
+        let a: Arc<str> = "a".into();
+        let uid = index.add_conn(&a, 3);
+        index.set_subscriptions("a", &[], &["t".to_string()]);
+        index.remove_conn(uid, 3);
+        let mut out = Vec::new();
+        index.collect(&Plan::Topic("t".into()), &snap, &mut out);
+        assert!(out.is_empty() && index.by_name.is_empty() && index.topic_users.is_empty());
+    }
+}

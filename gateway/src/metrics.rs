@@ -45,7 +45,7 @@ const CODES: usize = 16;
 
 /// Why a frame was not delivered.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Drop {
+pub(crate) enum DropReason {
     /// A queued non-persistent frame was dropped to make room.
     QueueFullOldest = 0,
     /// The new non-persistent frame was dropped (the queue held only persistent frames).
@@ -85,7 +85,7 @@ impl CoreMetrics {
         self.closes[usize::from(code.0).min(CODES - 1)].inc();
     }
 
-    pub(crate) fn dropped(&self, why: Drop, n: u64) {
+    pub(crate) fn dropped(&self, why: DropReason, n: u64) {
         self.drops[why as usize].add(n);
     }
 

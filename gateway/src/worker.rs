@@ -27,7 +27,7 @@ use slab::Slab;
 use crate::index::{Index, Plan};
 use crate::link::Upstream;
 use crate::mailbox::Mailbox;
-use crate::metrics::{CoreMetrics, Drop as DropWhy};
+use crate::metrics::{CoreMetrics, DropReason as DropWhy};
 use crate::outbound::{Flushed, Outbound, Queued};
 use crate::{Driver, Node};
 
