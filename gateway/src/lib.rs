@@ -20,6 +20,27 @@
 //! `herald-metrics` serving Prometheus text when [`GatewayConfig::metrics_addr`] is set.
 //! [`Gateway::shutdown`] starts a graceful drain; [`Gateway::join`] waits for it.
 //!
+//! # Policies
+//! - **Login**: a connection must send a valid LOGIN within `login_timeout_ms` (`LOGIN_TIMEOUT`).
+//!   The credential is verified against the current tables snapshot (keys, revocations); refusals
+//!   close with the credential error's code, `DEVICE_MISMATCH`, `UNSUPPORTED_VERSION`, or
+//!   `OVERLOADED` while no tables have arrived yet. A newer login of the same (user, device), on
+//!   any core, replaces older ones: they get GOAWAY `REPLACED` and are closed.
+//! - **Heartbeats**: any frame counts; a logged-in connection silent for `heartbeat_grace_secs`
+//!   is closed with `HEARTBEAT_TIMEOUT` and reported offline.
+//! - **Backpressure**: each connection queues at most `outbound_queue_frames` push frames beyond
+//!   what its socket takes. When full, the oldest queued frame without `ACK_REQUIRED` is
+//!   dropped; if the new frame has no `ACK_REQUIRED` and all queued frames do, the new one is
+//!   dropped; if both are persistent, the connection is closed with `SLOW_CONSUMER`. Each case is
+//!   counted (`herald_drops_total`, `herald_closes_total`) and reported per push (`dropped`).
+//! - **Hostile bytes**: a frame that does not decode, or is not allowed in the connection's
+//!   state, closes that connection only, with the decoder's close code.
+//! - **Drain**: stop accepting, GOAWAY `SHUTTING_DOWN` with `drain_reconnect_after_ms`, flush for
+//!   up to `drain_timeout_ms`, close; the link reports the offlines, then every thread exits.
+//!
+//! The `all-in-one` feature (default) only serves the `herald` binary, which also embeds the
+//! control plane; `--no-default-features` builds the gateway library alone.
+//!
 //! # Layout
 //! - `worker`: one core's world: accept loop, connections (slab), login, heartbeats (deadline
 //!   heap swept by one timer per core), subscriber index, fan-out and outbound queues.
