@@ -269,7 +269,12 @@ impl Session {
         res.cpu_us_per_heartbeat =
             (pongs > 0 && !self.target.gateway_pids.is_empty()).then(|| (cpu1 - cpu0) as f64 / pongs as f64);
         res.disconnects = Some(after.disconnects);
-        res.params = json!({"heartbeat_ms": k.heartbeat_ms, "hold_secs": k.hold_secs, "pings_sent": after.pings_sent - before.pings_sent, "provision_s": self.provision_s});
+        let codes: serde_json::Map<String, Value> = after
+            .close_codes
+            .iter()
+            .map(|(c, n)| (crate::worker::close_label(*c).to_string(), json!(n)))
+            .collect();
+        res.params = json!({"heartbeat_ms": k.heartbeat_ms, "hold_secs": k.hold_secs, "pings_sent": after.pings_sent - before.pings_sent, "provision_s": self.provision_s, "close_codes_seen": codes});
         res.notes.push("cpu_us_per_heartbeat is all gateway CPU during the hold divided by heartbeats answered (idle work included)".into());
         Ok(res)
     }

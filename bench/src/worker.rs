@@ -625,7 +625,12 @@ impl Worker {
                     }
                 }
             }
-            Frame::Close(c) => *self.close_codes.entry(c.code.0).or_insert(0) += 1,
+            Frame::Close(c) => {
+                *self.close_codes.entry(c.code.0).or_insert(0) += 1;
+                if self.conns[i].state == State::LoggingIn && self.errors.len() < 8 {
+                    self.errors.push(format!("login refused: {} {}", c.code.label(), c.reason_str()));
+                }
+            }
             Frame::GoAway(g) => *self.close_codes.entry(g.reason.0).or_insert(0) += 1,
             _ => {}
         }
