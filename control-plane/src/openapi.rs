@@ -157,3 +157,29 @@ pub(crate) fn document() -> Value {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_of_the_router_is_documented_with_its_methods() {
+        let doc = document();
+        let paths = doc["paths"].as_object().unwrap();
+        let routes = crate::api::routes();
+        for (path, methods, auth, _) in &routes {
+            let item = paths.get(*path).unwrap_or_else(|| panic!("{path} missing from openapi.json"));
+            for m in *methods {
+                let op = &item[*m];
+                assert!(op.is_object(), "{m} {path} missing from openapi.json");
+                assert!(op["responses"].is_object(), "{m} {path} has no responses");
+                if !auth {
+                    assert_eq!(op["security"], json!([]), "{path} is open");
+                }
+            }
+            let documented: Vec<&String> = item.as_object().unwrap().keys().collect();
+            assert_eq!(documented.len(), methods.len(), "{path}: {documented:?}");
+        }
+        assert_eq!(paths.len(), routes.len(), "documented paths that are not routes");
+    }
+}
