@@ -13,12 +13,11 @@ use super::topic;
 pub struct Utf8(Bytes);
 
 impl Utf8 {
-    /// Checks `raw` and wraps it; `Err` if it is not a valid MQTT string.
-    #[allow(clippy::result_unit_err)]
-    pub fn try_from_bytes(raw: Bytes) -> Result<Utf8, ()> {
+    /// Checks `raw` and wraps it; `None` if it is not a valid MQTT string.
+    pub fn try_from_bytes(raw: Bytes) -> Option<Utf8> {
         match std::str::from_utf8(&raw) {
-            Ok(s) if !s.contains('\0') => Ok(Utf8(raw)),
-            _ => Err(()),
+            Ok(s) if !s.contains('\0') => Some(Utf8(raw)),
+            _ => None,
         }
     }
 

@@ -159,7 +159,7 @@ impl Reader {
     /// A UTF-8 encoded string (MQTT-1.5.4): well-formed UTF-8 without U+0000.
     pub(crate) fn string(&mut self, what: &'static str) -> Result<Utf8, MqttError> {
         let raw = self.binary(what)?;
-        Utf8::try_from_bytes(raw).map_err(|()| MqttError::InvalidUtf8 { packet: self.packet, what })
+        Utf8::try_from_bytes(raw).ok_or(MqttError::InvalidUtf8 { packet: self.packet, what })
     }
 
     /// Everything left, e.g. a PUBLISH payload.
@@ -174,5 +174,55 @@ impl Reader {
         } else {
             Err(MqttError::Malformed { packet: self.packet, what: "bytes after the last field" })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varint_boundaries_round_trip() {
+        for v in [0, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, MAX_VARINT] {
+            let mut b = BytesMut::new();
+            put_varint(&mut b, v);
+            assert_eq!(b.len(), varint_len(v), "{v}");
+            match read_varint(&b) {
+                Ok(Varint::Done(got, n)) => assert_eq!((got, n), (v, b.len())),
+                _ => panic!("{v} did not read back"),
+            }
+            // Every strict prefix asks for more.
+            for cut in 0..b.len() {
+                assert!(matches!(read_varint(&b[..cut]), Ok(Varint::Partial)));
+            }
+        }
+        assert_eq!(&put(128)[..], [0x80, 0x01]);
+        assert_eq!(&put(MAX_VARINT)[..], [0xff, 0xff, 0xff, 0x7f]);
+    }
+
+    fn put(v: u32) -> BytesMut {
+        let mut b = BytesMut::new();
+        put_varint(&mut b, v);
+        b
+    }
+
+    #[test]
+    fn varint_over_four_bytes_or_not_minimal_is_refused() {
+        assert!(read_varint(&[0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(read_varint(&[0x80, 0x80, 0x80, 0x80, 0x01]).is_err());
+        assert!(read_varint(&[0x80, 0x00]).is_err());
+        assert!(read_varint(&[0xff, 0x80, 0x00]).is_err());
+        assert!(matches!(read_varint(&[0x00]), Ok(Varint::Done(0, 1))));
+    }
+
+    #[test]
+    fn reader_refuses_to_run_past_the_end() {
+        let mut r = Reader::new(Bytes::from_static(&[0x00, 0x05, b'a']), "TEST");
+        assert!(matches!(r.string("s"), Err(MqttError::Malformed { packet: "TEST", .. })));
+        let mut r = Reader::new(Bytes::from_static(&[0x00, 0x01, b'a', 0x01]), "TEST");
+        assert_eq!(r.string("s").unwrap(), "a");
+        assert!(r.finish().is_err());
+        assert_eq!(r.u8("b").unwrap(), 1);
+        assert!(r.finish().is_ok() && r.u16("x").is_err() && r.u32("x").is_err());
     }
 }
