@@ -124,24 +124,41 @@ fn ok(status: StatusCode, v: Value) -> Api {
     Ok((status, axum::Json(v)).into_response())
 }
 
-/// Every route: path (OpenAPI syntax, which axum 0.8 shares), methods, whether the admin key is
-/// required, and the handler. The router and the OpenAPI test are both built from this.
-pub(crate) fn routes() -> Vec<(&'static str, &'static [&'static str], bool, MethodRouter<Arc<Shared>>)> {
+/// One route: path (OpenAPI syntax, which axum 0.8 shares), methods, whether the admin key is
+/// required, and the handler.
+pub(crate) struct Route {
+    pub(crate) path: &'static str,
+    pub(crate) methods: &'static [&'static str],
+    pub(crate) auth: bool,
+    pub(crate) handler: MethodRouter<Arc<Shared>>,
+}
+
+fn route(
+    path: &'static str,
+    methods: &'static [&'static str],
+    auth: bool,
+    handler: MethodRouter<Arc<Shared>>,
+) -> Route {
+    Route { path, methods, auth, handler }
+}
+
+/// Every route. The router and the OpenAPI test are both built from this list.
+pub(crate) fn routes() -> Vec<Route> {
     vec![
-        ("/healthz", &["get"], false, get(healthz)),
-        ("/metrics", &["get"], true, get(metrics)),
-        ("/openapi.json", &["get"], true, get(openapi)),
-        ("/v1/credentials", &["post"], true, post(issue_credential)),
-        ("/v1/credentials/revoke", &["post"], true, post(revoke)),
-        ("/v1/keys/rotate", &["post"], true, post(rotate_key)),
-        ("/v1/users/{user}", &["get"], true, get(get_user)),
-        ("/v1/users/{user}/groups", &["put"], true, put(put_user_groups)),
-        ("/v1/users/{user}/topics", &["put"], true, put(put_user_topics)),
-        ("/v1/groups/{group}", &["get", "put"], true, get(get_group).put(put_group)),
-        ("/v1/pushes", &["post"], true, post(create_push)),
-        ("/v1/pushes/{id}", &["get"], true, get(get_push)),
-        ("/v1/topics/{topic}/subscribers", &["get"], true, get(subscribers)),
-        ("/v1/nodes", &["get"], true, get(nodes)),
+        route("/healthz", &["get"], false, get(healthz)),
+        route("/metrics", &["get"], true, get(metrics)),
+        route("/openapi.json", &["get"], true, get(openapi)),
+        route("/v1/credentials", &["post"], true, post(issue_credential)),
+        route("/v1/credentials/revoke", &["post"], true, post(revoke)),
+        route("/v1/keys/rotate", &["post"], true, post(rotate_key)),
+        route("/v1/users/{user}", &["get"], true, get(get_user)),
+        route("/v1/users/{user}/groups", &["put"], true, put(put_user_groups)),
+        route("/v1/users/{user}/topics", &["put"], true, put(put_user_topics)),
+        route("/v1/groups/{group}", &["get", "put"], true, get(get_group).put(put_group)),
+        route("/v1/pushes", &["post"], true, post(create_push)),
+        route("/v1/pushes/{id}", &["get"], true, get(get_push)),
+        route("/v1/topics/{topic}/subscribers", &["get"], true, get(subscribers)),
+        route("/v1/nodes", &["get"], true, get(nodes)),
     ]
 }
 
@@ -149,11 +166,11 @@ pub(crate) fn routes() -> Vec<(&'static str, &'static [&'static str], bool, Meth
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let mut open = Router::new();
     let mut guarded = Router::new();
-    for (path, _, auth, handler) in routes() {
-        if auth {
-            guarded = guarded.route(path, handler);
+    for r in routes() {
+        if r.auth {
+            guarded = guarded.route(r.path, r.handler);
         } else {
-            open = open.route(path, handler);
+            open = open.route(r.path, r.handler);
         }
     }
     let guarded = guarded.layer(middleware::from_fn_with_state(shared.clone(), authorize));

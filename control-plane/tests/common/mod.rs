@@ -42,7 +42,7 @@ impl Admin {
 
     /// One HTTP/1.1 request over a fresh connection (`Connection: close`).
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut conn = TcpStream::connect(&self.addr).unwrap();
+        let mut conn = TcpStream::connect(self.addr).unwrap();
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let req = format!(
             "{method} {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\n\
