@@ -277,6 +277,7 @@ impl Core {
         std::mem::take(&mut self.ops)
     }
 
+    /// Refreshes the gauges; walks every stream and online user, so only the sweeper calls it.
     fn update_gauges(&self) {
         self.metrics.nodes.set(self.nodes.len() as u64);
         self.metrics.online_devices.set(self.presence.values().map(|v| v.len() as u64).sum());
@@ -810,7 +811,6 @@ impl Core {
             }
             self.dispatch_live(id, &target, &msgs, &m);
         }
-        self.update_gauges();
     }
 
     fn dispatch_live(&mut self, id: u64, target: &TargetSpec, msgs: &[(u32, u32)], m: &MessageRecord) {
@@ -907,12 +907,14 @@ impl Core {
         let owed = p.targeted.saturating_sub(p.delivered);
         let (state, pending, expired, collapsed) = if p.ttl_secs == 0 {
             ("fire_and_forget", 0, 0, 0)
+        } else if p.targeted == 0 {
+            ("no_recipients", 0, 0, 0)
+        } else if owed == 0 {
+            ("delivered", 0, 0, 0)
         } else if p.collapsed {
             ("collapsed", 0, 0, owed)
         } else if now_ms >= p.expires_ms {
             ("expired", 0, owed, 0)
-        } else if owed == 0 {
-            ("delivered", 0, 0, 0)
         } else {
             ("pending", owed, 0, 0)
         };
@@ -1085,7 +1087,7 @@ impl Core {
             Node { conn, tx, public_addr: hello.public_addr.clone(), stats: NodeStats::default() },
         );
         self.metrics.link_connects.inc();
-        self.update_gauges();
+        self.metrics.nodes.set(self.nodes.len() as u64);
         conn
     }
 
@@ -1119,7 +1121,7 @@ impl Core {
         if self.nodes.get(node).is_some_and(|n| n.conn == conn) {
             self.nodes.remove(node);
             self.drop_node_presence(node);
-            self.update_gauges();
+            self.metrics.nodes.set(self.nodes.len() as u64);
         }
     }
 
@@ -1175,7 +1177,6 @@ impl Core {
                 }
             }
         }
-        self.update_gauges();
     }
 
     pub(crate) fn receipts(&mut self, receipts: &[Receipt]) {
@@ -1237,9 +1238,7 @@ impl Core {
             self.ops.push(Op::KeyRemoved(*id));
         }
         self.broadcast(retired.into_iter().map(TableChange::KeyRemoved).collect());
-        if dropped > 0 {
-            self.update_gauges();
-        }
+        self.update_gauges();
     }
 }
 

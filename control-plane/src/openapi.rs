@@ -158,7 +158,7 @@ fn paths_and_components() -> Value {
                     "idempotency_key": { "type": "string" } } },
                 "PushStatus": { "type": "object", "properties": {
                     "push_id": { "type": "integer" },
-                    "state": { "type": "string", "enum": ["pending", "delivered", "expired", "collapsed", "fire_and_forget"] },
+                    "state": { "type": "string", "enum": ["pending", "delivered", "expired", "collapsed", "fire_and_forget", "no_recipients"] },
                     "targeted": { "type": "integer" }, "sent": { "type": "integer" },
                     "delivered": { "type": "integer" }, "pending_offline": { "type": "integer" },
                     "expired": { "type": "integer" }, "dropped": { "type": "integer" },
