@@ -1255,3 +1255,147 @@ fn dedup(mut v: Vec<String>) -> Vec<String> {
     v.dedup();
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_protocol::link::{Online, PresenceChange};
+
+    fn core() -> Core {
+        Core::load(Snapshot::default(), Arc::new(Metrics::default()), 1, 1_000, [1; 32])
+    }
+
+    fn push(core: &mut Core, target: TargetSpec, ttl_secs: u32) -> u64 {
+        let req = NewPush {
+            target,
+            title: Some("t".into()),
+            body: None,
+            data: Vec::new(),
+            ttl_secs,
+            high_priority: false,
+            collapse_key: None,
+            idempotency_key: None,
+        };
+        let Ok(Accepted::New { push_id, .. }) = core.accept_push(req, 1_000_000) else {
+            panic!("not accepted")
+        };
+        core.publish(&[push_id]);
+        push_id
+    }
+
+    fn backlog_seqs(core: &mut Core, user: &str, device: &str) -> Vec<u32> {
+        core.backlog(user, device, &[], 1_000_001).iter().map(|o| o.seq).collect()
+    }
+
+    #[test]
+    fn out_of_order_acks_advance_the_cursor_once_the_gap_fills() {
+        let mut c = core();
+        c.issue_credential("u", "d", 60, 1_000).unwrap();
+        let ids: Vec<u64> = (0..4).map(|_| push(&mut c, TargetSpec::User("u".into()), 60)).collect();
+        let stream = c.stream_ids["u:u"];
+        c.ack("u", "d", stream, 3, 4);
+        assert_eq!(backlog_seqs(&mut c, "u", "d"), vec![1, 2]);
+        assert_eq!(c.cursors[&("u".into(), "d".into())][&stream].cursor, 0);
+        c.ack("u", "d", stream, 0, 2);
+        assert_eq!(backlog_seqs(&mut c, "u", "d"), Vec::<u32>::new());
+        assert_eq!(c.cursors[&("u".into(), "d".into())][&stream].cursor, 4);
+        // Each push delivered exactly once even if acked again.
+        c.ack("u", "d", stream, 0, 4);
+        c.ack("u", "d", stream, 1, 4);
+        for id in ids {
+            assert_eq!(c.push_status(id, 1_000_001).unwrap().delivered, 1);
+        }
+    }
+
+    #[test]
+    fn devices_are_owed_only_what_was_published_after_they_and_their_subscription_existed() {
+        let mut c = core();
+        c.issue_credential("u", "old", 60, 1_000).unwrap();
+        c.set_user("u", None, Some(vec!["news".into()]));
+        let before = push(&mut c, TargetSpec::Topic("news".into()), 60);
+        c.issue_credential("u", "new", 60, 1_000).unwrap();
+        c.set_user("v", None, Some(vec!["news".into()]));
+        c.issue_credential("v", "vd", 60, 1_000).unwrap();
+        let after = push(&mut c, TargetSpec::Topic("news".into()), 60);
+        assert_eq!(backlog_seqs(&mut c, "u", "old"), vec![1, 2]);
+        assert_eq!(backlog_seqs(&mut c, "u", "new"), vec![2]);
+        assert_eq!(backlog_seqs(&mut c, "v", "vd"), vec![2]);
+        assert_eq!(c.push_status(before, 1_000_001).unwrap().targeted, 1);
+        assert_eq!(c.push_status(after, 1_000_001).unwrap().targeted, 3);
+        // An ack of everything by the new device skips seq 1, which it was never owed.
+        let stream = c.stream_ids["t:news"];
+        c.ack("u", "new", stream, 2, 2);
+        assert_eq!(c.cursors[&("u".into(), "new".into())][&stream].cursor, 2);
+        assert_eq!(c.push_status(before, 1_000_001).unwrap().delivered, 0);
+    }
+
+    #[test]
+    fn condition_pushes_follow_the_condition_and_fire_and_forget_is_not_stored() {
+        let mut c = core();
+        for (u, topics) in [("a", vec!["x"]), ("b", vec!["x", "y"]), ("n", vec![])] {
+            c.issue_credential(u, "d", 60, 1_000).unwrap();
+            c.set_user(u, None, Some(topics.into_iter().map(str::to_owned).collect()));
+        }
+        let id = push(&mut c, TargetSpec::Condition("'x' in topics && !('y' in topics)".into()), 60);
+        assert_eq!(c.push_status(id, 1_000_001).unwrap().targeted, 1);
+        assert_eq!(backlog_seqs(&mut c, "a", "d"), vec![1]);
+        assert!(backlog_seqs(&mut c, "b", "d").is_empty());
+        assert!(backlog_seqs(&mut c, "n", "d").is_empty());
+        let ff = push(&mut c, TargetSpec::User("a".into()), 0);
+        assert!(backlog_seqs(&mut c, "a", "d").len() == 1, "TTL 0 is not stored");
+        assert_eq!(c.push_status(ff, 1_000_001).unwrap().state, "fire_and_forget");
+    }
+
+    #[test]
+    fn retired_keys_leave_once_their_tokens_expired_and_sweep_drops_expired_messages() {
+        let mut c = core();
+        c.issue_credential("u", "d", 60, 1_000).unwrap();
+        let (new_id, prev, retiring) = c.rotate_key([2; 32], 1_000);
+        assert_eq!((prev, retiring[0].valid_until), (Some(1), 1_060));
+        c.sweep(1_059_000);
+        assert!(c.keys.contains_key(&1), "a token signed with key 1 is still valid");
+        c.sweep(1_060_000);
+        assert_eq!(c.keys.keys().copied().collect::<Vec<_>>(), vec![new_id]);
+        push(&mut c, TargetSpec::User("u".into()), 1);
+        assert_eq!(backlog_seqs(&mut c, "u", "d"), vec![1]);
+        c.sweep(1_001_000);
+        assert!(c.streams[&c.stream_ids["u:u"]].messages.is_empty());
+    }
+
+    #[test]
+    fn resume_positions_count_as_acks_and_presence_follows_nodes() {
+        let mut c = core();
+        c.issue_credential("u", "d", 60, 1_000).unwrap();
+        let id = push(&mut c, TargetSpec::User("u".into()), 60);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let hello = Hello { node_id: "n".into(), link_version: 1, cores: 1, public_addr: "a".into() };
+        let conn = c.node_hello(&hello, tx);
+        let stream = c.stream_ids["u:u"];
+        c.presence_changes(
+            "n",
+            conn,
+            vec![PresenceChange::Online(Online {
+                user: "u".into(),
+                device: "d".into(),
+                session_id: 1,
+                resume: vec![StreamSeq { stream, seq: 1 }],
+            })],
+            1_000_001,
+        );
+        let mut kinds = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            kinds.push(match m {
+                LinkMessage::Welcome(_) => "welcome",
+                LinkMessage::Tables(_) => "tables",
+                LinkMessage::Subscriptions(_) => "subs",
+                LinkMessage::Push(_) => "push",
+                _ => "other",
+            });
+        }
+        assert_eq!(kinds, ["welcome", "tables", "subs"], "nothing owed after resume");
+        assert_eq!(c.push_status(id, 1_000_001).unwrap().delivered, 1);
+        assert_eq!(c.user_view("u").unwrap().presence.len(), 1);
+        c.node_gone("n", conn);
+        assert!(c.user_view("u").unwrap().presence.is_empty());
+    }
+}
