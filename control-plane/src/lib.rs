@@ -133,6 +133,9 @@ pub enum Error {
     /// The admin key file could not be read or written.
     #[error("admin key file {path}: {source}")]
     AdminKey { path: PathBuf, source: std::io::Error },
+    /// The control plane's main thread panicked (a bug); reported by [`ControlPlane::join`].
+    #[error("the control plane thread panicked")]
+    Panicked,
     /// Threads or the runtime could not be created.
     #[error("cannot start the control plane runtime: {0}")]
     Runtime(std::io::Error),
@@ -247,6 +250,11 @@ impl ControlPlane {
         self.admin_key_generated
     }
 
+    /// The admin key if this start generated it (into `<data_dir>/admin.key`), to print once.
+    pub fn generated_admin_key(&self) -> Option<&str> {
+        self.admin_key_generated.then_some(self.admin_key.as_str())
+    }
+
     /// The counters behind `/metrics`.
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
@@ -263,14 +271,16 @@ impl ControlPlane {
         let _ = self.shutdown.send(true);
     }
 
-    /// Waits until the control plane has stopped (after [`ControlPlane::shutdown`]).
-    pub fn join(mut self) {
-        self.join_inner();
+    /// Waits until the control plane has stopped (after [`ControlPlane::shutdown`]); everything
+    /// accepted is committed by then.
+    pub fn join(mut self) -> Result<(), Error> {
+        self.join_inner()
     }
 
-    fn join_inner(&mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+    fn join_inner(&mut self) -> Result<(), Error> {
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| Error::Panicked),
+            None => Ok(()),
         }
     }
 }
@@ -278,7 +288,7 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.shutdown();
-        self.join_inner();
+        let _ = self.join_inner();
     }
 }
 
