@@ -415,8 +415,10 @@ impl Core {
             device: device.map(str::to_owned),
             code: CloseCode::AUTH_REVOKED.0,
         };
-        for node in self.user_nodes(user) {
-            self.send_to(&node, LinkMessage::Kick(kick.clone()));
+        // Every node, not only those we know the user on: a login's Online report may still be
+        // in flight, and revocations are rare.
+        for node in self.nodes.values() {
+            let _ = node.tx.send(LinkMessage::Kick(kick.clone()));
         }
         before
     }

@@ -290,7 +290,8 @@ impl Terminal {
 
     /// Connects and sends the LOGIN without waiting for the answer.
     pub fn connect(addr: SocketAddr, token: &str) -> anyhow::Result<Terminal> {
-        let device = herald_protocol::credential::peek(token).map(|c| c.device).unwrap_or_else(|_| "dev".into());
+        let device =
+            herald_protocol::credential::peek(token).map(|c| c.device).unwrap_or_else(|_| "dev".into());
         let mut cfg = SessionConfig::new(Bytes::from(token.to_owned()), Bytes::from(device));
         cfg.ack_batch = 1;
         let mut t = Terminal {
@@ -339,7 +340,8 @@ impl Terminal {
             bail!("deadline passed");
         }
         let Some(sock) = self.sock.as_mut() else { bail!("not connected (closed: {:?})", self.closed) };
-        let wait = until.saturating_duration_since(now).min(Duration::from_millis(50)).max(Duration::from_millis(1));
+        let wait =
+            until.saturating_duration_since(now).min(Duration::from_millis(50)).max(Duration::from_millis(1));
         sock.set_read_timeout(Some(wait))?;
         let mut chunk = [0u8; 16 * 1024];
         match sock.read(&mut chunk) {
@@ -362,7 +364,12 @@ impl Terminal {
             match ev {
                 Event::Push { header, payload } => {
                     let payload = PushPayload::from_bytes(&payload).map_err(|e| anyhow!("{e}"))?;
-                    self.inbox.push_back(Received { stream: header.stream, seq: header.seq, flags: header.flags, payload });
+                    self.inbox.push_back(Received {
+                        stream: header.stream,
+                        seq: header.seq,
+                        flags: header.flags,
+                        payload,
+                    });
                 }
                 Event::Closed { code, .. } => {
                     self.closed = Some(code);

@@ -4,6 +4,8 @@
 
 use std::process::Command;
 
+use anyhow::Context;
+
 use herald_protocol::CloseCode;
 use herald_tests::{ADMIN_KEY, Admin, Proc, Serve, Terminal, herald_bin, push_body};
 use serde_json::json;
@@ -111,8 +113,12 @@ fn ttl_expiry_collapse_key_and_idempotent_retry() -> anyhow::Result<()> {
     let h = Serve::start()?;
     let token = h.admin.token("late", "d");
     let short = h.admin.push(json!({"to": {"user": "late"}, "payload": {"title": "short"}, "ttl_secs": 1}));
-    h.admin.push(json!({"to": {"user": "late"}, "payload": {"title": "v1"}, "ttl_secs": 300, "collapse_key": "score"}));
-    h.admin.push(json!({"to": {"user": "late"}, "payload": {"title": "v2"}, "ttl_secs": 300, "collapse_key": "score"}));
+    h.admin.push(
+        json!({"to": {"user": "late"}, "payload": {"title": "v1"}, "ttl_secs": 300, "collapse_key": "score"}),
+    );
+    h.admin.push(
+        json!({"to": {"user": "late"}, "payload": {"title": "v2"}, "ttl_secs": 300, "collapse_key": "score"}),
+    );
     let body = json!({"to": {"user": "late"}, "payload": {"title": "once"}, "ttl_secs": 300, "idempotency_key": "req-1"});
     let first = h.admin.push(body.clone());
     assert_eq!(h.admin.push(body), first, "a retried POST returns the same push");
@@ -131,16 +137,20 @@ fn bad_credentials_get_their_close_codes() -> anyhow::Result<()> {
     let mid = forged.len() / 2;
     forged[mid] = if forged[mid] == b'A' { b'B' } else { b'A' };
     let mut t = Terminal::connect(h.tcp, std::str::from_utf8(&forged)?)?;
-    assert_eq!(t.wait_closed()?, Some(CloseCode::AUTH_FORGED));
+    assert_eq!(t.wait_closed().context("forged")?, Some(CloseCode::AUTH_FORGED));
     let mut t = Terminal::connect(h.tcp, "not-a-token")?;
-    assert_eq!(t.wait_closed()?, Some(CloseCode::AUTH_MALFORMED));
+    assert_eq!(t.wait_closed().context("malformed")?, Some(CloseCode::AUTH_MALFORMED));
 
     let mut online = Terminal::login(h.tcp, &good)?;
     let (status, v) = h.admin.call("POST", "/v1/credentials/revoke", Some(&json!({"user": "r"})));
     assert_eq!(status / 100, 2, "{v}");
-    assert_eq!(online.wait_closed()?, Some(CloseCode::AUTH_REVOKED), "a revoked terminal is kicked");
+    assert_eq!(
+        online.wait_closed().context("kick")?,
+        Some(CloseCode::AUTH_REVOKED),
+        "a revoked terminal is kicked"
+    );
     let mut t = Terminal::connect(h.tcp, &good)?;
-    assert_eq!(t.wait_closed()?, Some(CloseCode::AUTH_REVOKED));
+    assert_eq!(t.wait_closed().context("revoked login")?, Some(CloseCode::AUTH_REVOKED));
     Ok(())
 }
 
@@ -174,7 +184,8 @@ fn restarting_the_control_plane_or_a_gateway_loses_nothing() -> anyhow::Result<(
     let mut cp = spawn(cp_args("127.0.0.1:0"))?;
     let admin = Admin::new(cp.wait_addr("herald: admin API on ")?);
     let link = cp.wait_addr("herald: link for gateways on ")?.to_string();
-    let gw_args = vec!["gateway", "--control-plane", &link, "--tcp", "127.0.0.1:0", "--metrics", "127.0.0.1:0"];
+    let gw_args =
+        vec!["gateway", "--control-plane", &link, "--tcp", "127.0.0.1:0", "--metrics", "127.0.0.1:0"];
     let mut gw = Proc::spawn(&gw_args)?;
     let tcp = gw.wait_addr("herald: gateway on ")?;
     let mut t = Terminal::login(tcp, &admin.token("k", "d"))?;
@@ -220,7 +231,8 @@ fn herald_listen_prints_each_push_as_a_json_line() -> anyhow::Result<()> {
     let id = h.admin.push(push_body(json!({"user": "lis"}), "to-the-shell"));
     let out = child.wait_with_output()?;
     assert!(out.status.success());
-    let line: serde_json::Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap_or(&[]))?;
+    let line: serde_json::Value =
+        serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap_or(&[]))?;
     assert_eq!(line["title"], "to-the-shell");
     assert_eq!(line["push_id"], id);
     h.admin.wait_status(id, "delivered", |s| s["delivered"] == 1);

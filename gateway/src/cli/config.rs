@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 /// Everything a config file may set. `None` = not in the file.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct FileConfig {
+pub(crate) struct FileConfig {
     pub data: Option<PathBuf>,
     pub admin: Option<SocketAddr>,
     pub link: Option<SocketAddr>,
@@ -36,7 +36,7 @@ pub struct FileConfig {
 /// All the problems found in a config file.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  {}", .0.join("\n  "))]
-pub struct ConfigErrors(pub Vec<String>);
+pub(crate) struct ConfigErrors(pub Vec<String>);
 
 const SECTIONS: &[(&str, &[&str])] = &[
     ("control_plane", &["data", "admin", "link", "admin_key", "default_ttl_secs", "credential_ttl_secs"]),
@@ -61,7 +61,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
 ];
 
 impl FileConfig {
-    pub fn load(path: &Path) -> Result<FileConfig, ConfigErrors> {
+    pub(crate) fn load(path: &Path) -> Result<FileConfig, ConfigErrors> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
         FileConfig::parse(&text).map_err(|ConfigErrors(errs)| {
@@ -69,7 +69,7 @@ impl FileConfig {
         })
     }
 
-    pub fn parse(text: &str) -> Result<FileConfig, ConfigErrors> {
+    pub(crate) fn parse(text: &str) -> Result<FileConfig, ConfigErrors> {
         let root: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             ConfigErrors(vec![e.to_string().trim_end().replace('\n', "\n    ")])
         })?;

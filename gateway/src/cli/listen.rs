@@ -16,7 +16,7 @@ use herald_protocol::payload::PushPayload;
 use herald_protocol::session::{Event, Session, SessionConfig};
 
 #[derive(Debug, Args)]
-pub struct ListenArgs {
+pub(crate) struct ListenArgs {
     /// Gateway TCP address.
     #[arg(long, value_name = "ADDR")]
     gateway: SocketAddr,
@@ -31,7 +31,7 @@ pub struct ListenArgs {
     count: Option<u64>,
 }
 
-pub fn run(args: ListenArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: ListenArgs) -> anyhow::Result<()> {
     let device = match args.device {
         Some(d) => d,
         None => credential::peek(&args.token).context("the token is not a Herald credential")?.device,

@@ -15,11 +15,11 @@ use herald_gateway::{Driver, Gateway, GatewayConfig};
 use config::FileConfig;
 
 /// Exit code for bad arguments or configuration (EX_USAGE).
-pub const EXIT_USAGE: u8 = 64;
+pub(crate) const EXIT_USAGE: u8 = 64;
 
 #[derive(Debug, Parser)]
 #[command(name = "herald", version, about = "Herald push gateway")]
-pub struct Cli {
+pub(crate) struct Cli {
     /// TOML configuration file (see herald.example.toml).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -96,7 +96,7 @@ struct GwArgs {
 /// A usage or configuration problem: printed, exit 64.
 struct Usage(String);
 
-pub fn run(cli: Cli) -> ExitCode {
+pub(crate) fn run(cli: Cli) -> ExitCode {
     match run_inner(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(Usage(msg))) => {
@@ -246,6 +246,15 @@ fn start_gateway(file: &FileConfig, args: &GwArgs, control_plane: SocketAddr) ->
         cfg.drain_timeout_ms = d;
     }
     let gw = herald_gateway::start(cfg).map_err(|e| anyhow::anyhow!("gateway: {e}"))?;
+    // Logins are refused (OVERLOADED) until the control plane's tables arrive; announce the
+    // gateway once it can serve, or say that it is still waiting.
+    let ready_by = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gw.tables_version() == 0 && std::time::Instant::now() < ready_by {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    if gw.tables_version() == 0 {
+        tracing::warn!(%control_plane, "no tables from the control plane yet; logins wait for them");
+    }
     println!("herald: gateway on tcp://{} ({:?} driver)", gw.tcp_addr(), gw.driver());
     if let Some(m) = gw.metrics_addr() {
         println!("herald: metrics on http://{m}/metrics");
