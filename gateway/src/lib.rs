@@ -57,10 +57,12 @@ mod link;
 mod mailbox;
 mod metrics;
 mod outbound;
+mod quic;
 mod tables;
 mod worker;
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -68,6 +70,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::mailbox::MailboxSender;
 use crate::worker::CoreCmd;
+
+pub use quic::{ALPN as QUIC_ALPN, TlsError, dev_certificate as quic_dev_certificate};
 
 /// Which monoio driver the cores run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -124,6 +128,13 @@ pub struct GatewayConfig {
     pub drain_timeout_ms: u64,
     /// Reconnect hint sent in GOAWAY on drain.
     pub drain_reconnect_after_ms: u32,
+    /// Where QUIC terminals connect (UDP; port 0: any free port, see [`Gateway::quic_addr`]);
+    /// `None` (the default) serves no QUIC. Needs `quic_cert` and `quic_key`.
+    pub quic_addr: Option<SocketAddr>,
+    /// PEM certificate chain the QUIC listener presents (ALPN `herald/1`).
+    pub quic_cert: Option<PathBuf>,
+    /// PEM private key of `quic_cert`.
+    pub quic_key: Option<PathBuf>,
 }
 
 impl Default for GatewayConfig {
@@ -142,6 +153,9 @@ impl Default for GatewayConfig {
             outbound_queue_frames: 256,
             drain_timeout_ms: 5_000,
             drain_reconnect_after_ms: 1_000,
+            quic_addr: None,
+            quic_cert: None,
+            quic_key: None,
         }
     }
 }
@@ -159,6 +173,12 @@ pub enum GatewayError {
     /// A thread or a runtime could not be created.
     #[error("cannot start {what}: {source}")]
     Spawn { what: &'static str, source: std::io::Error },
+    /// The QUIC listener's certificate or key is missing or unusable.
+    #[error("quic: {0}")]
+    Tls(#[from] TlsError),
+    /// `quic_addr` is set without `quic_cert` and `quic_key`.
+    #[error("quic_addr needs quic_cert and quic_key")]
+    QuicCertMissing,
     /// A gateway thread panicked.
     #[error("thread {0} panicked")]
     Panicked(String),
@@ -170,6 +190,8 @@ pub(crate) struct Node {
     pub(crate) config: GatewayConfig,
     pub(crate) driver: Driver,
     pub(crate) tcp_addr: SocketAddr,
+    pub(crate) quic_addr: Option<SocketAddr>,
+    pub(crate) quic: Option<quic::QuicShared>,
     pub(crate) tables: tables::SharedTables,
     pub(crate) metrics: Arc<metrics::Registry>,
     pub(crate) cores: Vec<MailboxSender<CoreCmd>>,
@@ -203,6 +225,17 @@ impl Gateway {
     /// The address terminals connect to (port resolved).
     pub fn tcp_addr(&self) -> SocketAddr {
         self.node.tcp_addr
+    }
+
+    /// The QUIC listener's UDP address (port resolved), if [`GatewayConfig::quic_addr`] was set.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.node.quic_addr
+    }
+
+    /// QUIC datagrams this node's cores passed to the core owning their connection (after a
+    /// client's address changed). Tests and benchmarks read it.
+    pub fn quic_forwarded(&self) -> u64 {
+        self.node.metrics.sum(|m| m.quic_forwarded.get())
     }
 
     /// The metrics endpoint (port resolved), if one was configured.
@@ -337,12 +370,26 @@ pub fn start(config: GatewayConfig) -> Result<Gateway, GatewayError> {
     for _ in 1..cores {
         listeners.push(bind_reuseport(tcp_addr)?);
     }
+    let mut quic_sockets: Vec<Option<std::net::UdpSocket>> = (0..cores).map(|_| None).collect();
+    let (quic_addr, quic) = match config.quic_addr {
+        Some(want) => {
+            let (Some(cert), Some(key)) = (&config.quic_cert, &config.quic_key) else {
+                return Err(GatewayError::QuicCertMissing);
+            };
+            let idle = std::time::Duration::from_secs(u64::from(config.heartbeat_grace_secs));
+            let shared = quic::QuicShared::new(cert, key, idle)?;
+            let (addr, sockets) = quic::bind(want, cores)?;
+            quic_sockets = sockets.into_iter().map(Some).collect();
+            (Some(addr), Some(shared))
+        }
+        None => (None, None),
+    };
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(TcpListener::bind(addr).map_err(|source| GatewayError::Bind { addr, source })?),
         None => None,
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
-    tracing::info!(driver = driver.label(), cores, %tcp_addr, "gateway starting");
+    tracing::info!(driver = driver.label(), cores, %tcp_addr, ?quic_addr, "gateway starting");
 
     let (up_tx, up_rx) = crossbeam_channel::unbounded();
     let mut senders = Vec::with_capacity(cores);
@@ -357,6 +404,8 @@ pub fn start(config: GatewayConfig) -> Result<Gateway, GatewayError> {
         config,
         driver,
         tcp_addr,
+        quic_addr,
+        quic,
         tables: tables::SharedTables::default(),
         metrics: Arc::new(metrics::Registry::new(cores)),
         cores: senders,
@@ -367,11 +416,11 @@ pub fn start(config: GatewayConfig) -> Result<Gateway, GatewayError> {
     });
 
     let mut threads = Vec::with_capacity(cores);
-    for (n, (listener, inbox)) in listeners.into_iter().zip(boxes).enumerate() {
+    for (n, ((listener, udp), inbox)) in listeners.into_iter().zip(quic_sockets).zip(boxes).enumerate() {
         let node = node.clone();
         let t = std::thread::Builder::new()
             .name(format!("herald-core-{n}"))
-            .spawn(move || worker::run(n, node, listener, inbox))
+            .spawn(move || worker::run(n, node, listener, udp, inbox))
             .map_err(|source| GatewayError::Spawn { what: "core thread", source })?;
         threads.push(t);
     }

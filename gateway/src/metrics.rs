@@ -74,6 +74,8 @@ pub(crate) struct CoreMetrics {
     pub(crate) queued_frames: Cell,
     pub(crate) fanout_buckets: [Cell; FANOUT_BUCKETS_US.len() + 1],
     pub(crate) fanout_sum_us: Cell,
+    /// QUIC datagrams this core read for a connection of another core and passed on.
+    pub(crate) quic_forwarded: Cell,
 }
 
 impl CoreMetrics {
@@ -123,7 +125,7 @@ impl Registry {
     /// The Prometheus text exposition of every counter.
     pub(crate) fn render(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
-        let per_core: [PerCore; 12] = [
+        let per_core: [PerCore; 13] = [
             ("herald_connections", "gauge", "Open terminal connections.", |m| m.connections.get()),
             ("herald_accepted_total", "counter", "Accepted TCP connections.", |m| m.accepted.get()),
             ("herald_logins_ok_total", "counter", "Successful logins.", |m| m.logins_ok.get()),
@@ -141,6 +143,9 @@ impl Registry {
             }),
             ("herald_fanout_latency_us_sum", "counter", "Sum of fan-out latencies.", |m| {
                 m.fanout_sum_us.get()
+            }),
+            ("herald_quic_forwarded_total", "counter", "QUIC datagrams passed to the owning core.", |m| {
+                m.quic_forwarded.get()
             }),
         ];
         for (name, kind, help, f) in per_core {

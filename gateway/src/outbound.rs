@@ -49,6 +49,20 @@ pub(crate) enum Flushed {
     Error,
 }
 
+/// Where a queue is written: a socket (its descriptor) or a QUIC stream.
+pub(crate) trait WriteVectored {
+    /// Writes a prefix of `iov`, in order; `WouldBlock` when nothing fits now.
+    fn write_iov(&mut self, iov: &[libc::iovec]) -> std::io::Result<usize>;
+}
+
+impl WriteVectored for RawFd {
+    fn write_iov(&mut self, iov: &[libc::iovec]) -> std::io::Result<usize> {
+        // SAFETY: the caller's iovecs point at live bytes of the given lengths.
+        let n = unsafe { libc::writev(*self, iov.as_ptr(), iov.len() as libc::c_int) };
+        if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n as usize) }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Outbound {
     q: VecDeque<Entry>,
@@ -94,9 +108,9 @@ impl Outbound {
         n
     }
 
-    /// Writes as much as the socket takes with one `writev` per round. Returns the outcome and
+    /// Writes as much as `to` takes with one vectored write per round. Returns the outcome and
     /// the number of bytes written.
-    pub(crate) fn flush(&mut self, fd: RawFd) -> (Flushed, usize) {
+    pub(crate) fn flush(&mut self, mut to: impl WriteVectored) -> (Flushed, usize) {
         let mut total = 0;
         while !self.q.is_empty() {
             let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV * 2];
@@ -121,18 +135,18 @@ impl Outbound {
                 n_iov += 1;
                 off += (pad + e.bytes.len() - done) as u64;
             }
-            // SAFETY: every iovec points into a static padding buffer or into a `Bytes` held by
-            // `self.q`, which is not touched until writev returns.
-            let n = unsafe { libc::writev(fd, iov.as_ptr(), n_iov as libc::c_int) };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                return match err.kind() {
-                    std::io::ErrorKind::WouldBlock => (Flushed::Blocked, total),
-                    std::io::ErrorKind::Interrupted => continue,
-                    _ => (Flushed::Error, total),
-                };
-            }
-            let mut n = n as usize;
+            // Every iovec points into a static padding buffer or into a `Bytes` held by
+            // `self.q`, which is not touched until the write returns.
+            let mut n = match to.write_iov(&iov[..n_iov]) {
+                Ok(n) => n,
+                Err(err) => {
+                    return match err.kind() {
+                        std::io::ErrorKind::WouldBlock => (Flushed::Blocked, total),
+                        std::io::ErrorKind::Interrupted => continue,
+                        _ => (Flushed::Error, total),
+                    };
+                }
+            };
             total += n;
             self.offset += n as u64;
             while n > 0 {

@@ -6,6 +6,12 @@
 //! reads into the core's buffer, so an idle one holds no read buffer and no timer. Writes go
 //! straight to the socket with `writev` from whoever queued them; only a connection whose socket
 //! is full gets a writer task, which waits for writability.
+//!
+//! QUIC connections (see `crate::quic`) share everything above the transport: a [`Conn`] says
+//! which [`Transport`] carries its frames, and the core's QUIC task (`quic`) feeds stream bytes
+//! into the same [`Worker::on_input`] that TCP reads go through.
+
+mod quic;
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -29,6 +35,7 @@ use crate::link::Upstream;
 use crate::mailbox::Mailbox;
 use crate::metrics::{CoreMetrics, DropReason as DropWhy};
 use crate::outbound::{Flushed, Outbound, Queued};
+use crate::quic::{ConnRef, CoreEndpoint};
 use crate::{Driver, Node};
 
 /// Bytes read per `recv` into the core's buffer.
@@ -51,6 +58,8 @@ pub(crate) enum CoreCmd {
         device: Arc<str>,
         session_id: u64,
     },
+    /// A datagram another core read for one of this core's QUIC connections.
+    Quic(Box<crate::quic::Datagram>),
     Drain,
 }
 
@@ -91,10 +100,17 @@ struct Auth {
     uid: usize,
 }
 
+/// What carries a connection's frames.
+#[derive(Debug)]
+enum Transport {
+    Tcp { stream: Rc<TcpStream>, fd: RawFd },
+    /// A connection of the core's QUIC endpoint; the frames travel on its one stream.
+    Quic(ConnRef),
+}
+
 #[derive(Debug)]
 struct Conn {
-    stream: Rc<TcpStream>,
-    fd: RawFd,
+    transport: Transport,
     generation: u32,
     auth: Option<Auth>,
     accepted_ms: u64,
@@ -135,19 +151,26 @@ struct Worker {
     epoch: Instant,
     listener_fd: RawFd,
     draining: bool,
+    quic: Option<CoreEndpoint>,
 }
 
 /// Runs core `n` until its drain has finished. Called on thread `herald-core-{n}`.
-pub(crate) fn run(n: usize, node: Arc<Node>, listener: StdListener, inbox: Mailbox<CoreCmd>) {
+pub(crate) fn run(
+    n: usize,
+    node: Arc<Node>,
+    listener: StdListener,
+    udp: Option<std::net::UdpSocket>,
+    inbox: Mailbox<CoreCmd>,
+) {
     let result = match node.driver {
         Driver::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .enable_timer()
             .build()
-            .map(|mut rt| rt.block_on(core_main(n, node.clone(), listener, inbox))),
+            .map(|mut rt| rt.block_on(core_main(n, node.clone(), listener, udp, inbox))),
         _ => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
             .build()
-            .map(|mut rt| rt.block_on(core_main(n, node.clone(), listener, inbox))),
+            .map(|mut rt| rt.block_on(core_main(n, node.clone(), listener, udp, inbox))),
     };
     if let Err(e) = result {
         tracing::error!(core = n, error = %e, "cannot build the core's runtime");
@@ -155,7 +178,13 @@ pub(crate) fn run(n: usize, node: Arc<Node>, listener: StdListener, inbox: Mailb
     node.cores_running.fetch_sub(1, Ordering::SeqCst);
 }
 
-async fn core_main(n: usize, node: Arc<Node>, listener: StdListener, inbox: Mailbox<CoreCmd>) {
+async fn core_main(
+    n: usize,
+    node: Arc<Node>,
+    listener: StdListener,
+    udp: Option<std::net::UdpSocket>,
+    inbox: Mailbox<CoreCmd>,
+) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -184,8 +213,12 @@ async fn core_main(n: usize, node: Arc<Node>, listener: StdListener, inbox: Mail
             epoch: Instant::now(),
             listener_fd: listener.as_raw_fd(),
             draining: false,
+            quic: None,
         })
     });
+    if let Some(udp) = udp {
+        quic::start(&w, udp);
+    }
     monoio::spawn(accept_loop(w.clone(), listener));
     monoio::spawn(timer_loop(w.clone(), tick));
     loop {
@@ -239,10 +272,10 @@ async fn drain(w: &Rc<RefCell<Worker>>) {
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
     {
-        let mut wk = w.borrow_mut();
+        let wk = &mut *w.borrow_mut();
         for (_, c) in wk.conns.iter_mut() {
             c.out.clear();
-            shutdown(c.fd, libc::SHUT_RDWR);
+            shut(&c.transport, &mut wk.quic, libc::SHUT_RDWR);
         }
     }
     // Let the connection tasks observe the shutdown and report their users offline.
@@ -250,6 +283,7 @@ async fn drain(w: &Rc<RefCell<Worker>>) {
     while !w.borrow().conns.is_empty() && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
+    quic::linger(w).await;
 }
 
 async fn accept_loop(w: Rc<RefCell<Worker>>, listener: TcpListener) {
@@ -319,6 +353,21 @@ async fn writer_task(w: Rc<RefCell<Worker>>, stream: Rc<TcpStream>, slot: usize,
     }
 }
 
+/// `shutdown(2)` for either transport: `SHUT_RD` wakes the connection so that it finishes its
+/// close; `SHUT_RDWR` also drops what the transport has not sent.
+fn shut(t: &Transport, quic: &mut Option<CoreEndpoint>, how: libc::c_int) {
+    match (t, quic) {
+        (Transport::Tcp { fd, .. }, _) => shutdown(*fd, how),
+        (Transport::Quic(c), Some(q)) => {
+            if how != libc::SHUT_RD {
+                q.abort(*c, 0, Instant::now());
+            }
+            q.request_end(*c);
+        }
+        (Transport::Quic(_), None) => {}
+    }
+}
+
 fn shutdown(fd: RawFd, how: libc::c_int) {
     // SAFETY: `fd` is an open socket owned by a live connection or listener of this core.
     unsafe { libc::shutdown(fd, how) };
@@ -346,13 +395,19 @@ impl Worker {
             libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
         }
         let _ = stream.set_nodelay(true);
+        let stream = Rc::new(stream);
+        let (slot, generation) = self.insert_conn(Transport::Tcp { stream: stream.clone(), fd });
+        let Some(me) = self.me.upgrade() else { return };
+        monoio::spawn(conn_task(me, stream, slot, generation));
+    }
+
+    /// A new connection of either transport: a slot, a login deadline.
+    fn insert_conn(&mut self, transport: Transport) -> (usize, u32) {
         let now = self.now_ms();
         self.next_gen = self.next_gen.wrapping_add(1);
         let generation = self.next_gen;
-        let stream = Rc::new(stream);
         let slot = self.conns.insert(Conn {
-            stream: stream.clone(),
-            fd,
+            transport,
             generation,
             auth: None,
             accepted_ms: now,
@@ -367,23 +422,22 @@ impl Worker {
         self.deadlines.push(Reverse((due, slot as u32, generation)));
         self.m.accepted.inc();
         self.m.connections.inc();
-        let Some(me) = self.me.upgrade() else { return };
-        monoio::spawn(conn_task(me, stream, slot, generation));
+        (slot, generation)
     }
 
     /// Reads what the socket holds and handles every whole frame. False: the connection is over.
     fn on_readable(&mut self, slot: usize, generation: u32) -> bool {
         let now = self.now_ms();
         let Some(c) = self.conn(slot, generation) else { return false };
+        let Transport::Tcp { fd, .. } = c.transport else { return false };
         if c.closing.is_some() {
             // Waiting for a goaway to flush: discard input; stop once the queue is empty.
             if c.out.is_empty() {
                 return false;
             }
-            return discard_input(c.fd);
+            return discard_input(fd);
         }
         c.last_seen_ms = now;
-        let fd = c.fd;
         let (mut buf, from_core) = match c.partial.take() {
             Some(p) => (p, false),
             None => (std::mem::take(&mut self.rbuf), true),
@@ -420,6 +474,13 @@ impl Worker {
             }
         }
         self.m.bytes_in.add(read as u64);
+        self.on_input(slot, buf, from_core, eof, now)
+    }
+
+    /// Handles every whole frame in `buf` (the core's buffer when `from_core`, else the
+    /// connection's partial frame grown by a read); keeps a trailing partial frame. Shared by
+    /// both transports. False: the connection is over.
+    fn on_input(&mut self, slot: usize, mut buf: BytesMut, from_core: bool, eof: bool, now: u64) -> bool {
         let mut outcome = None;
         loop {
             let decoded = if eof { self.decoder.decode_eof(&mut buf) } else { self.decoder.decode(&mut buf) };
@@ -602,7 +663,7 @@ impl Worker {
         self.m.closed(code);
         if self.flush_conn(slot) != Flushed::Blocked || !linger {
             // Wake the connection's task (its read returns end of stream); it finishes the close.
-            shutdown(self.conns[slot].fd, libc::SHUT_RD);
+            shut(&self.conns[slot].transport, &mut self.quic, libc::SHUT_RD);
         }
     }
 
@@ -610,23 +671,30 @@ impl Worker {
     fn flush_conn(&mut self, slot: usize) -> Flushed {
         let c = &mut self.conns[slot];
         let before = c.out.len();
-        let (res, n) = c.out.flush(c.fd);
+        let (res, n) = match (&c.transport, &mut self.quic) {
+            (Transport::Tcp { fd, .. }, _) => c.out.flush(*fd),
+            (Transport::Quic(qc), Some(q)) => c.out.flush(q.writer(*qc)),
+            (Transport::Quic(_), None) => (Flushed::Error, 0),
+        };
         self.m.bytes_out.add(n as u64);
         self.m.queued_frames.sub((before - c.out.len()) as u64);
         match res {
             Flushed::Empty => {
                 if c.closing.is_some() {
-                    shutdown(c.fd, libc::SHUT_RD);
+                    shut(&c.transport, &mut self.quic, libc::SHUT_RD);
                 }
             }
             Flushed::Blocked if !c.writer => {
+                // A QUIC stream reports writability itself (`AppEvent::Writable`).
                 c.writer = true;
-                if let Some(me) = self.me.upgrade() {
-                    monoio::spawn(writer_task(me, c.stream.clone(), slot, c.generation));
+                if let Transport::Tcp { stream, .. } = &c.transport
+                    && let Some(me) = self.me.upgrade()
+                {
+                    monoio::spawn(writer_task(me, stream.clone(), slot, c.generation));
                 }
             }
             Flushed::Blocked => {}
-            Flushed::Error => shutdown(c.fd, libc::SHUT_RDWR),
+            Flushed::Error => shut(&c.transport, &mut self.quic, libc::SHUT_RDWR),
         }
         res
     }
@@ -651,11 +719,22 @@ impl Worker {
         }
         let mut c = self.conns.remove(slot);
         self.m.connections.sub(1);
-        let _ = c.out.flush(c.fd);
+        match (&c.transport, &mut self.quic) {
+            (Transport::Tcp { fd, .. }, _) => {
+                let _ = c.out.flush(*fd);
+                discard_input(*fd);
+                // Wakes a writer task still waiting on this socket, and sends FIN after what is
+                // queued.
+                shutdown(*fd, libc::SHUT_RDWR);
+            }
+            (Transport::Quic(qc), Some(q)) => {
+                let _ = c.out.flush(q.writer(*qc));
+                // Finishes the stream; the connection closes once the peer has it all.
+                q.end(*qc, c.closing.unwrap_or(CloseCode::NORMAL).0, Instant::now());
+            }
+            (Transport::Quic(_), None) => {}
+        }
         self.m.queued_frames.sub(c.out.clear() as u64);
-        discard_input(c.fd);
-        // Wakes a writer task still waiting on this socket, and sends FIN after what is queued.
-        shutdown(c.fd, libc::SHUT_RDWR);
         if let Some(a) = c.auth {
             self.index.remove_conn(a.uid, slot);
             let code = c.closing.unwrap_or(CloseCode::NORMAL).0;
@@ -721,6 +800,11 @@ impl Worker {
                 self.scratch = slots;
             }
             CoreCmd::Replace { user, device, session_id } => self.replace(&user, &device, session_id),
+            CoreCmd::Quic(d) => {
+                if let Some(q) = &mut self.quic {
+                    q.forwarded(Instant::now(), *d);
+                }
+            }
             CoreCmd::Drain => self.begin_drain(),
         }
     }
@@ -799,6 +883,9 @@ impl Worker {
         self.draining = true;
         // Wakes the pending accept with an error; the accept loop sees `draining` and ends.
         shutdown(self.listener_fd, libc::SHUT_RDWR);
+        if let Some(q) = &mut self.quic {
+            q.stop_accepting();
+        }
         let slots: Vec<usize> = self.conns.iter().map(|(s, _)| s).collect();
         for s in slots {
             self.close_conn(s, CloseCode::SHUTTING_DOWN, true, true);
