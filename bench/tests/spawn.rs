@@ -58,6 +58,10 @@ fn suite_on_spawned_herald_serve() {
 fn fanout_on_two_spawned_gateway_nodes() {
     let herald = herald_binary();
     let out = tempfile::tempdir().unwrap();
-    bench(&["fanout", "--nodes", "2", "--conns", "30", "--repeats", "2", "--baseline", "raw"], out.path(), &herald);
+    bench(
+        &["fanout", "--nodes", "2", "--conns", "30", "--repeats", "2", "--baseline", "raw"],
+        out.path(),
+        &herald,
+    );
     support::check_results(out.path(), 30, &["fanout"]);
 }

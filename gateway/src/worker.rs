@@ -103,7 +103,10 @@ struct Auth {
 /// What carries a connection's frames.
 #[derive(Debug)]
 enum Transport {
-    Tcp { stream: Rc<TcpStream>, fd: RawFd },
+    Tcp {
+        stream: Rc<TcpStream>,
+        fd: RawFd,
+    },
     /// A connection of the core's QUIC endpoint; the frames travel on its one stream.
     Quic(ConnRef),
 }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{
-    ConnectionHandle, DatagramEvent, Dir, EcnCodepoint, Endpoint, EndpointConfig, Event, ReadError, ServerConfig,
-    StreamEvent, StreamId, Transmit, VarInt, WriteError,
+    ConnectionHandle, DatagramEvent, Dir, EcnCodepoint, Endpoint, EndpointConfig, Event, ReadError,
+    ServerConfig, StreamEvent, StreamId, Transmit, VarInt, WriteError,
 };
 use quinn_udp::{RecvMeta, UdpSocketState};
 
