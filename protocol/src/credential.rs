@@ -32,19 +32,13 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
+        f.debug_struct("SigningKey").field("id", &self.id).finish_non_exhaustive()
     }
 }
 
 impl SigningKey {
     pub fn new(id: u32, secret: [u8; 32]) -> Self {
-        SigningKey {
-            id,
-            secret,
-            key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
-        }
+        SigningKey { id, secret, key: hmac::Key::new(hmac::HMAC_SHA256, &secret) }
     }
 
     pub fn secret(&self) -> &[u8; 32] {
@@ -96,11 +90,7 @@ impl CredentialError {
 /// Signs a token for `claims` (whose `key_id` is replaced by the key's).
 pub fn issue(key: &SigningKey, claims: &Claims) -> Result<String, CredentialError> {
     let (user, device) = (claims.user.as_bytes(), claims.device.as_bytes());
-    if user.is_empty()
-        || device.is_empty()
-        || user.len() > MAX_ID_BYTES
-        || device.len() > MAX_ID_BYTES
-    {
+    if user.is_empty() || device.is_empty() || user.len() > MAX_ID_BYTES || device.len() > MAX_ID_BYTES {
         return Err(CredentialError::BadId);
     }
     let mut raw = Vec::with_capacity(FIXED_BYTES + 2 + user.len() + device.len() + MAC_BYTES);
@@ -125,9 +115,7 @@ pub struct KeySet {
 
 impl KeySet {
     pub fn new(keys: impl IntoIterator<Item = SigningKey>) -> Self {
-        KeySet {
-            keys: keys.into_iter().map(|k| (k.id, k)).collect(),
-        }
+        KeySet { keys: keys.into_iter().map(|k| (k.id, k)).collect() }
     }
 
     pub fn insert(&mut self, key: SigningKey) {
@@ -182,9 +170,7 @@ impl<'a> Raw<'a> {
         if token.len() > MAX_TOKEN_TEXT {
             return Err(CredentialError::Malformed);
         }
-        let n = URL_SAFE_NO_PAD
-            .decode_slice(token, buf)
-            .map_err(|_| CredentialError::Malformed)?;
+        let n = URL_SAFE_NO_PAD.decode_slice(token, buf).map_err(|_| CredentialError::Malformed)?;
         let raw = &buf[..n];
         if n < FIXED_BYTES + 2 + MAC_BYTES || raw[0] != TOKEN_VERSION {
             return Err(CredentialError::Malformed);
@@ -200,22 +186,14 @@ impl<'a> Raw<'a> {
         if dev_at >= signed.len() || dev_at + 1 + signed[dev_at] as usize != signed.len() {
             return Err(CredentialError::Malformed);
         }
-        Ok(Raw {
-            signed,
-            tag,
-            key_id,
-            issued_at: le8(5),
-            expires_at: le8(13),
-            dev_at,
-        })
+        Ok(Raw { signed, tag, key_id, issued_at: le8(5), expires_at: le8(13), dev_at })
     }
 
     fn claims(&self) -> Result<Claims, CredentialError> {
         let s = self.signed;
-        let user = std::str::from_utf8(&s[FIXED_BYTES + 1..self.dev_at])
-            .map_err(|_| CredentialError::Malformed)?;
-        let device =
-            std::str::from_utf8(&s[self.dev_at + 1..]).map_err(|_| CredentialError::Malformed)?;
+        let user =
+            std::str::from_utf8(&s[FIXED_BYTES + 1..self.dev_at]).map_err(|_| CredentialError::Malformed)?;
+        let device = std::str::from_utf8(&s[self.dev_at + 1..]).map_err(|_| CredentialError::Malformed)?;
         if user.is_empty() || device.is_empty() {
             return Err(CredentialError::Malformed);
         }
@@ -270,11 +248,8 @@ impl Revocations {
     pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&str>, u64)> {
         self.by_user.iter().flat_map(|(u, r)| {
             let all = (r.all_before > 0).then_some((u.as_str(), None, r.all_before));
-            all.into_iter().chain(
-                r.device_before
-                    .iter()
-                    .map(move |(d, &t)| (u.as_str(), Some(d.as_str()), t)),
-            )
+            all.into_iter()
+                .chain(r.device_before.iter().map(move |(d, &t)| (u.as_str(), Some(d.as_str()), t)))
         })
     }
 }
@@ -284,13 +259,7 @@ mod tests {
     use super::*;
 
     fn claims(user: &str, device: &str) -> Claims {
-        Claims {
-            key_id: 0,
-            user: user.into(),
-            device: device.into(),
-            issued_at: 100,
-            expires_at: 200,
-        }
+        Claims { key_id: 0, user: user.into(), device: device.into(), issued_at: 100, expires_at: 200 }
     }
 
     #[test]
@@ -299,26 +268,14 @@ mod tests {
         let keys = KeySet::new([k1.clone()]);
         let token = issue(&k1, &claims("alice", "phone")).unwrap();
         let got = keys.verify(token.as_bytes(), 150).unwrap();
-        assert_eq!(
-            (got.key_id, got.user.as_str(), got.device.as_str()),
-            (1, "alice", "phone")
-        );
+        assert_eq!((got.key_id, got.user.as_str(), got.device.as_str()), (1, "alice", "phone"));
         assert_eq!(peek(&token).unwrap(), got);
 
-        assert_eq!(
-            keys.verify(token.as_bytes(), 200),
-            Err(CredentialError::Expired)
-        );
+        assert_eq!(keys.verify(token.as_bytes(), 200), Err(CredentialError::Expired));
         let other = issue(&SigningKey::new(1, [2; 32]), &claims("alice", "phone")).unwrap();
-        assert_eq!(
-            keys.verify(other.as_bytes(), 150),
-            Err(CredentialError::Forged)
-        );
+        assert_eq!(keys.verify(other.as_bytes(), 150), Err(CredentialError::Forged));
         let unknown = issue(&SigningKey::new(9, [1; 32]), &claims("alice", "phone")).unwrap();
-        assert_eq!(
-            keys.verify(unknown.as_bytes(), 150),
-            Err(CredentialError::Forged)
-        );
+        assert_eq!(keys.verify(unknown.as_bytes(), 150), Err(CredentialError::Forged));
         for bad in ["", "!!!", "AAAA", &token[..token.len() - 3]] {
             assert!(
                 matches!(
@@ -328,26 +285,17 @@ mod tests {
                 "{bad:?}"
             );
         }
-        assert_eq!(
-            keys.verify(&[b'A'; MAX_TOKEN_TEXT + 1], 150),
-            Err(CredentialError::Malformed)
-        );
+        assert_eq!(keys.verify(&[b'A'; MAX_TOKEN_TEXT + 1], 150), Err(CredentialError::Malformed));
         // One flipped bit anywhere in the signed bytes is a forgery or malformed, never accepted.
         let mut raw = URL_SAFE_NO_PAD.decode(&token).unwrap();
         for i in 0..raw.len() {
             raw[i] ^= 1;
             let t = URL_SAFE_NO_PAD.encode(&raw);
-            assert!(
-                keys.verify(t.as_bytes(), 150).is_err(),
-                "bit flip at {i} accepted"
-            );
+            assert!(keys.verify(t.as_bytes(), 150).is_err(), "bit flip at {i} accepted");
             raw[i] ^= 1;
         }
         assert_eq!(issue(&k1, &claims("", "d")), Err(CredentialError::BadId));
-        assert_eq!(
-            issue(&k1, &claims(&"u".repeat(256), "d")),
-            Err(CredentialError::BadId)
-        );
+        assert_eq!(issue(&k1, &claims(&"u".repeat(256), "d")), Err(CredentialError::BadId));
     }
 
     #[test]
@@ -358,11 +306,7 @@ mod tests {
         r.revoke("bob", Some("phone"), 150);
         assert_eq!(r.check(&c), Ok(()));
         r.revoke("bob", Some("tablet"), 100);
-        assert_eq!(
-            r.check(&c),
-            Ok(()),
-            "issued at the revocation second is not before it"
-        );
+        assert_eq!(r.check(&c), Ok(()), "issued at the revocation second is not before it");
         r.revoke("bob", None, 101);
         assert_eq!(r.check(&c), Err(CredentialError::Revoked));
         assert_eq!(r.iter().count(), 3);

@@ -67,9 +67,13 @@ const PADDING: [u8; FRAME_ALIGN] = [T_PAD; FRAME_ALIGN];
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// Terminal heartbeat; the nonce is echoed in the answer.
-    Ping { nonce: u8 },
+    Ping {
+        nonce: u8,
+    },
     /// Server's answer to a heartbeat.
-    Pong { nonce: u8 },
+    Pong {
+        nonce: u8,
+    },
     Login(Login),
     LoginOk(LoginOk),
     Push(Push),
@@ -403,10 +407,9 @@ impl Login {
 
     /// What the terminal already holds, per stream.
     pub fn resume(&self) -> impl ExactSizeIterator<Item = StreamPos> + '_ {
-        self.resume_raw.chunks_exact(RESUME_ENTRY_BYTES).map(|c| StreamPos {
-            stream: le32(c, 0),
-            seq: le32(c, 4),
-        })
+        self.resume_raw
+            .chunks_exact(RESUME_ENTRY_BYTES)
+            .map(|c| StreamPos { stream: le32(c, 0), seq: le32(c, 4) })
     }
 
     pub fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
@@ -559,11 +562,7 @@ pub fn encode_push(header: PushHeader, payload: &[u8]) -> Result<Bytes, EncodeEr
 }
 
 /// Like [`encode_push`], appending to a caller's buffer.
-pub fn encode_push_into(
-    header: PushHeader,
-    payload: &[u8],
-    dst: &mut BytesMut,
-) -> Result<(), EncodeError> {
+pub fn encode_push_into(header: PushHeader, payload: &[u8], dst: &mut BytesMut) -> Result<(), EncodeError> {
     if header.ttl_secs > 0x00ff_ffff {
         return Err(EncodeError::TtlTooLong);
     }

@@ -282,19 +282,13 @@ mod tests {
             }),
             LinkMessage::Tables(Tables {
                 version: 2,
-                keys: vec![KeyEntry {
-                    key_id: 1,
-                    secret: [7; 32],
-                }],
+                keys: vec![KeyEntry { key_id: 1, secret: [7; 32] }],
                 revocations: vec![RevocationEntry {
                     user: "u".into(),
                     all_before: 5,
                     devices: vec![("d".into(), 6)],
                 }],
-                groups: vec![GroupTopics {
-                    group: "g".into(),
-                    topics: vec!["t".into()],
-                }],
+                groups: vec![GroupTopics { group: "g".into(), topics: vec!["t".into()] }],
             }),
         ];
         let mut wire = BytesMut::new();
@@ -306,9 +300,7 @@ mod tests {
         let mut scratch = AlignedVec::new();
         let mut got = Vec::new();
         while let Some(f) = dec.decode(&mut wire).unwrap() {
-            let Frame::Link(l) = f else {
-                panic!("not a link frame: {f:?}")
-            };
+            let Frame::Link(l) = f else { panic!("not a link frame: {f:?}") };
             got.push(LinkMessage::decode(&l, &mut scratch).unwrap());
         }
         assert_eq!(got, msgs);
@@ -317,21 +309,9 @@ mod tests {
     #[test]
     fn wrong_version_and_garbage_are_refused() {
         let mut scratch = AlignedVec::new();
-        let l = Link {
-            version: 99,
-            payload: bytes::Bytes::from_static(&[0; 32]),
-        };
-        assert!(matches!(
-            LinkMessage::decode(&l, &mut scratch),
-            Err(LinkError::Version(99))
-        ));
-        let l = Link {
-            version: LINK_VERSION,
-            payload: bytes::Bytes::from_static(&[0xff; 40]),
-        };
-        assert!(matches!(
-            LinkMessage::decode(&l, &mut scratch),
-            Err(LinkError::Invalid(_))
-        ));
+        let l = Link { version: 99, payload: bytes::Bytes::from_static(&[0; 32]) };
+        assert!(matches!(LinkMessage::decode(&l, &mut scratch), Err(LinkError::Version(99))));
+        let l = Link { version: LINK_VERSION, payload: bytes::Bytes::from_static(&[0xff; 40]) };
+        assert!(matches!(LinkMessage::decode(&l, &mut scratch), Err(LinkError::Invalid(_))));
     }
 }

@@ -48,8 +48,7 @@ impl PushPayload {
             scratch.extend_from_slice(bytes);
             scratch.as_slice()
         };
-        rkyv::access::<ArchivedPushPayload, rkyv::rancor::Error>(src)
-            .map_err(|e| PayloadError(e.to_string()))
+        rkyv::access::<ArchivedPushPayload, rkyv::rancor::Error>(src).map_err(|e| PayloadError(e.to_string()))
     }
 
     /// Validates and copies a payload out (clients that keep messages).
