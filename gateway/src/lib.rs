@@ -56,6 +56,7 @@ mod index;
 mod link;
 mod mailbox;
 mod metrics;
+mod mqtt;
 mod outbound;
 mod tables;
 mod worker;
@@ -124,6 +125,12 @@ pub struct GatewayConfig {
     pub drain_timeout_ms: u64,
     /// Reconnect hint sent in GOAWAY on drain.
     pub drain_reconnect_after_ms: u32,
+    /// Where MQTT 3.1.1/5.0 terminals connect (port 0: any free port, see
+    /// [`Gateway::mqtt_addr`]); `None` (the default) serves no MQTT.
+    pub mqtt_addr: Option<SocketAddr>,
+    /// Whether MQTT terminals may PUBLISH: when true a PUBLISH is acknowledged and dropped (Herald
+    /// takes pushes from the admin API only); when false (the default) it is refused.
+    pub mqtt_allow_publish: bool,
 }
 
 impl Default for GatewayConfig {
@@ -142,6 +149,8 @@ impl Default for GatewayConfig {
             outbound_queue_frames: 256,
             drain_timeout_ms: 5_000,
             drain_reconnect_after_ms: 1_000,
+            mqtt_addr: None,
+            mqtt_allow_publish: false,
         }
     }
 }
@@ -170,6 +179,10 @@ pub(crate) struct Node {
     pub(crate) config: GatewayConfig,
     pub(crate) driver: Driver,
     pub(crate) tcp_addr: SocketAddr,
+    pub(crate) mqtt_addr: Option<SocketAddr>,
+    /// Stream id → MQTT topic, learned by the link thread from live pushes (backlog pushes name
+    /// only their stream). Touched by the link reader only, never by a core.
+    pub(crate) stream_topics: parking_lot::Mutex<std::collections::HashMap<u32, mqtt::StreamTopic>>,
     pub(crate) tables: tables::SharedTables,
     pub(crate) metrics: Arc<metrics::Registry>,
     pub(crate) cores: Vec<MailboxSender<CoreCmd>>,
@@ -203,6 +216,11 @@ impl Gateway {
     /// The address terminals connect to (port resolved).
     pub fn tcp_addr(&self) -> SocketAddr {
         self.node.tcp_addr
+    }
+
+    /// The MQTT listener's address (port resolved), if [`GatewayConfig::mqtt_addr`] was set.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.node.mqtt_addr
     }
 
     /// The metrics endpoint (port resolved), if one was configured.
@@ -337,12 +355,23 @@ pub fn start(config: GatewayConfig) -> Result<Gateway, GatewayError> {
     for _ in 1..cores {
         listeners.push(bind_reuseport(tcp_addr)?);
     }
+    let mut mqtt_listeners: Vec<Option<TcpListener>> = (0..cores).map(|_| None).collect();
+    let mut mqtt_addr = None;
+    if let Some(want) = config.mqtt_addr {
+        let first = bind_reuseport(want)?;
+        let addr = first.local_addr().map_err(|source| GatewayError::Bind { addr: want, source })?;
+        mqtt_listeners[0] = Some(first);
+        for l in mqtt_listeners.iter_mut().skip(1) {
+            *l = Some(bind_reuseport(addr)?);
+        }
+        mqtt_addr = Some(addr);
+    }
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(TcpListener::bind(addr).map_err(|source| GatewayError::Bind { addr, source })?),
         None => None,
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
-    tracing::info!(driver = driver.label(), cores, %tcp_addr, "gateway starting");
+    tracing::info!(driver = driver.label(), cores, %tcp_addr, ?mqtt_addr, "gateway starting");
 
     let (up_tx, up_rx) = crossbeam_channel::unbounded();
     let mut senders = Vec::with_capacity(cores);
@@ -357,6 +386,8 @@ pub fn start(config: GatewayConfig) -> Result<Gateway, GatewayError> {
         config,
         driver,
         tcp_addr,
+        mqtt_addr,
+        stream_topics: parking_lot::Mutex::default(),
         tables: tables::SharedTables::default(),
         metrics: Arc::new(metrics::Registry::new(cores)),
         cores: senders,
@@ -367,11 +398,11 @@ pub fn start(config: GatewayConfig) -> Result<Gateway, GatewayError> {
     });
 
     let mut threads = Vec::with_capacity(cores);
-    for (n, (listener, inbox)) in listeners.into_iter().zip(boxes).enumerate() {
+    for (n, ((listener, mqtt), inbox)) in listeners.into_iter().zip(mqtt_listeners).zip(boxes).enumerate() {
         let node = node.clone();
         let t = std::thread::Builder::new()
             .name(format!("herald-core-{n}"))
-            .spawn(move || worker::run(n, node, listener, inbox))
+            .spawn(move || worker::run(n, node, worker::Listeners { herald: listener, mqtt }, inbox))
             .map_err(|source| GatewayError::Spawn { what: "core thread", source })?;
         threads.push(t);
     }
