@@ -31,6 +31,14 @@ impl LocalUser {
     }
 }
 
+/// What a user follows, as the control plane last said.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Follows<'a> {
+    pub(crate) groups: &'a [Box<str>],
+    /// Direct topics.
+    pub(crate) topics: &'a [Box<str>],
+}
+
 /// Who a push is for, prepared once per push per node.
 #[derive(Debug)]
 pub(crate) enum Plan {
@@ -94,9 +102,9 @@ impl Index {
 
     /// A user's groups and direct topics; `None` until the control plane has sent them for its
     /// connections here (or when it has none).
-    pub(crate) fn subscriptions(&self, user: &str) -> Option<(&[Box<str>], &[Box<str>])> {
+    pub(crate) fn subscriptions(&self, user: &str) -> Option<Follows<'_>> {
         let u = &self.users[*self.by_name.get(user)?];
-        u.synced.then_some((u.groups.as_slice(), u.topics.as_slice()))
+        u.synced.then_some(Follows { groups: &u.groups, topics: &u.topics })
     }
 
     /// Replaces a user's groups and direct topics (no-op when it has no connection here).

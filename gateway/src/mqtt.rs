@@ -255,10 +255,10 @@ impl MqttConn {
 pub(crate) fn permitted(
     filter: &TopicFilter,
     inbox: &str,
-    groups: &[Box<str>],
-    topics: &[Box<str>],
+    follows: crate::index::Follows<'_>,
     snap: &crate::tables::Snapshot,
 ) -> bool {
+    let crate::index::Follows { groups, topics } = follows;
     if filter.matches(inbox) || filter.matches(CONDITION_TOPIC) {
         return true;
     }

@@ -211,7 +211,7 @@ impl Worker {
     fn on_subscribe(&mut self, slot: usize, s: Subscribe) {
         let Some(user) = self.conns[slot].auth.as_ref().map(|a| a.user.clone()) else { return };
         let snap = self.node.tables.load();
-        let Some((groups, topics)) = self.index.subscriptions(&user) else {
+        let Some(follows) = self.index.subscriptions(&user) else {
             // The user's subscriptions are on their way from the control plane (they follow the
             // Online report): answer when they arrive.
             let m = self.mqtt(slot);
@@ -227,7 +227,7 @@ impl Worker {
         for sub in s.subscriptions {
             let reason = if sub.filter.is_shared() {
                 ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
-            } else if permitted(&sub.filter, &inbox, groups, topics, &snap) {
+            } else if permitted(&sub.filter, &inbox, follows, &snap) {
                 let qos = sub.options.max_qos.min(QoS::AtLeastOnce);
                 m.filters.retain(|(f, _)| f != &sub.filter);
                 m.filters.push((sub.filter, qos));
