@@ -154,7 +154,7 @@ mod tests {
     fn the_example_config_parses_and_sets_every_key_but_the_commented_ones() {
         let cfg = FileConfig::parse(include_str!("../../../herald.example.toml")).unwrap();
         assert_eq!(cfg.admin, Some("127.0.0.1:8080".parse().unwrap()));
-        assert_eq!(cfg.tcp, Some("0.0.0.0:7000".parse().unwrap()));
+        assert_eq!(cfg.tcp, Some("0.0.0.0:7400".parse().unwrap()));
         assert_eq!(cfg.driver.as_deref(), Some("auto"));
         assert_eq!(cfg.heartbeat_interval_secs, Some(240));
         assert_eq!(cfg.log_filter.as_deref(), Some("info"));

@@ -70,10 +70,10 @@ struct CpArgs {
 
 #[derive(Debug, Args)]
 struct GwArgs {
-    /// Terminal TCP address [default: 0.0.0.0:7000].
+    /// Terminal TCP address [default: 0.0.0.0:7400].
     #[arg(long, value_name = "ADDR")]
     tcp: Option<SocketAddr>,
-    /// Prometheus metrics address [default: 127.0.0.1:9100].
+    /// Prometheus metrics address [default: 127.0.0.1:9400].
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
     /// MQTT 3.1.1/5.0 listener address (e.g. 127.0.0.1:1883) [default: off].
