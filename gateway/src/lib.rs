@@ -1,4 +1,5 @@
-//! Herald's gateway: the thread-per-core TCP front that holds terminal connections, verifies
+//! Herald's gateway: the thread-per-core TCP front (Herald protocol, and MQTT 3.1.1/5.0 when
+//! [`GatewayConfig::mqtt_addr`] is set) that holds terminal connections, verifies
 //! their credentials locally, keeps per-core subscriber indexes and fans pushes out; plus its link
 //! to the control plane. It does not store messages, own tables or decide who a push is for
 //! beyond matching the targets the control plane sends (that is `herald-control-plane`), and it
@@ -44,6 +45,9 @@
 //! # Layout
 //! - `worker`: one core's world: accept loop, connections (slab), login, heartbeats (deadline
 //!   heap swept by one timer per core), subscriber index, fan-out and outbound queues.
+//!   Its `worker::mqtt` turns MQTT packets into the same session calls.
+//! - `mqtt`: the MQTT adapter's policies (topics, QoS, payload, sessions, reason codes), and the
+//!   PUBLISH form of a push, prepared once per node by the link thread.
 //! - `index`: a core's `user / topic / group → local connections` index.
 //! - `outbound`: a connection's bounded outbound queue, coalesced into one `writev`.
 //! - `link`: the control-plane client: tables, subscriptions, pushes and kicks down; presence,
