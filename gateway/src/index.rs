@@ -19,6 +19,8 @@ struct LocalUser {
     conns: Vec<usize>,
     groups: Vec<Box<str>>,
     topics: Vec<Box<str>>,
+    /// The control plane's subscriptions for the user have arrived since it joined this core.
+    synced: bool,
     /// Fan-out pass that last visited this user (dedupes users reached along several paths).
     mark: u64,
 }
@@ -27,6 +29,14 @@ impl LocalUser {
     fn follows(&self, topic: &str, snap: &Snapshot) -> bool {
         self.topics.iter().any(|t| &**t == topic) || self.groups.iter().any(|g| snap.group_has(g, topic))
     }
+}
+
+/// What a user follows, as the control plane last said.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Follows<'a> {
+    pub(crate) groups: &'a [Box<str>],
+    /// Direct topics.
+    pub(crate) topics: &'a [Box<str>],
 }
 
 /// Who a push is for, prepared once per push per node.
@@ -66,6 +76,7 @@ impl Index {
             conns: vec![slot],
             groups: Vec::new(),
             topics: Vec::new(),
+            synced: false,
             mark: 0,
         });
         self.by_name.insert(user.clone(), uid);
@@ -89,11 +100,19 @@ impl Index {
         self.by_name.get(user).map_or(&[], |&uid| self.users[uid].conns.as_slice())
     }
 
+    /// A user's groups and direct topics; `None` until the control plane has sent them for its
+    /// connections here (or when it has none).
+    pub(crate) fn subscriptions(&self, user: &str) -> Option<Follows<'_>> {
+        let u = &self.users[*self.by_name.get(user)?];
+        u.synced.then_some(Follows { groups: &u.groups, topics: &u.topics })
+    }
+
     /// Replaces a user's groups and direct topics (no-op when it has no connection here).
     pub(crate) fn set_subscriptions(&mut self, user: &str, groups: &[String], topics: &[String]) {
         let Some(&uid) = self.by_name.get(user) else { return };
         self.unindex(uid);
         let u = &mut self.users[uid];
+        u.synced = true;
         u.groups = groups.iter().map(|g| g.as_str().into()).collect();
         u.topics = topics.iter().map(|t| t.as_str().into()).collect();
         for g in &u.groups {

@@ -1,4 +1,5 @@
-//! Herald's gateway: the thread-per-core TCP front that holds terminal connections, verifies
+//! Herald's gateway: the thread-per-core TCP front (Herald protocol, and MQTT 3.1.1/5.0 when
+//! [`GatewayConfig::mqtt_addr`] is set) that holds terminal connections, verifies
 //! their credentials locally, keeps per-core subscriber indexes and fans pushes out; plus its link
 //! to the control plane. It does not store messages, own tables or decide who a push is for
 //! beyond matching the targets the control plane sends (that is `herald-control-plane`), and it
@@ -44,6 +45,9 @@
 //! # Layout
 //! - `worker`: one core's world: accept loop, connections (slab), login, heartbeats (deadline
 //!   heap swept by one timer per core), subscriber index, fan-out and outbound queues.
+//!   Its `worker::mqtt` turns MQTT packets into the same session calls.
+//! - `mqtt`: the MQTT adapter's policies (topics, QoS, payload, sessions, reason codes), and the
+//!   PUBLISH form of a push, prepared once per node by the link thread.
 //! - `index`: a core's `user / topic / group → local connections` index.
 //! - `outbound`: a connection's bounded outbound queue, coalesced into one `writev`.
 //! - `link`: the control-plane client: tables, subscriptions, pushes and kicks down; presence,
@@ -56,6 +60,7 @@ mod index;
 mod link;
 mod mailbox;
 mod metrics;
+mod mqtt;
 mod outbound;
 mod quic;
 mod tables;
@@ -135,6 +140,12 @@ pub struct GatewayConfig {
     pub quic_cert: Option<PathBuf>,
     /// PEM private key of `quic_cert`.
     pub quic_key: Option<PathBuf>,
+    /// Where MQTT 3.1.1/5.0 terminals connect (port 0: any free port, see
+    /// [`Gateway::mqtt_addr`]); `None` (the default) serves no MQTT.
+    pub mqtt_addr: Option<SocketAddr>,
+    /// Whether MQTT terminals may PUBLISH: when true a PUBLISH is acknowledged and dropped (Herald
+    /// takes pushes from the admin API only); when false (the default) it is refused.
+    pub mqtt_allow_publish: bool,
 }
 
 impl Default for GatewayConfig {
@@ -156,6 +167,8 @@ impl Default for GatewayConfig {
             quic_addr: None,
             quic_cert: None,
             quic_key: None,
+            mqtt_addr: None,
+            mqtt_allow_publish: false,
         }
     }
 }
@@ -192,6 +205,10 @@ pub(crate) struct Node {
     pub(crate) tcp_addr: SocketAddr,
     pub(crate) quic_addr: Option<SocketAddr>,
     pub(crate) quic: Option<quic::QuicShared>,
+    pub(crate) mqtt_addr: Option<SocketAddr>,
+    /// Stream id → MQTT topic, learned by the link thread from live pushes (backlog pushes name
+    /// only their stream). Touched by the link reader only, never by a core.
+    pub(crate) stream_topics: parking_lot::Mutex<std::collections::HashMap<u32, mqtt::StreamTopic>>,
     pub(crate) tables: tables::SharedTables,
     pub(crate) metrics: Arc<metrics::Registry>,
     pub(crate) cores: Vec<MailboxSender<CoreCmd>>,
@@ -236,6 +253,11 @@ impl Gateway {
     /// client's address changed). Tests and benchmarks read it.
     pub fn quic_forwarded(&self) -> u64 {
         self.node.metrics.sum(|m| m.quic_forwarded.get())
+    }
+
+    /// The MQTT listener's address (port resolved), if [`GatewayConfig::mqtt_addr`] was set.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.node.mqtt_addr
     }
 
     /// The metrics endpoint (port resolved), if one was configured.
@@ -384,12 +406,23 @@ pub fn start(config: GatewayConfig) -> Result<Gateway, GatewayError> {
         }
         None => (None, None),
     };
+    let mut mqtt_listeners: Vec<Option<TcpListener>> = (0..cores).map(|_| None).collect();
+    let mut mqtt_addr = None;
+    if let Some(want) = config.mqtt_addr {
+        let first = bind_reuseport(want)?;
+        let addr = first.local_addr().map_err(|source| GatewayError::Bind { addr: want, source })?;
+        mqtt_listeners[0] = Some(first);
+        for l in mqtt_listeners.iter_mut().skip(1) {
+            *l = Some(bind_reuseport(addr)?);
+        }
+        mqtt_addr = Some(addr);
+    }
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(TcpListener::bind(addr).map_err(|source| GatewayError::Bind { addr, source })?),
         None => None,
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
-    tracing::info!(driver = driver.label(), cores, %tcp_addr, ?quic_addr, "gateway starting");
+    tracing::info!(driver = driver.label(), cores, %tcp_addr, ?mqtt_addr, ?quic_addr, "gateway starting");
 
     let (up_tx, up_rx) = crossbeam_channel::unbounded();
     let mut senders = Vec::with_capacity(cores);
@@ -406,6 +439,8 @@ pub fn start(config: GatewayConfig) -> Result<Gateway, GatewayError> {
         tcp_addr,
         quic_addr,
         quic,
+        mqtt_addr,
+        stream_topics: parking_lot::Mutex::default(),
         tables: tables::SharedTables::default(),
         metrics: Arc::new(metrics::Registry::new(cores)),
         cores: senders,
@@ -416,11 +451,12 @@ pub fn start(config: GatewayConfig) -> Result<Gateway, GatewayError> {
     });
 
     let mut threads = Vec::with_capacity(cores);
-    for (n, ((listener, udp), inbox)) in listeners.into_iter().zip(quic_sockets).zip(boxes).enumerate() {
+    let listeners = listeners.into_iter().zip(mqtt_listeners).zip(quic_sockets);
+    for (n, (((listener, mqtt), quic), inbox)) in listeners.zip(boxes).enumerate() {
         let node = node.clone();
         let t = std::thread::Builder::new()
             .name(format!("herald-core-{n}"))
-            .spawn(move || worker::run(n, node, listener, udp, inbox))
+            .spawn(move || worker::run(n, node, worker::Listeners { herald: listener, mqtt, quic }, inbox))
             .map_err(|source| GatewayError::Spawn { what: "core thread", source })?;
         threads.push(t);
     }

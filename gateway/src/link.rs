@@ -254,6 +254,7 @@ fn read_loop(node: &Arc<Node>, mut stream: TcpStream) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut scratch = AlignedVec::new();
+    let mut payload_scratch = AlignedVec::new();
     loop {
         let n = match stream.read(&mut chunk) {
             Ok(0) | Err(_) => return,
@@ -263,7 +264,7 @@ fn read_loop(node: &Arc<Node>, mut stream: TcpStream) {
         loop {
             match decoder.decode(&mut buf) {
                 Ok(Some(Frame::Link(link))) => match LinkMessage::decode(&link, &mut scratch) {
-                    Ok(msg) => dispatch(node, msg),
+                    Ok(msg) => dispatch(node, msg, &mut payload_scratch),
                     Err(e) => {
                         tracing::error!(error = %e, "bad link message; dropping the link");
                         return;
@@ -283,7 +284,7 @@ fn read_loop(node: &Arc<Node>, mut stream: TcpStream) {
     }
 }
 
-fn dispatch(node: &Arc<Node>, msg: LinkMessage) {
+fn dispatch(node: &Arc<Node>, msg: LinkMessage, scratch: &mut AlignedVec) {
     match msg {
         LinkMessage::Welcome(w) => tracing::info!(epoch = w.epoch, "control plane welcomed this node"),
         LinkMessage::Tables(t) => node.tables.store(Snapshot::from_tables(&t)),
@@ -298,7 +299,11 @@ fn dispatch(node: &Arc<Node>, msg: LinkMessage) {
             }
         }
         LinkMessage::Push(order) => {
-            if let Some(job) = push_job(order, node.tables.load_full()) {
+            let mqtt = match node.mqtt_addr {
+                Some(_) => crate::mqtt::prepare(&order, &mut node.stream_topics.lock(), scratch),
+                None => None,
+            };
+            if let Some(job) = push_job(order, node.tables.load_full(), mqtt) {
                 let job = Arc::new(job);
                 for c in &node.cores {
                     c.send(CoreCmd::Push(job.clone()));
@@ -315,7 +320,7 @@ fn dispatch(node: &Arc<Node>, msg: LinkMessage) {
     }
 }
 
-fn push_job(order: PushOrder, tables: Arc<Snapshot>) -> Option<PushJob> {
+fn push_job(order: PushOrder, tables: Arc<Snapshot>, mqtt: Option<crate::mqtt::MqttPush>) -> Option<PushJob> {
     let received = Instant::now();
     let flags = PushFlags(order.flags);
     let header = PushHeader { flags, ttl_secs: order.ttl_secs, stream: order.stream, seq: order.seq };
@@ -345,6 +350,7 @@ fn push_job(order: PushOrder, tables: Arc<Snapshot>) -> Option<PushJob> {
         plan,
         frame,
         persistent: flags.contains(PushFlags::ACK_REQUIRED),
+        mqtt,
         received,
         tables,
     })

@@ -1,6 +1,8 @@
 //! A connection's outbound queue: frames waiting for the socket, written with one `writev` per
 //! flush, with the padding that puts every push at a 16-aligned stream offset computed at write
-//! time (so dropping a queued frame never misaligns the ones after it).
+//! time (so dropping a queued frame never misaligns the ones after it). An entry may be two
+//! pieces written as two iovecs: an MQTT PUBLISH is a per-connection header followed by the
+//! payload every recipient shares.
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -16,13 +18,15 @@ const MAX_IOV: usize = 64;
 #[derive(Debug)]
 struct Entry {
     bytes: Bytes,
+    /// Written right after `bytes` (a shared payload); usually empty.
+    tail: Bytes,
     /// Starts at a 16-aligned offset (push frames).
     aligned: bool,
     /// Must not be dropped by the backpressure policy (ACK_REQUIRED pushes, control frames).
     persistent: bool,
     /// Padding chosen for this frame, fixed once its first byte is written.
     pad: u8,
-    /// Bytes of `pad + bytes` already written; 0 = not started (droppable, padding not fixed).
+    /// Bytes of `pad + bytes + tail` already written; 0 = not started (droppable, padding not fixed).
     written: u32,
 }
 
@@ -81,6 +85,18 @@ impl Outbound {
 
     /// Queues a frame under the limit `max` (frames), applying the drop policy.
     pub(crate) fn push(&mut self, bytes: Bytes, aligned: bool, persistent: bool, max: usize) -> Queued {
+        self.push_parts(bytes, Bytes::new(), aligned, persistent, max)
+    }
+
+    /// Like [`Outbound::push`], for a frame in two pieces written back to back.
+    pub(crate) fn push_parts(
+        &mut self,
+        bytes: Bytes,
+        tail: Bytes,
+        aligned: bool,
+        persistent: bool,
+        max: usize,
+    ) -> Queued {
         let mut outcome = Queued::Yes;
         if self.q.len() >= max {
             match self.q.iter().position(|e| !e.persistent && e.written == 0) {
@@ -92,13 +108,20 @@ impl Outbound {
                 None => return Queued::Full,
             }
         }
-        self.q.push_back(Entry { bytes, aligned, persistent, pad: 0, written: 0 });
+        self.q.push_back(Entry { bytes, tail, aligned, persistent, pad: 0, written: 0 });
         outcome
     }
 
     /// Queues a control frame regardless of the limit (login reply, pong, goaway, close).
     pub(crate) fn push_control(&mut self, bytes: Bytes) {
-        self.q.push_back(Entry { bytes, aligned: false, persistent: true, pad: 0, written: 0 });
+        self.q.push_back(Entry {
+            bytes,
+            tail: Bytes::new(),
+            aligned: false,
+            persistent: true,
+            pad: 0,
+            written: 0,
+        });
     }
 
     /// Forgets every queued frame; returns how many were dropped.
@@ -113,11 +136,11 @@ impl Outbound {
     pub(crate) fn flush(&mut self, mut to: impl WriteVectored) -> (Flushed, usize) {
         let mut total = 0;
         while !self.q.is_empty() {
-            let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV * 2];
+            let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV * 3];
             let mut n_iov = 0;
             let mut off = self.offset;
             for e in self.q.iter_mut() {
-                if n_iov + 2 > iov.len() {
+                if n_iov + 3 > iov.len() {
                     break;
                 }
                 if e.written == 0 {
@@ -130,10 +153,18 @@ impl Outbound {
                     iov[n_iov] = libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() };
                     n_iov += 1;
                 }
-                let body = &e.bytes[done.saturating_sub(pad)..];
-                iov[n_iov] = libc::iovec { iov_base: body.as_ptr() as *mut _, iov_len: body.len() };
-                n_iov += 1;
-                off += (pad + e.bytes.len() - done) as u64;
+                let head_done = done.saturating_sub(pad);
+                if head_done < e.bytes.len() {
+                    let body = &e.bytes[head_done..];
+                    iov[n_iov] = libc::iovec { iov_base: body.as_ptr() as *mut _, iov_len: body.len() };
+                    n_iov += 1;
+                }
+                let tail = &e.tail[head_done.saturating_sub(e.bytes.len()).min(e.tail.len())..];
+                if !tail.is_empty() {
+                    iov[n_iov] = libc::iovec { iov_base: tail.as_ptr() as *mut _, iov_len: tail.len() };
+                    n_iov += 1;
+                }
+                off += (pad + e.bytes.len() + e.tail.len() - done) as u64;
             }
             // Every iovec points into a static padding buffer or into a `Bytes` held by
             // `self.q`, which is not touched until the write returns.
@@ -151,7 +182,7 @@ impl Outbound {
             self.offset += n as u64;
             while n > 0 {
                 let Some(e) = self.q.front_mut() else { break };
-                let left = usize::from(e.pad) + e.bytes.len() - e.written as usize;
+                let left = usize::from(e.pad) + e.bytes.len() + e.tail.len() - e.written as usize;
                 if n >= left {
                     n -= left;
                     self.q.pop_front();
@@ -186,6 +217,22 @@ mod tests {
         assert_eq!(o.push(f(4), true, false, 2), Queued::DroppedNew);
         assert_eq!(o.push(f(5), true, true, 2), Queued::Full);
         assert_eq!(o.len(), 2);
+    }
+
+    #[test]
+    fn two_piece_frames_are_written_whole_and_in_order() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        use std::os::fd::AsRawFd;
+        let mut o = Outbound::default();
+        let shared = Bytes::from_static(b"payload");
+        o.push_parts(Bytes::from_static(b"h1:"), shared.clone(), false, true, 8);
+        o.push_control(Bytes::from_static(b"|"));
+        o.push_parts(Bytes::from_static(b"h2:"), shared, false, false, 8);
+        assert_eq!(o.flush(a.as_raw_fd()), (Flushed::Empty, 21));
+        let mut got = [0u8; 21];
+        use std::io::Read;
+        (&b).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"h1:payload|h2:payload");
     }
 
     #[test]

@@ -7,10 +7,16 @@
 //! straight to the socket with `writev` from whoever queued them; only a connection whose socket
 //! is full gets a writer task, which waits for writability.
 //!
+//! Herald-protocol and MQTT connections are the same [`Conn`] with a per-connection
+//! [`Proto`]: only decoding, the login packet and the bytes of replies differ (the MQTT side is
+//! in `worker::mqtt`); login verification, replacement, presence, deadlines, the index, outbound
+//! queues and metrics are shared.
+//!
 //! QUIC connections (see `crate::quic`) share everything above the transport: a [`Conn`] says
-//! which [`Transport`] carries its frames, and the core's QUIC task (`quic`) feeds stream bytes
-//! into the same [`Worker::on_input`] that TCP reads go through.
+//! which [`Transport`] carries its frames, and the core's QUIC task (`worker::quic`) feeds stream
+//! bytes into the same [`Worker::on_input`] that TCP reads go through.
 
+mod mqtt;
 mod quic;
 
 use std::cell::RefCell;
@@ -34,6 +40,7 @@ use crate::index::{Index, Plan};
 use crate::link::Upstream;
 use crate::mailbox::Mailbox;
 use crate::metrics::{CoreMetrics, DropReason as DropWhy};
+use crate::mqtt::{MqttConn, MqttPush};
 use crate::outbound::{Flushed, Outbound, Queued};
 use crate::quic::{ConnRef, CoreEndpoint};
 use crate::{Driver, Node};
@@ -74,6 +81,9 @@ pub(crate) struct PushJob {
     pub(crate) persistent: bool,
     /// When the node received it (fan-out latency).
     pub(crate) received: Instant,
+    /// The push as MQTT recipients get it (when the node serves MQTT and the push can reach
+    /// them).
+    pub(crate) mqtt: Option<MqttPush>,
     /// The tables as they were when the push arrived: a group change that arrives on the link
     /// after a push must not change who that push reaches.
     pub(crate) tables: Arc<crate::tables::Snapshot>,
@@ -111,13 +121,24 @@ enum Transport {
     Quic(ConnRef),
 }
 
+/// The wire protocol a connection speaks.
+#[derive(Debug)]
+enum Proto {
+    Herald,
+    /// Boxed: a Herald connection should not pay for MQTT's state.
+    Mqtt(Box<MqttConn>),
+}
+
 #[derive(Debug)]
 struct Conn {
     transport: Transport,
     generation: u32,
+    proto: Proto,
     auth: Option<Auth>,
     accepted_ms: u64,
     last_seen_ms: u64,
+    /// Silence after which a logged-in connection is closed (`HEARTBEAT_TIMEOUT`).
+    grace_ms: u64,
     out: Outbound,
     /// Queued since the last flush of the core's batch.
     dirty: bool,
@@ -129,10 +150,23 @@ struct Conn {
     partial: Option<BytesMut>,
 }
 
-/// Why a frame ends a connection (sent in a CLOSE) or that the peer ended it.
+/// Why a frame ends a connection or that the peer ended it.
 enum Stop {
+    /// Close with this code, telling the peer in its protocol (Herald CLOSE, MQTT 5.0
+    /// DISCONNECT, or nothing).
     Close(CloseCode),
+    /// Send these bytes (if any) and close; the code is for metrics and presence.
+    Send(Option<Bytes>, CloseCode),
     PeerClosed,
+}
+
+/// The listeners of one core.
+#[derive(Debug)]
+pub(crate) struct Listeners {
+    pub(crate) herald: StdListener,
+    pub(crate) mqtt: Option<StdListener>,
+    /// The core's QUIC socket.
+    pub(crate) quic: Option<std::net::UdpSocket>,
 }
 
 struct Worker {
@@ -153,27 +187,24 @@ struct Worker {
     pending_fanout: Vec<Instant>,
     epoch: Instant,
     listener_fd: RawFd,
+    mqtt_listener_fd: Option<RawFd>,
+    /// Where per-connection MQTT PUBLISH headers are encoded (split off, never copied).
+    hdr: BytesMut,
     draining: bool,
     quic: Option<CoreEndpoint>,
 }
 
 /// Runs core `n` until its drain has finished. Called on thread `herald-core-{n}`.
-pub(crate) fn run(
-    n: usize,
-    node: Arc<Node>,
-    listener: StdListener,
-    udp: Option<std::net::UdpSocket>,
-    inbox: Mailbox<CoreCmd>,
-) {
+pub(crate) fn run(n: usize, node: Arc<Node>, listener: Listeners, inbox: Mailbox<CoreCmd>) {
     let result = match node.driver {
         Driver::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .enable_timer()
             .build()
-            .map(|mut rt| rt.block_on(core_main(n, node.clone(), listener, udp, inbox))),
+            .map(|mut rt| rt.block_on(core_main(n, node.clone(), listener, inbox))),
         _ => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
             .build()
-            .map(|mut rt| rt.block_on(core_main(n, node.clone(), listener, udp, inbox))),
+            .map(|mut rt| rt.block_on(core_main(n, node.clone(), listener, inbox))),
     };
     if let Err(e) = result {
         tracing::error!(core = n, error = %e, "cannot build the core's runtime");
@@ -181,19 +212,21 @@ pub(crate) fn run(
     node.cores_running.fetch_sub(1, Ordering::SeqCst);
 }
 
-async fn core_main(
-    n: usize,
-    node: Arc<Node>,
-    listener: StdListener,
-    udp: Option<std::net::UdpSocket>,
-    inbox: Mailbox<CoreCmd>,
-) {
-    let listener = match TcpListener::from_std(listener) {
+async fn core_main(n: usize, node: Arc<Node>, listeners: Listeners, inbox: Mailbox<CoreCmd>) {
+    let listener = match TcpListener::from_std(listeners.herald) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(core = n, error = %e, "cannot register the listener");
             return;
         }
+    };
+    let mqtt_listener = match listeners.mqtt.map(TcpListener::from_std) {
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            tracing::error!(core = n, error = %e, "cannot register the MQTT listener");
+            return;
+        }
+        None => None,
     };
     let cfg = &node.config;
     let tick = Duration::from_millis((cfg.login_timeout_ms / 4).clamp(5, 250));
@@ -215,14 +248,19 @@ async fn core_main(
             pending_fanout: Vec::new(),
             epoch: Instant::now(),
             listener_fd: listener.as_raw_fd(),
+            mqtt_listener_fd: mqtt_listener.as_ref().map(AsRawFd::as_raw_fd),
+            hdr: BytesMut::new(),
             draining: false,
             quic: None,
         })
     });
-    if let Some(udp) = udp {
+    monoio::spawn(accept_loop(w.clone(), listener, false));
+    if let Some(l) = mqtt_listener {
+        monoio::spawn(accept_loop(w.clone(), l, true));
+    }
+    if let Some(udp) = listeners.quic {
         quic::start(&w, udp);
     }
-    monoio::spawn(accept_loop(w.clone(), listener));
     monoio::spawn(timer_loop(w.clone(), tick));
     loop {
         inbox.ready().await;
@@ -289,7 +327,7 @@ async fn drain(w: &Rc<RefCell<Worker>>) {
     quic::linger(w).await;
 }
 
-async fn accept_loop(w: Rc<RefCell<Worker>>, listener: TcpListener) {
+async fn accept_loop(w: Rc<RefCell<Worker>>, listener: TcpListener, mqtt: bool) {
     loop {
         let res = listener.accept().await;
         let failed = {
@@ -299,7 +337,7 @@ async fn accept_loop(w: Rc<RefCell<Worker>>, listener: TcpListener) {
             }
             match res {
                 Ok((stream, _)) => {
-                    wk.on_accept(stream);
+                    wk.on_accept(stream, mqtt);
                     false
                 }
                 Err(e) => {
@@ -380,6 +418,24 @@ fn unix_now() -> Duration {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
+/// What tells a peer of `proto` that the core closes its connection with `code`: a Herald GOAWAY
+/// (with `goaway`'s reconnect hint) or CLOSE; an MQTT 5.0 DISCONNECT; nothing for MQTT 3.1.1 or
+/// before CONNECT (MQTT has no other way to say why).
+fn close_message(proto: &Proto, code: CloseCode, goaway: Option<u32>) -> Option<Bytes> {
+    let mut f = BytesMut::with_capacity(16);
+    match proto {
+        Proto::Herald => match goaway {
+            Some(hint) => GoAway { reason: code, reconnect_after_ms: hint }.encode(&mut f),
+            None => Close::encode_parts(code, code.label(), &mut f),
+        },
+        Proto::Mqtt(m) if m.v5_connected() => {
+            herald_protocol::mqtt::encode_disconnect(crate::mqtt::disconnect_reason(code), &mut f);
+        }
+        Proto::Mqtt(_) => return None,
+    }
+    Some(f.freeze())
+}
+
 impl Worker {
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
@@ -389,7 +445,7 @@ impl Worker {
         self.conns.get_mut(slot).filter(|c| c.generation == generation)
     }
 
-    fn on_accept(&mut self, stream: TcpStream) {
+    fn on_accept(&mut self, stream: TcpStream, mqtt: bool) {
         let fd = stream.as_raw_fd();
         // SAFETY: plain fcntl on a socket this core just accepted. Raw reads and writes must
         // never block the core, whichever driver accepted it.
@@ -399,22 +455,31 @@ impl Worker {
         }
         let _ = stream.set_nodelay(true);
         let stream = Rc::new(stream);
-        let (slot, generation) = self.insert_conn(Transport::Tcp { stream: stream.clone(), fd });
+        let proto = if mqtt {
+            Proto::Mqtt(Box::new(MqttConn::new(self.node.config.max_frame_bytes)))
+        } else {
+            Proto::Herald
+        };
+        let (slot, generation) = self.insert_conn(Transport::Tcp { stream: stream.clone(), fd }, proto);
         let Some(me) = self.me.upgrade() else { return };
         monoio::spawn(conn_task(me, stream, slot, generation));
     }
 
     /// A new connection of either transport: a slot, a login deadline.
-    fn insert_conn(&mut self, transport: Transport) -> (usize, u32) {
+    fn insert_conn(&mut self, transport: Transport, proto: Proto) -> (usize, u32) {
         let now = self.now_ms();
         self.next_gen = self.next_gen.wrapping_add(1);
         let generation = self.next_gen;
+        let cfg = &self.node.config;
+        let grace_ms = u64::from(cfg.heartbeat_grace_secs) * 1000;
         let slot = self.conns.insert(Conn {
             transport,
             generation,
+            proto,
             auth: None,
             accepted_ms: now,
             last_seen_ms: now,
+            grace_ms,
             out: Outbound::default(),
             dirty: false,
             writer: false,
@@ -486,25 +551,57 @@ impl Worker {
     fn on_input(&mut self, slot: usize, mut buf: BytesMut, from_core: bool, eof: bool, now: u64) -> bool {
         let mut outcome = None;
         loop {
-            let decoded = if eof { self.decoder.decode_eof(&mut buf) } else { self.decoder.decode(&mut buf) };
-            match decoded {
-                Ok(Some(frame)) => {
-                    self.m.frames_in.inc();
-                    if let Err(stop) = self.on_frame(slot, frame, now) {
-                        outcome = Some(stop);
-                        break;
+            let handled = match &mut self.conns[slot].proto {
+                Proto::Herald => {
+                    let d = &self.decoder;
+                    match if eof { d.decode_eof(&mut buf) } else { d.decode(&mut buf) } {
+                        Ok(Some(frame)) => {
+                            self.m.frames_in.inc();
+                            self.on_frame(slot, frame, now)
+                        }
+                        Ok(None) => break,
+                        Err(e) => Err(Stop::Close(e.close_code())),
                     }
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    outcome = Some(Stop::Close(e.close_code()));
-                    break;
+                Proto::Mqtt(m) => {
+                    let d = &mut m.decoder;
+                    match if eof { d.decode_eof(&mut buf) } else { d.decode(&mut buf) } {
+                        Ok(Some(packet)) => {
+                            self.m.frames_in.inc();
+                            self.on_packet(slot, packet, now)
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "bad MQTT packet");
+                            let mut b = BytesMut::new();
+                            d.reply(&e).encode(&mut b);
+                            let code = match e {
+                                herald_protocol::mqtt::MqttError::TooLarge { .. } => {
+                                    CloseCode::FRAME_TOO_LARGE
+                                }
+                                _ => CloseCode::PROTOCOL_ERROR,
+                            };
+                            Err(Stop::Send((!b.is_empty()).then(|| b.freeze()), code))
+                        }
+                    }
                 }
+            };
+            if let Err(stop) = handled {
+                outcome = Some(stop);
+                break;
             }
         }
         let keep = match outcome {
             Some(Stop::Close(code)) => {
                 self.fail(slot, code);
+                false
+            }
+            Some(Stop::Send(bytes, code)) => {
+                self.conns[slot].closing = Some(code);
+                if let Some(b) = bytes {
+                    self.queue_control(slot, b);
+                }
+                self.m.closed(code);
                 false
             }
             Some(Stop::PeerClosed) => false,
@@ -560,22 +657,51 @@ impl Worker {
         if login.version != PROTOCOL_VERSION {
             return refuse(&self.m, CloseCode::UNSUPPORTED_VERSION);
         }
-        let snap = self.node.tables.load();
-        if snap.version == 0 {
-            return refuse(&self.m, CloseCode::OVERLOADED);
-        }
-        let unix = unix_now();
-        let claims = match snap.keys.verify(&login.credential, unix.as_secs()) {
+        let claims = match self.authenticate(&login.credential) {
             Ok(c) => c,
-            Err(e) => return refuse(&self.m, e.close_code()),
+            Err(code) => return refuse(&self.m, code),
         };
-        if let Err(e) = snap.revocations.check(&claims) {
-            return refuse(&self.m, e.close_code());
-        }
         if login.device != claims.device.as_bytes() {
             return refuse(&self.m, CloseCode::DEVICE_MISMATCH);
         }
-        drop(snap);
+        let resume = login.resume().map(|p| StreamSeq { stream: p.stream, seq: p.seq }).collect();
+        let (session_id, _) = self.admit(slot, claims, resume, now);
+        let cfg = &self.node.config;
+        let mut ok = BytesMut::with_capacity(28);
+        LoginOk {
+            session_id,
+            server_time_ms: unix_now().as_millis() as u64,
+            heartbeat_interval_secs: cfg.heartbeat_interval_secs,
+            max_frame_bytes: cfg.max_frame_bytes as u32,
+        }
+        .encode(&mut ok);
+        self.queue_control(slot, ok.freeze());
+        Ok(())
+    }
+
+    /// Verifies a credential against the current tables (keys, revocations), whatever protocol
+    /// carried it. The refusal's close code says why.
+    fn authenticate(&self, credential: &[u8]) -> Result<herald_protocol::credential::Claims, CloseCode> {
+        let snap = self.node.tables.load();
+        if snap.version == 0 {
+            return Err(CloseCode::OVERLOADED);
+        }
+        let claims = snap.keys.verify(credential, unix_now().as_secs()).map_err(|e| e.close_code())?;
+        snap.revocations.check(&claims).map_err(|e| e.close_code())?;
+        Ok(claims)
+    }
+
+    /// Makes a verified connection a session: replaces older sessions of the same (user,
+    /// device) on every core, joins the index, starts heartbeat accounting and reports it
+    /// online (the control plane answers with its subscriptions and backlog). Returns the
+    /// session id and the user.
+    fn admit(
+        &mut self,
+        slot: usize,
+        claims: herald_protocol::credential::Claims,
+        resume: Vec<StreamSeq>,
+        now: u64,
+    ) -> (u64, Arc<str>) {
         let session_id = self.node.next_session_id();
         let user: Arc<str> = claims.user.into();
         let device: Arc<str> = claims.device.into();
@@ -589,20 +715,9 @@ impl Worker {
         let c = &mut self.conns[slot];
         c.last_seen_ms = now;
         c.auth = Some(Auth { user: user.clone(), device: device.clone(), session_id, uid });
-        let cfg = &self.node.config;
-        let mut ok = BytesMut::with_capacity(28);
-        LoginOk {
-            session_id,
-            server_time_ms: unix.as_millis() as u64,
-            heartbeat_interval_secs: cfg.heartbeat_interval_secs,
-            max_frame_bytes: cfg.max_frame_bytes as u32,
-        }
-        .encode(&mut ok);
-        self.queue_control(slot, ok.freeze());
         self.m.logins_ok.inc();
-        let resume = login.resume().map(|p| StreamSeq { stream: p.stream, seq: p.seq }).collect();
-        let _ = self.node.upstream.send(Upstream::Online { user, device, session_id, resume });
-        Ok(())
+        let _ = self.node.upstream.send(Upstream::Online { user: user.clone(), device, session_id, resume });
+        (session_id, user)
     }
 
     /// Closes local sessions of `(user, device)` older than `session_id`.
@@ -633,9 +748,9 @@ impl Worker {
     fn fail(&mut self, slot: usize, code: CloseCode) {
         let c = &mut self.conns[slot];
         c.closing = Some(code);
-        let mut f = BytesMut::with_capacity(8);
-        Close::encode_parts(code, code.label(), &mut f);
-        self.queue_control(slot, f.freeze());
+        if let Some(f) = close_message(&c.proto, code, None) {
+            self.queue_control(slot, f);
+        }
         self.m.closed(code);
     }
 
@@ -654,15 +769,11 @@ impl Worker {
                 self.m.dropped(DropWhy::SlowConsumer, n as u64);
             }
         }
-        let mut f = BytesMut::with_capacity(16);
-        if goaway {
-            let hint =
-                if code == CloseCode::SHUTTING_DOWN { self.node.config.drain_reconnect_after_ms } else { 0 };
-            GoAway { reason: code, reconnect_after_ms: hint }.encode(&mut f);
-        } else {
-            Close::encode_parts(code, code.label(), &mut f);
+        let hint =
+            if code == CloseCode::SHUTTING_DOWN { self.node.config.drain_reconnect_after_ms } else { 0 };
+        if let Some(f) = close_message(&c.proto, code, goaway.then_some(hint)) {
+            self.queue_control(slot, f);
         }
-        self.queue_control(slot, f.freeze());
         self.m.closed(code);
         if self.flush_conn(slot) != Flushed::Blocked || !linger {
             // Wake the connection's task (its read returns end of stream); it finishes the close.
@@ -754,7 +865,6 @@ impl Worker {
     fn sweep(&mut self) {
         let now = self.now_ms();
         let login_ms = self.node.config.login_timeout_ms;
-        let grace_ms = u64::from(self.node.config.heartbeat_grace_secs) * 1000;
         while let Some(&Reverse((due, slot, generation))) = self.deadlines.peek() {
             if due > now {
                 break;
@@ -767,7 +877,7 @@ impl Worker {
             }
             let (next, code) = match c.auth {
                 None => (c.accepted_ms + login_ms, CloseCode::LOGIN_TIMEOUT),
-                Some(_) => (c.last_seen_ms + grace_ms, CloseCode::HEARTBEAT_TIMEOUT),
+                Some(_) => (c.last_seen_ms + c.grace_ms, CloseCode::HEARTBEAT_TIMEOUT),
             };
             if now >= next {
                 if code == CloseCode::LOGIN_TIMEOUT {
@@ -787,6 +897,7 @@ impl Worker {
             CoreCmd::Subscriptions(subs) => {
                 for s in subs.iter() {
                     self.index.set_subscriptions(&s.user, &s.groups, &s.topics);
+                    self.resume_parked(&s.user);
                 }
             }
             CoreCmd::Kick(k) => {
@@ -836,7 +947,27 @@ impl Worker {
             {
                 continue;
             }
-            match c.out.push(job.frame.clone(), true, job.persistent, max) {
+            let (queued, pid) = match &mut c.proto {
+                Proto::Herald => (c.out.push(job.frame.clone(), true, job.persistent, max), None),
+                Proto::Mqtt(m) => match mqtt::publish_for(m, job, &mut self.hdr) {
+                    mqtt::Publish::Skip => continue,
+                    mqtt::Publish::Drop => {
+                        dropped += 1;
+                        self.m.dropped(DropWhy::QueueFullNew, 1);
+                        continue;
+                    }
+                    mqtt::Publish::Send { head, qos1, pid } => {
+                        let payload = job.mqtt.as_ref().map(|p| p.payload.clone()).unwrap_or_default();
+                        (c.out.push_parts(head, payload, false, qos1, max), pid)
+                    }
+                },
+            };
+            if let (Some(pid), Queued::DroppedNew | Queued::Full, Proto::Mqtt(m)) =
+                (pid, queued, &mut c.proto)
+            {
+                m.release(pid);
+            }
+            match queued {
                 Queued::Yes => {
                     sent += 1;
                     self.m.queued_frames.inc();
@@ -886,6 +1017,9 @@ impl Worker {
         self.draining = true;
         // Wakes the pending accept with an error; the accept loop sees `draining` and ends.
         shutdown(self.listener_fd, libc::SHUT_RDWR);
+        if let Some(fd) = self.mqtt_listener_fd {
+            shutdown(fd, libc::SHUT_RDWR);
+        }
         if let Some(q) = &mut self.quic {
             q.stop_accepting();
         }

@@ -19,6 +19,7 @@ pub(crate) struct FileConfig {
 
     pub tcp: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
+    pub mqtt: Option<SocketAddr>,
     pub control_plane: Option<SocketAddr>,
     pub node_id: Option<String>,
     pub cores: Option<usize>,
@@ -45,6 +46,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
         &[
             "tcp",
             "metrics",
+            "mqtt",
             "control_plane",
             "node_id",
             "cores",
@@ -96,6 +98,7 @@ impl FileConfig {
             credential_ttl_secs: r.get("control_plane", "credential_ttl_secs"),
             tcp: r.addr("gateway", "tcp"),
             metrics: r.addr("gateway", "metrics"),
+            mqtt: r.addr("gateway", "mqtt"),
             control_plane: r.addr("gateway", "control_plane"),
             node_id: r.get("gateway", "node_id"),
             cores: r.get("gateway", "cores"),
@@ -151,7 +154,7 @@ mod tests {
     fn the_example_config_parses_and_sets_every_key_but_the_commented_ones() {
         let cfg = FileConfig::parse(include_str!("../../../herald.example.toml")).unwrap();
         assert_eq!(cfg.admin, Some("127.0.0.1:8080".parse().unwrap()));
-        assert_eq!(cfg.tcp, Some("0.0.0.0:7000".parse().unwrap()));
+        assert_eq!(cfg.tcp, Some("0.0.0.0:7400".parse().unwrap()));
         assert_eq!(cfg.driver.as_deref(), Some("auto"));
         assert_eq!(cfg.heartbeat_interval_secs, Some(240));
         assert_eq!(cfg.log_filter.as_deref(), Some("info"));

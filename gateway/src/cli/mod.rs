@@ -70,12 +70,15 @@ struct CpArgs {
 
 #[derive(Debug, Args)]
 struct GwArgs {
-    /// Terminal TCP address [default: 0.0.0.0:7000].
+    /// Terminal TCP address [default: 0.0.0.0:7400].
     #[arg(long, value_name = "ADDR")]
     tcp: Option<SocketAddr>,
-    /// Prometheus metrics address [default: 127.0.0.1:9100].
+    /// Prometheus metrics address [default: 127.0.0.1:9400].
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// MQTT 3.1.1/5.0 listener address (e.g. 127.0.0.1:1883) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    mqtt: Option<SocketAddr>,
     /// Node name [default: <hostname>-<pid>].
     #[arg(long)]
     node_id: Option<String>,
@@ -212,6 +215,7 @@ fn start_gateway(file: &FileConfig, args: &GwArgs, control_plane: SocketAddr) ->
         cfg.tcp_addr = a;
     }
     cfg.metrics_addr = args.metrics.or(file.metrics).or(cfg.metrics_addr);
+    cfg.mqtt_addr = args.mqtt.or(file.mqtt);
     cfg.node_id = args.node_id.clone().or(file.node_id.clone()).unwrap_or_else(default_node_id);
     if let Some(c) = args.cores.or(file.cores) {
         cfg.cores = if c == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { c };
@@ -256,6 +260,9 @@ fn start_gateway(file: &FileConfig, args: &GwArgs, control_plane: SocketAddr) ->
         tracing::warn!(%control_plane, "no tables from the control plane yet; logins wait for them");
     }
     println!("herald: gateway on tcp://{} ({:?} driver)", gw.tcp_addr(), gw.driver());
+    if let Some(m) = gw.mqtt_addr() {
+        println!("herald: mqtt on tcp://{m}");
+    }
     if let Some(m) = gw.metrics_addr() {
         println!("herald: metrics on http://{m}/metrics");
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use herald_protocol::CloseCode;
 
-use super::{CoreCmd, Transport, Worker};
+use super::{CoreCmd, Proto, Transport, Worker};
 use crate::quic::{AppEvent, CoreEndpoint, Owner};
 
 /// Rounds of drive → events → writes in one turn before other tasks of the core run.
@@ -119,7 +119,7 @@ impl Worker {
                     }
                     return;
                 }
-                let (slot, generation) = self.insert_conn(Transport::Quic(c));
+                let (slot, generation) = self.insert_conn(Transport::Quic(c), Proto::Herald);
                 if let Some(q) = self.quic.as_mut() {
                     q.attach(c, Owner { slot, generation });
                 }

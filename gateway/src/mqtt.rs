@@ -1,0 +1,358 @@
+//! What the MQTT listener adds to a node, outside a core: how a push becomes a PUBLISH (its
+//! topic, QoS and payload, prepared once per push per node by the link thread), one MQTT
+//! connection's state, and how Herald's close codes map onto MQTT reason codes. Packets are
+//! handled on the core (`worker::mqtt`) through the same session code as Herald terminals: login
+//! verification, replacement, presence, deadlines, index membership, outbound queues, metrics.
+//!
+//! # How Herald looks to an MQTT client
+//! - **CONNECT**: user name = Herald user id, password = a Herald credential issued for that user;
+//!   client id = the credential's device (empty: the credential's device is used and, in 5.0,
+//!   returned as the assigned client identifier). A bad, forged or expired credential, or one
+//!   for another user, gets CONNACK 0x86 (3.1.1: 0x04); a revoked one 0x87 (0x05); a client id
+//!   that is not the credential's device 0x85 (0x02); enhanced authentication 0x8C (5.0 only);
+//!   no tables from the control plane yet 0x88 (0x03). Keep-alive `k` closes a connection silent
+//!   for 1.5·k seconds (k = 0: the node's heartbeat grace). Wills are accepted and never
+//!   published; CONNACK says: maximum QoS 1, no retain, no shared subscriptions, no topic
+//!   aliases, no subscription identifiers.
+//! - **Topics**: a topic push is published on the topic's name; a group push on
+//!   `groups/<group>`; a push to a user (or users, or a device) on the recipient's inbox
+//!   `users/<user>`; a condition push on `herald/conditions`. A Herald topic whose name is not a
+//!   valid MQTT topic name (empty, or holding `+`/`#`) does not reach MQTT terminals.
+//! - **SUBSCRIBE** is allowed for a filter that matches at least one topic the user may receive:
+//!   its inbox, `herald/conditions`, `groups/<g>` for each of its groups, and its effective topics
+//!   (direct topics and its groups' topics). Anything else gets 0x87 (3.1.1: 0x80); shared
+//!   subscriptions 0x9E (0x80). Granted QoS is at most 1. What a user follows is still decided by
+//!   the app server (groups, topics): a filter never makes Herald route more to the user, it
+//!   selects what of that reaches this connection.
+//! - **Delivery**: inbox and condition pushes reach every MQTT connection of the user whether or
+//!   not it subscribed (like a personal channel on EMQX or Centrifugo); topic and group pushes
+//!   reach connections with a matching subscription, at the lower of the push's QoS and the
+//!   granted QoS. QoS 1 when the push requires an ack (TTL > 0), QoS 0 otherwise. 5.0 PUBLISH
+//!   carries the TTL as message expiry and a UTF-8 payload format indicator.
+//! - **Payload**: the push's `body` as is (UTF-8); without a body, a JSON object of its `data`
+//!   entries; without either, empty. Encoded once per push per node; each recipient gets its own
+//!   few header bytes (topic, packet id) and shares the payload bytes.
+//! - **PUBACK** is Herald's delivery receipt for that (stream, seq). At most
+//!   [`MAX_INFLIGHT`] (and the client's receive maximum) QoS 1 PUBLISH await PUBACK per
+//!   connection; a push beyond that is dropped for the connection (reported `dropped`) and
+//!   redelivered by the control plane at the next login.
+//! - **Sessions**: Herald keeps the state of a device (what it acknowledged, per stream), not
+//!   MQTT subscriptions, so CONNACK's session present is always 0 and clients subscribe again.
+//!   A persistent session (3.1.1 clean session 0, 5.0 session expiry > 0) receives everything
+//!   the control plane stored for the device and it has not acknowledged (the backlog, QoS 1,
+//!   DUP set on redeliveries), before and whatever it subscribes. A clean session receives only
+//!   the backlog of its inbox; stored topic and group messages stay stored for the device's next
+//!   persistent session (or expire). Backlog pushes name only their stream: their topic is the
+//!   one this node last saw a live push of that stream published on, and `herald/streams/<id>`
+//!   for a stream it never saw live.
+//! - **Duplicate client ids**: a newer login of the same (user, device), MQTT or Herald protocol,
+//!   on any core, replaces the older connection (5.0: DISCONNECT 0x8E).
+//! - **PUBLISH from a terminal** is refused unless `mqtt_allow_publish`: 5.0 QoS 1 gets PUBACK
+//!   0x87 and the connection stays; 5.0 QoS 0 gets DISCONNECT 0x87; 3.1.1 is closed. With
+//!   `mqtt_allow_publish`, QoS 0 is dropped and QoS 1 acknowledged and dropped. QoS 2 is always
+//!   refused (5.0 DISCONNECT 0x9B).
+//! - **Malformed packets** close that connection only, with the codec's reply.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_protocol::CloseCode;
+use herald_protocol::frame::PushFlags;
+use herald_protocol::link::{PushOrder, Target};
+use herald_protocol::mqtt::{Decoder, ProtocolVersion, QoS, ReasonCode, Subscribe, TopicFilter, topic};
+use herald_protocol::payload::PushPayload;
+use rkyv::util::AlignedVec;
+
+/// Most QoS 1 PUBLISH a connection may have unacknowledged (lowered by a 5.0 receive maximum).
+pub(crate) const MAX_INFLIGHT: u16 = 1024;
+/// SUBSCRIBEs held while the user's subscriptions have not arrived from the control plane.
+pub(crate) const MAX_PARKED: usize = 16;
+
+pub(crate) const CONDITION_TOPIC: &str = "herald/conditions";
+
+/// A user's inbox topic.
+pub(crate) fn inbox_topic(user: &str) -> Arc<str> {
+    format!("users/{user}").into()
+}
+
+/// The topic a group's pushes are published on.
+pub(crate) fn group_topic(group: &str) -> String {
+    format!("groups/{group}")
+}
+
+/// The MQTT topic of a stream's pushes, as learned from a live push of the stream.
+#[derive(Debug, Clone)]
+pub(crate) enum StreamTopic {
+    /// A user's inbox: each recipient's own `users/<user>`.
+    Inbox,
+    Named(Arc<str>),
+}
+
+/// A push as MQTT recipients get it. Prepared once per node.
+#[derive(Debug)]
+pub(crate) struct MqttPush {
+    pub(crate) payload: Bytes,
+    /// `None`: each recipient's inbox.
+    pub(crate) topic: Option<Arc<str>>,
+    /// Reaches a connection whatever it subscribed to (inbox, conditions).
+    pub(crate) always: bool,
+    /// Part of a device's backlog after its login.
+    pub(crate) backlog: bool,
+    pub(crate) qos1: bool,
+    /// A redelivery (DUP).
+    pub(crate) dup: bool,
+    pub(crate) expiry_secs: Option<u32>,
+    pub(crate) stream: u32,
+    pub(crate) seq: u32,
+}
+
+/// Prepares `order` for MQTT recipients; `None` when it cannot reach any (invalid topic name).
+/// Learns (or looks up) the stream's topic in `streams`.
+pub(crate) fn prepare(
+    order: &PushOrder,
+    streams: &mut std::collections::HashMap<u32, StreamTopic>,
+    scratch: &mut AlignedVec,
+) -> Option<MqttPush> {
+    let (topic, always, backlog) = match &order.target {
+        Target::User(_) => {
+            streams.insert(order.stream, StreamTopic::Inbox);
+            (None, true, false)
+        }
+        Target::Users(_) => (None, true, false),
+        Target::Topic(t) => {
+            if !topic::valid_name(t) {
+                return None;
+            }
+            let t: Arc<str> = t.as_str().into();
+            streams.insert(order.stream, StreamTopic::Named(t.clone()));
+            (Some(t), false, false)
+        }
+        Target::Group(g) => {
+            let t: Arc<str> = group_topic(g).into();
+            if !topic::valid_name(&t) {
+                return None;
+            }
+            streams.insert(order.stream, StreamTopic::Named(t.clone()));
+            (Some(t), false, false)
+        }
+        Target::Condition(_) => {
+            let t: Arc<str> = CONDITION_TOPIC.into();
+            streams.insert(order.stream, StreamTopic::Named(t.clone()));
+            (Some(t), true, false)
+        }
+        Target::Device { .. } => match streams.get(&order.stream) {
+            Some(StreamTopic::Inbox) => (None, true, true),
+            Some(StreamTopic::Named(t)) => (Some(t.clone()), false, true),
+            None => (Some(format!("herald/streams/{}", order.stream).into()), false, true),
+        },
+    };
+    let flags = PushFlags(order.flags);
+    let qos1 = flags.contains(PushFlags::ACK_REQUIRED);
+    Some(MqttPush {
+        payload: payload_bytes(&order.payload, scratch),
+        topic,
+        always,
+        backlog,
+        qos1,
+        dup: qos1 && flags.contains(PushFlags::REDELIVERY),
+        expiry_secs: (order.ttl_secs > 0).then_some(order.ttl_secs),
+        stream: order.stream,
+        seq: order.seq,
+    })
+}
+
+/// The PUBLISH payload: the body, else a JSON object of the data, else nothing.
+fn payload_bytes(archived: &[u8], scratch: &mut AlignedVec) -> Bytes {
+    let Ok(p) = PushPayload::access(archived, scratch) else { return Bytes::new() };
+    if let Some(body) = p.body.as_ref() {
+        return Bytes::copy_from_slice(body.as_bytes());
+    }
+    if p.data.is_empty() {
+        return Bytes::new();
+    }
+    let map: serde_json::Map<String, serde_json::Value> =
+        p.data.iter().map(|e| (e.key.to_string(), serde_json::Value::from(e.value.as_str()))).collect();
+    serde_json::to_vec(&map).map(Bytes::from).unwrap_or_default()
+}
+
+/// One MQTT connection's state beyond what every connection has.
+#[derive(Debug)]
+pub(crate) struct MqttConn {
+    pub(crate) decoder: Decoder,
+    /// Session expiry > 0: receives the whole backlog.
+    pub(crate) persistent: bool,
+    /// QoS 1 PUBLISH the client accepts unacknowledged.
+    pub(crate) receive_max: u16,
+    /// Largest packet the client accepts.
+    pub(crate) max_packet: u32,
+    next_pid: u16,
+    /// (packet id, stream, seq) of QoS 1 PUBLISH awaiting PUBACK, oldest first.
+    inflight: VecDeque<(u16, u32, u32)>,
+    /// Granted filters and their QoS.
+    pub(crate) filters: Vec<(TopicFilter, QoS)>,
+    /// SUBSCRIBEs waiting for the user's subscriptions.
+    pub(crate) parked: Vec<Subscribe>,
+    /// `users/<user>`, once logged in.
+    pub(crate) inbox: Option<Arc<str>>,
+}
+
+impl MqttConn {
+    pub(crate) fn new(max_packet_bytes: usize) -> MqttConn {
+        MqttConn {
+            decoder: Decoder::new(max_packet_bytes),
+            persistent: false,
+            receive_max: MAX_INFLIGHT,
+            max_packet: u32::MAX,
+            next_pid: 0,
+            inflight: VecDeque::new(),
+            filters: Vec::new(),
+            parked: Vec::new(),
+            inbox: None,
+        }
+    }
+
+    /// The version CONNECT named (3.1.1 until then).
+    pub(crate) fn version(&self) -> ProtocolVersion {
+        self.decoder.version().unwrap_or(ProtocolVersion::V311)
+    }
+
+    /// Whether a 5.0 DISCONNECT may be sent (5.0, CONNECT accepted).
+    pub(crate) fn v5_connected(&self) -> bool {
+        self.decoder.is_connected() && self.decoder.version() == Some(ProtocolVersion::V5)
+    }
+
+    /// A packet id for a QoS 1 PUBLISH of `(stream, seq)`; `None` when the client's window is
+    /// full.
+    pub(crate) fn alloc(&mut self, stream: u32, seq: u32) -> Option<u16> {
+        if self.inflight.len() >= usize::from(self.receive_max.min(MAX_INFLIGHT)) {
+            return None;
+        }
+        loop {
+            self.next_pid = self.next_pid.checked_add(1).unwrap_or(1);
+            let pid = self.next_pid;
+            if !self.inflight.iter().any(|e| e.0 == pid) {
+                self.inflight.push_back((pid, stream, seq));
+                return Some(pid);
+            }
+        }
+    }
+
+    /// Forgets a packet id; the `(stream, seq)` it carried, if it was in flight.
+    pub(crate) fn release(&mut self, pid: u16) -> Option<(u32, u32)> {
+        let i = self.inflight.iter().position(|e| e.0 == pid)?;
+        self.inflight.remove(i).map(|(_, s, q)| (s, q))
+    }
+
+    /// The highest QoS granted by a filter matching `topic`.
+    pub(crate) fn granted(&self, topic: &str) -> Option<QoS> {
+        self.filters.iter().filter(|(f, _)| f.matches(topic)).map(|&(_, q)| q).max()
+    }
+}
+
+/// Whether `filter` matches a topic the user may receive (see the module doc).
+pub(crate) fn permitted(
+    filter: &TopicFilter,
+    inbox: &str,
+    follows: crate::index::Follows<'_>,
+    snap: &crate::tables::Snapshot,
+) -> bool {
+    let crate::index::Follows { groups, topics } = follows;
+    if filter.matches(inbox) || filter.matches(CONDITION_TOPIC) {
+        return true;
+    }
+    if topics.iter().any(|t| filter.matches(t)) {
+        return true;
+    }
+    let mut name = String::new();
+    groups.iter().any(|g| {
+        name.clear();
+        let _ = write!(name, "groups/{g}");
+        filter.matches(&name)
+            || snap.group_topics.get(g).is_some_and(|ts| ts.iter().any(|t| filter.matches(t)))
+    })
+}
+
+/// The 5.0 DISCONNECT reason for closing with a Herald close code.
+pub(crate) fn disconnect_reason(code: CloseCode) -> ReasonCode {
+    match code {
+        CloseCode::NORMAL => ReasonCode::NORMAL_DISCONNECTION,
+        CloseCode::PROTOCOL_ERROR => ReasonCode::PROTOCOL_ERROR,
+        CloseCode::FRAME_TOO_LARGE => ReasonCode::PACKET_TOO_LARGE,
+        CloseCode::HEARTBEAT_TIMEOUT => ReasonCode::KEEP_ALIVE_TIMEOUT,
+        CloseCode::REPLACED => ReasonCode::SESSION_TAKEN_OVER,
+        CloseCode::SLOW_CONSUMER => ReasonCode::QUOTA_EXCEEDED,
+        CloseCode::SHUTTING_DOWN => ReasonCode::SERVER_SHUTTING_DOWN,
+        CloseCode::OVERLOADED => ReasonCode::SERVER_BUSY,
+        CloseCode::AUTH_EXPIRED
+        | CloseCode::AUTH_FORGED
+        | CloseCode::AUTH_MALFORMED
+        | CloseCode::AUTH_REVOKED
+        | CloseCode::DEVICE_MISMATCH => ReasonCode::NOT_AUTHORIZED,
+        CloseCode::INTERNAL_ERROR => ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
+        _ => ReasonCode::ADMINISTRATIVE_ACTION,
+    }
+}
+
+/// The CONNACK reason for a login refused with a Herald close code.
+pub(crate) fn connack_reason(code: CloseCode) -> ReasonCode {
+    match code {
+        CloseCode::AUTH_REVOKED => ReasonCode::NOT_AUTHORIZED,
+        CloseCode::DEVICE_MISMATCH => ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+        CloseCode::OVERLOADED | CloseCode::SHUTTING_DOWN => ReasonCode::SERVER_UNAVAILABLE,
+        _ => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packet_ids_are_bounded_by_the_window_and_reused() {
+        let mut m = MqttConn::new(1024);
+        m.receive_max = 2;
+        assert_eq!(m.alloc(1, 1), Some(1));
+        assert_eq!(m.alloc(1, 2), Some(2));
+        assert_eq!(m.alloc(1, 3), None);
+        assert_eq!(m.release(1), Some((1, 1)));
+        assert_eq!(m.release(1), None);
+        assert_eq!(m.alloc(1, 3), Some(3));
+        m.next_pid = u16::MAX;
+        assert_eq!(m.release(2), Some((1, 2)));
+        // Wraps past 0 and skips ids still in flight.
+        m.next_pid = 2;
+        assert_eq!(m.alloc(1, 4), Some(4));
+    }
+
+    #[test]
+    fn condition_and_inbox_reach_everyone_group_and_topic_need_a_subscription() {
+        let mut streams = std::collections::HashMap::new();
+        let mut scratch = AlignedVec::new();
+        let order = |target, stream| PushOrder {
+            push_id: 1,
+            target,
+            stream,
+            seq: 1,
+            flags: PushFlags::ACK_REQUIRED.0,
+            ttl_secs: 60,
+            payload: PushPayload { body: Some("hi".into()), ..PushPayload::default() }.to_bytes().to_vec(),
+        };
+        let p = prepare(&order(Target::Group("g".into()), 5), &mut streams, &mut scratch).unwrap();
+        assert_eq!(
+            (p.topic.as_deref(), p.always, p.qos1, &p.payload[..]),
+            (Some("groups/g"), false, true, &b"hi"[..])
+        );
+        let p = prepare(&order(Target::User("u".into()), 6), &mut streams, &mut scratch).unwrap();
+        assert!(p.topic.is_none() && p.always);
+        let dev = || Target::Device { user: "u".into(), device: "d".into() };
+        let p = prepare(&order(dev(), 5), &mut streams, &mut scratch).unwrap();
+        assert_eq!((p.topic.as_deref(), p.backlog), (Some("groups/g"), true));
+        let p = prepare(&order(dev(), 6), &mut streams, &mut scratch).unwrap();
+        assert!(p.topic.is_none() && p.always && p.backlog);
+        let p = prepare(&order(dev(), 9), &mut streams, &mut scratch).unwrap();
+        assert_eq!(p.topic.as_deref(), Some("herald/streams/9"));
+        assert!(prepare(&order(Target::Topic("a/+".into()), 7), &mut streams, &mut scratch).is_none());
+    }
+}

@@ -1,0 +1,311 @@
+//! The MQTT side of a core: the packets of an MQTT connection turned into the shared session's
+//! calls (authenticate, admit, receipts, heartbeats) and MQTT replies. Policies are in
+//! `crate::mqtt`'s doc.
+
+use bytes::{Bytes, BytesMut};
+use herald_protocol::CloseCode;
+use herald_protocol::mqtt::{
+    AckKind, ConnAck, ConnAckProperties, Connect, Packet, ProtocolVersion, PublishHeader, QoS, ReasonCode,
+    Reply, Subscribe, Unsubscribe, encode_ack, encode_publish_header, encode_suback, encode_unsuback,
+};
+
+use super::{Proto, PushJob, Stop, Worker};
+use crate::link::Upstream;
+use crate::mqtt::{MAX_PARKED, MqttConn, inbox_topic, permitted};
+
+static PINGRESP: [u8; 2] = [0xd0, 0x00];
+
+/// What a push means for one MQTT connection.
+pub(super) enum Publish {
+    /// Not for this connection (not subscribed, clean session, or no MQTT form).
+    Skip,
+    /// For it, but it cannot take it now (window full, over its packet size).
+    Drop,
+    /// Queue `head` followed by the shared payload.
+    Send { head: Bytes, qos1: bool, pid: Option<u16> },
+}
+
+/// Decides whether and how `job` reaches connection `m`, allocating a packet id and encoding
+/// the PUBLISH header into `hdr` (split off, so many headers share one allocation).
+pub(super) fn publish_for(m: &mut MqttConn, job: &PushJob, hdr: &mut BytesMut) -> Publish {
+    let (Some(p), Some(inbox)) = (&job.mqtt, &m.inbox) else { return Publish::Skip };
+    let topic = p.topic.as_deref().unwrap_or(inbox);
+    let push_qos = if p.qos1 { QoS::AtLeastOnce } else { QoS::AtMostOnce };
+    let qos = if p.backlog {
+        if !(m.persistent || p.always) {
+            return Publish::Skip;
+        }
+        push_qos
+    } else if p.always {
+        push_qos
+    } else {
+        match m.granted(topic) {
+            Some(g) => g.min(push_qos),
+            None => return Publish::Skip,
+        }
+    };
+    let qos1 = qos == QoS::AtLeastOnce;
+    // (Looked up again after the packet id is taken: both borrow the connection.)
+    let pid = if qos1 {
+        match m.alloc(p.stream, p.seq) {
+            Some(pid) => Some(pid),
+            None => return Publish::Drop,
+        }
+    } else {
+        None
+    };
+    let Some(inbox) = &m.inbox else { return Publish::Skip };
+    let h = PublishHeader {
+        topic: p.topic.as_deref().unwrap_or(inbox),
+        qos,
+        packet_id: pid.unwrap_or(0),
+        dup: p.dup && qos1,
+        retain: false,
+        message_expiry_interval_secs: p.expiry_secs,
+        payload_is_utf8: true,
+    };
+    if hdr.capacity() < 512 {
+        hdr.reserve(16 * 1024);
+    }
+    match encode_publish_header(m.version(), &h, p.payload.len(), hdr) {
+        Ok(len) if len <= m.max_packet as usize => Publish::Send { head: hdr.split().freeze(), qos1, pid },
+        _ => {
+            hdr.clear();
+            if let Some(pid) = pid {
+                m.release(pid);
+            }
+            Publish::Drop
+        }
+    }
+}
+
+fn mqtt_mut(proto: &mut Proto) -> Option<&mut MqttConn> {
+    match proto {
+        Proto::Mqtt(m) => Some(m),
+        Proto::Herald => None,
+    }
+}
+
+impl Worker {
+    fn mqtt(&mut self, slot: usize) -> &mut MqttConn {
+        match &mut self.conns[slot].proto {
+            Proto::Mqtt(m) => m,
+            Proto::Herald => unreachable!("an MQTT packet on a Herald connection"),
+        }
+    }
+
+    /// Ends the connection with `reason` (5.0 DISCONNECT; 3.1.1 just closes).
+    fn mqtt_refuse(&mut self, slot: usize, reason: ReasonCode, code: CloseCode) -> Stop {
+        let reply = if self.mqtt(slot).v5_connected() { Reply::Disconnect(reason) } else { Reply::Close };
+        let mut b = BytesMut::new();
+        reply.encode(&mut b);
+        Stop::Send((!b.is_empty()).then(|| b.freeze()), code)
+    }
+
+    fn queue_mqtt(&mut self, slot: usize, f: BytesMut) {
+        self.queue_control(slot, f.freeze());
+    }
+
+    pub(super) fn on_packet(&mut self, slot: usize, packet: Packet, now: u64) -> Result<(), Stop> {
+        if let Packet::Connect(c) = packet {
+            // The decoder lets exactly one CONNECT through, first.
+            return self.on_connect(slot, *c, now);
+        }
+        if self.conns[slot].auth.is_none() {
+            return Err(Stop::Close(CloseCode::PROTOCOL_ERROR));
+        }
+        match packet {
+            Packet::PingReq => {
+                self.m.heartbeats.inc();
+                self.queue_control(slot, Bytes::from_static(&PINGRESP));
+                Ok(())
+            }
+            Packet::PubAck(ack) => {
+                if let Some((stream, seq)) = self.mqtt(slot).release(ack.packet_id)
+                    && let Some(a) = &self.conns[slot].auth
+                {
+                    let _ = self.node.upstream.send(Upstream::Receipt {
+                        user: a.user.clone(),
+                        device: a.device.clone(),
+                        stream,
+                        first: seq,
+                        last: seq,
+                    });
+                }
+                Ok(())
+            }
+            Packet::Subscribe(s) => {
+                self.on_subscribe(slot, s);
+                Ok(())
+            }
+            Packet::Unsubscribe(u) => {
+                self.on_unsubscribe(slot, &u);
+                Ok(())
+            }
+            Packet::Publish(p) => self.on_publish(slot, p.qos, p.packet_id),
+            Packet::Disconnect(_) => Err(Stop::PeerClosed),
+            Packet::Auth(_) => {
+                Err(self.mqtt_refuse(slot, ReasonCode::BAD_AUTHENTICATION_METHOD, CloseCode::PROTOCOL_ERROR))
+            }
+            // Herald never sends QoS 2, so there is nothing to receive, release or complete.
+            Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => {
+                Err(self.mqtt_refuse(slot, ReasonCode::PROTOCOL_ERROR, CloseCode::PROTOCOL_ERROR))
+            }
+            Packet::Connect(_) => unreachable!("handled above"),
+        }
+    }
+
+    fn on_connect(&mut self, slot: usize, c: Connect, now: u64) -> Result<(), Stop> {
+        let v = c.version;
+        let refuse = |w: &Worker, reason: ReasonCode, code: CloseCode| {
+            w.m.login_failed(code);
+            let mut b = BytesMut::with_capacity(8);
+            // 3.1.1 has no code for some reasons: close without an answer then.
+            let sent = ConnAck::new(false, reason).encode(v, &mut b).is_ok();
+            Err(Stop::Send(sent.then(|| b.freeze()), code))
+        };
+        if c.authentication_method.is_some() {
+            return refuse(self, ReasonCode::BAD_AUTHENTICATION_METHOD, CloseCode::AUTH_MALFORMED);
+        }
+        let Some(password) = c.password.as_deref() else {
+            return refuse(self, ReasonCode::BAD_USER_NAME_OR_PASSWORD, CloseCode::AUTH_MALFORMED);
+        };
+        let claims = match self.authenticate(password) {
+            Ok(claims) => claims,
+            Err(code) => return refuse(self, crate::mqtt::connack_reason(code), code),
+        };
+        if c.username.as_ref().is_none_or(|u| u.as_str() != claims.user) {
+            return refuse(self, ReasonCode::BAD_USER_NAME_OR_PASSWORD, CloseCode::AUTH_FORGED);
+        }
+        let assigned = c.client_id.is_empty();
+        if !assigned && c.client_id.as_str() != claims.device {
+            return refuse(self, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, CloseCode::DEVICE_MISMATCH);
+        }
+        let device = claims.device.clone();
+        let cfg = &self.node.config;
+        let grace_ms = match c.keep_alive_secs {
+            0 => u64::from(cfg.heartbeat_grace_secs) * 1000,
+            k => u64::from(k) * 1500,
+        };
+        let max_packet_bytes = cfg.max_frame_bytes as u32;
+        self.conns[slot].grace_ms = grace_ms;
+        let (_, user) = self.admit(slot, claims, Vec::new(), now);
+        let m = self.mqtt(slot);
+        m.persistent = c.session_expiry_secs() > 0;
+        m.receive_max = c.receive_maximum;
+        m.max_packet = c.maximum_packet_size.unwrap_or(u32::MAX);
+        m.inbox = Some(inbox_topic(&user));
+        let mut ack = ConnAck::new(false, ReasonCode::SUCCESS);
+        ack.properties = ConnAckProperties::herald(max_packet_bytes);
+        if assigned {
+            ack.properties.assigned_client_identifier = Some(&device);
+        }
+        let mut b = BytesMut::with_capacity(64);
+        if ack.encode(v, &mut b).is_err() {
+            return Err(Stop::Close(CloseCode::INTERNAL_ERROR));
+        }
+        self.queue_mqtt(slot, b);
+        Ok(())
+    }
+
+    fn on_subscribe(&mut self, slot: usize, s: Subscribe) {
+        let Some(user) = self.conns[slot].auth.as_ref().map(|a| a.user.clone()) else { return };
+        let snap = self.node.tables.load();
+        let Some(follows) = self.index.subscriptions(&user) else {
+            // The user's subscriptions are on their way from the control plane (they follow the
+            // Online report): answer when they arrive.
+            let m = self.mqtt(slot);
+            if m.parked.len() < MAX_PARKED {
+                m.parked.push(s);
+            }
+            return;
+        };
+        let Proto::Mqtt(m) = &mut self.conns[slot].proto else { return };
+        let v = m.version();
+        let inbox = m.inbox.clone().unwrap_or_default();
+        let mut reasons = Vec::with_capacity(s.subscriptions.len());
+        for sub in s.subscriptions {
+            let reason = if sub.filter.is_shared() {
+                ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+            } else if permitted(&sub.filter, &inbox, follows, &snap) {
+                let qos = sub.options.max_qos.min(QoS::AtLeastOnce);
+                m.filters.retain(|(f, _)| f != &sub.filter);
+                m.filters.push((sub.filter, qos));
+                ReasonCode(qos as u8)
+            } else {
+                ReasonCode::NOT_AUTHORIZED
+            };
+            reasons.push(reason);
+        }
+        let mut b = BytesMut::with_capacity(8 + reasons.len());
+        if encode_suback(v, s.packet_id, &reasons, &mut b).is_ok() {
+            self.queue_mqtt(slot, b);
+        }
+    }
+
+    /// Answers the SUBSCRIBEs of `user`'s MQTT connections that waited for its subscriptions.
+    pub(super) fn resume_parked(&mut self, user: &str) {
+        let mut slots = std::mem::take(&mut self.scratch);
+        slots.clear();
+        slots.extend(self.index.user_conns(user).iter().copied());
+        for &slot in &slots {
+            let parked = match mqtt_mut(&mut self.conns[slot].proto) {
+                Some(m) if !m.parked.is_empty() => std::mem::take(&mut m.parked),
+                _ => continue,
+            };
+            for s in parked {
+                self.on_subscribe(slot, s);
+            }
+        }
+        self.scratch = slots;
+    }
+
+    fn on_unsubscribe(&mut self, slot: usize, u: &Unsubscribe) {
+        let m = self.mqtt(slot);
+        let v = m.version();
+        let reasons: Vec<ReasonCode> = u
+            .filters
+            .iter()
+            .map(|f| {
+                let before = m.filters.len();
+                m.filters.retain(|(g, _)| g != f);
+                if m.filters.len() < before {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::NO_SUBSCRIPTION_EXISTED
+                }
+            })
+            .collect();
+        let mut b = BytesMut::with_capacity(8 + reasons.len());
+        if encode_unsuback(v, u.packet_id, &reasons, &mut b).is_ok() {
+            self.queue_mqtt(slot, b);
+        }
+    }
+
+    /// A terminal's PUBLISH: Herald takes pushes from the admin API only.
+    fn on_publish(&mut self, slot: usize, qos: QoS, packet_id: Option<u16>) -> Result<(), Stop> {
+        let v = self.mqtt(slot).version();
+        if qos == QoS::ExactlyOnce {
+            return Err(self.mqtt_refuse(slot, ReasonCode::QOS_NOT_SUPPORTED, CloseCode::PROTOCOL_ERROR));
+        }
+        let allowed = self.node.config.mqtt_allow_publish;
+        match (allowed, v, packet_id) {
+            (true, _, None) => Ok(()),
+            (true, _, Some(pid)) => {
+                let mut b = BytesMut::with_capacity(8);
+                let _ = encode_ack(AckKind::PubAck, v, pid, ReasonCode::SUCCESS, &mut b);
+                self.queue_mqtt(slot, b);
+                Ok(())
+            }
+            (false, ProtocolVersion::V5, Some(pid)) => {
+                let mut b = BytesMut::with_capacity(8);
+                let _ = encode_ack(AckKind::PubAck, v, pid, ReasonCode::NOT_AUTHORIZED, &mut b);
+                self.queue_mqtt(slot, b);
+                Ok(())
+            }
+            (false, _, _) => {
+                Err(self.mqtt_refuse(slot, ReasonCode::NOT_AUTHORIZED, CloseCode::PROTOCOL_ERROR))
+            }
+        }
+    }
+}
