@@ -1,10 +1,11 @@
 //! `herald listen`: a terminal for people and scripts. It drives the protocol crate's client
-//! [`Session`] over a blocking TCP socket: logs in, prints every new push as one JSON line on
+//! [`Session`] over a blocking TCP socket or a QUIC stream (`--transport quic`): logs in, prints every new push as one JSON line on
 //! stdout, acknowledges it (batched), heartbeats, and reconnects with backoff. Status goes to
 //! stderr. It exits 0 after `--count` pushes, 1 when the credential is refused.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -17,9 +18,22 @@ use herald_protocol::session::{Event, Session, SessionConfig};
 
 #[derive(Debug, Args)]
 pub(crate) struct ListenArgs {
-    /// Gateway TCP address.
+    /// Gateway address (TCP, or UDP with --transport quic).
     #[arg(long, value_name = "ADDR")]
     gateway: SocketAddr,
+    /// tcp or quic.
+    #[arg(long, default_value = "tcp")]
+    transport: String,
+    /// QUIC: PEM certificate (or CA) to trust, e.g. the data dir's quic-dev-cert.pem.
+    #[arg(long, value_name = "CERT")]
+    ca: Option<PathBuf>,
+    /// QUIC: trust any certificate (a `herald serve` development certificate). Never in
+    /// production.
+    #[arg(long)]
+    insecure_dev_cert: bool,
+    /// QUIC: the name the certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
     /// Credential token from `POST /v1/credentials`.
     #[arg(long)]
     token: String,
@@ -44,7 +58,12 @@ pub(crate) fn run(args: ListenArgs) -> anyhow::Result<()> {
     let seed = u64::from(std::process::id()) ^ Instant::now().elapsed().as_nanos() as u64;
     let mut session = Session::new(config, seed);
     let mut printed = 0u64;
-    let mut conn: Option<TcpStream> = None;
+    let quic = match args.transport.as_str() {
+        "tcp" => None,
+        "quic" => Some(super::quic_client::client_config(args.ca.as_deref(), args.insecure_dev_cert)?),
+        other => bail!("--transport {other:?} is not one of tcp, quic"),
+    };
+    let mut conn: Option<Conn> = None;
     let mut rx = BytesMut::with_capacity(64 * 1024);
     let mut tx = BytesMut::new();
     let mut chunk = vec![0u8; 64 * 1024];
@@ -54,9 +73,18 @@ pub(crate) fn run(args: ListenArgs) -> anyhow::Result<()> {
         let now = Instant::now();
         if want_connect && conn.is_none() {
             want_connect = false;
-            match TcpStream::connect(args.gateway) {
-                Ok(s) => {
+            let connected = match &quic {
+                None => TcpStream::connect(args.gateway).map(|s| {
                     s.set_nodelay(true).ok();
+                    Conn::Tcp(s)
+                }),
+                Some(cfg) => {
+                    super::quic_client::QuicConn::connect(args.gateway, &args.server_name, cfg.clone())
+                        .map(|q| Conn::Quic(Box::new(q)))
+                }
+            };
+            match connected {
+                Ok(s) => {
                     rx.clear();
                     conn = Some(s);
                     session.handle_connected(now);
@@ -137,29 +165,52 @@ pub(crate) fn run(args: ListenArgs) -> anyhow::Result<()> {
                 std::thread::sleep(wait);
                 session.handle_timeout(Instant::now());
             }
-            Some(s) => {
-                s.set_read_timeout(Some(wait))?;
-                match s.read(&mut chunk) {
-                    Ok(0) => {
-                        eprintln!("herald listen: connection closed");
-                        conn = None;
-                        session.handle_disconnected(Instant::now());
-                    }
-                    Ok(n) => {
-                        rx.extend_from_slice(&chunk[..n]);
-                        session.handle_input(&mut rx, Instant::now());
-                    }
-                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                        session.handle_timeout(Instant::now());
-                    }
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        eprintln!("herald listen: read: {e}");
-                        conn = None;
-                        session.handle_disconnected(Instant::now());
-                    }
+            Some(s) => match s.read_timeout(&mut chunk, wait) {
+                Ok(0) => {
+                    eprintln!("herald listen: connection closed");
+                    conn = None;
+                    session.handle_disconnected(Instant::now());
                 }
+                Ok(n) => {
+                    rx.extend_from_slice(&chunk[..n]);
+                    session.handle_input(&mut rx, Instant::now());
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    session.handle_timeout(Instant::now());
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    eprintln!("herald listen: read: {e}");
+                    conn = None;
+                    session.handle_disconnected(Instant::now());
+                }
+            },
+        }
+    }
+}
+
+/// The connection to the gateway, either transport.
+#[derive(Debug)]
+enum Conn {
+    Tcp(TcpStream),
+    Quic(Box<super::quic_client::QuicConn>),
+}
+
+impl Conn {
+    fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.write_all(b),
+            Conn::Quic(q) => q.write_all(b),
+        }
+    }
+
+    fn read_timeout(&mut self, buf: &mut [u8], wait: Duration) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => {
+                s.set_read_timeout(Some(wait))?;
+                s.read(buf)
             }
+            Conn::Quic(q) => q.read_timeout(buf, wait),
         }
     }
 }

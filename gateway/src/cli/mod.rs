@@ -3,6 +3,7 @@
 
 mod config;
 mod listen;
+mod quic_client;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -79,6 +80,16 @@ struct GwArgs {
     /// MQTT 3.1.1/5.0 listener address (e.g. 127.0.0.1:1883) [default: off].
     #[arg(long, value_name = "ADDR")]
     mqtt: Option<SocketAddr>,
+    /// QUIC listener address (UDP, e.g. 0.0.0.0:7402) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    quic: Option<SocketAddr>,
+    /// PEM certificate chain for QUIC [`herald serve` default: a development certificate made
+    /// in the data dir].
+    #[arg(long, value_name = "FILE")]
+    quic_cert: Option<PathBuf>,
+    /// PEM private key of --quic-cert.
+    #[arg(long, value_name = "FILE")]
+    quic_key: Option<PathBuf>,
     /// Node name [default: <hostname>-<pid>].
     #[arg(long)]
     node_id: Option<String>,
@@ -151,7 +162,7 @@ fn run_inner(cli: Cli) -> Result<(), Failure> {
             let addr = control_plane.or(file.control_plane).ok_or_else(|| {
                 usage("`herald gateway` needs --control-plane ADDR (or gateway.control_plane in the config)")
             })?;
-            let gw = start_gateway(&file, &gw, addr)?;
+            let gw = start_gateway(&file, &gw, addr, None)?;
             wait_for_signal()?;
             drain(gw)
         }
@@ -162,7 +173,12 @@ fn run_inner(cli: Cli) -> Result<(), Failure> {
                 cp_args.link = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
             }
             let cp = start_control_plane(&file, &cp_args)?;
-            let gw = start_gateway(&file, &gw, cp.link_addr())?;
+            let data = cp_args
+                .data
+                .clone()
+                .or(file.data.clone())
+                .unwrap_or_else(|| ControlPlaneConfig::default().data_dir);
+            let gw = start_gateway(&file, &gw, cp.link_addr(), Some(&data))?;
             wait_for_signal()?;
             let drained = drain(gw);
             cp.shutdown();
@@ -209,13 +225,46 @@ fn start_control_plane(file: &FileConfig, args: &CpArgs) -> Result<ControlPlane,
     Ok(cp)
 }
 
-fn start_gateway(file: &FileConfig, args: &GwArgs, control_plane: SocketAddr) -> Result<Gateway, Failure> {
+/// `dev_cert_dir`: where `herald serve` keeps a development certificate for QUIC when none is
+/// configured (`herald gateway` requires one).
+fn start_gateway(
+    file: &FileConfig,
+    args: &GwArgs,
+    control_plane: SocketAddr,
+    dev_cert_dir: Option<&std::path::Path>,
+) -> Result<Gateway, Failure> {
     let mut cfg = GatewayConfig { control_plane_addr: control_plane, ..GatewayConfig::default() };
     if let Some(a) = args.tcp.or(file.tcp) {
         cfg.tcp_addr = a;
     }
     cfg.metrics_addr = args.metrics.or(file.metrics).or(cfg.metrics_addr);
     cfg.mqtt_addr = args.mqtt.or(file.mqtt);
+    cfg.quic_addr = args.quic.or(file.quic);
+    cfg.quic_cert = args.quic_cert.clone().or(file.quic_cert.clone());
+    cfg.quic_key = args.quic_key.clone().or(file.quic_key.clone());
+    if cfg.quic_addr.is_some() {
+        match (&cfg.quic_cert, &cfg.quic_key, dev_cert_dir) {
+            (Some(_), Some(_), _) => {}
+            (None, None, Some(dir)) => {
+                let (cert, key, made) = herald_gateway::quic_dev_certificate(dir)
+                    .map_err(|e| anyhow::anyhow!("quic development certificate: {e}"))?;
+                let verb = if made { "generated" } else { "using" };
+                println!(
+                    "herald: {verb} a self-signed development certificate for QUIC: {} \
+                     (terminals: --ca {} or --insecure-dev-cert; configure quic_cert/quic_key for production)",
+                    cert.display(),
+                    cert.display()
+                );
+                cfg.quic_cert = Some(cert);
+                cfg.quic_key = Some(key);
+            }
+            _ => {
+                return Err(usage(
+                    "--quic needs both --quic-cert and --quic-key (gateway.quic_cert/quic_key)",
+                ));
+            }
+        }
+    }
     cfg.node_id = args.node_id.clone().or(file.node_id.clone()).unwrap_or_else(default_node_id);
     if let Some(c) = args.cores.or(file.cores) {
         cfg.cores = if c == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { c };
@@ -260,6 +309,9 @@ fn start_gateway(file: &FileConfig, args: &GwArgs, control_plane: SocketAddr) ->
         tracing::warn!(%control_plane, "no tables from the control plane yet; logins wait for them");
     }
     println!("herald: gateway on tcp://{} ({:?} driver)", gw.tcp_addr(), gw.driver());
+    if let Some(q) = gw.quic_addr() {
+        println!("herald: quic on udp://{q}");
+    }
     if let Some(m) = gw.mqtt_addr() {
         println!("herald: mqtt on tcp://{m}");
     }
