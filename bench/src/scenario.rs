@@ -17,7 +17,7 @@ use crate::floor::{self, Floor};
 use crate::hist;
 use crate::pool::{Merged, Pool};
 use crate::procfs::KernelMem;
-use crate::target::{Target, TargetArgs};
+use crate::target::{Counters, Target, TargetArgs};
 use crate::wire::{Cmd, TIMELINE_BUCKET_NS};
 use crate::worker::T_NS_KEY;
 
@@ -386,8 +386,8 @@ impl Session {
         self.ensure_connected()?;
         let n = self.ready()?;
         let k = self.knobs.clone();
-        self.pool.merged(true)?;
-        let drops0 = self.target.metric_sum("drop");
+        let before = self.pool.merged(true)?;
+        let counters0 = self.target.counters();
         let rss0 = self.target.gateway_rss();
         let peak = Arc::new(AtomicU64::new(rss0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -425,7 +425,7 @@ impl Session {
         b.finish_and_clear();
         stop.store(true, Ordering::Relaxed);
         let _ = sampler.join();
-        let drops1 = self.target.metric_sum("drop");
+        let counters = self.target.counters().zip(counters0).map(|(a, b)| a.since(&b));
         let window = m.last_recv_ns.saturating_sub(m.first_recv_ns);
         let mut res = ScenarioResult {
             scenario: "burst".into(),
@@ -436,12 +436,17 @@ impl Session {
             expected_deliveries: Some(expected),
             deliveries_per_s: (window > 0).then(|| m.deliveries as f64 / (window as f64 / 1e9)),
             rss_growth_bytes: (rss0 > 0).then(|| peak.load(Ordering::Relaxed) as i64 - rss0 as i64),
-            drops: drops1.zip(drops0).map(|(a, b)| a - b),
+            drops: counters.as_ref().map(Counters::total_drops),
             params: json!({
                 "pushes": k.pushes, "payload_bytes": k.payload_bytes, "push_threads": k.push_threads,
                 "ttl_secs": k.ttl_secs, "push_errors": errors.load(Ordering::Relaxed),
                 "post_ms": ms(posted_ns - t_start),
                 "deliveries_per_s_from_first_post": (m.last_recv_ns > t_start).then(|| m.deliveries as f64 / ((m.last_recv_ns - t_start) as f64 / 1e9)),
+                "gateway_deliveries": counters.as_ref().map(|c| c.deliveries),
+                "gateway_pushes": counters.as_ref().map(|c| c.pushes),
+                "gateway_drops_by_reason": counters.as_ref().map(|c| &c.drops),
+                "gateway_closes_by_reason": counters.as_ref().map(|c| &c.closes),
+                "terminal_disconnects": m.disconnects - before.disconnects,
             }),
             ..Default::default()
         };

@@ -10,7 +10,19 @@ fn suite_runs_against_a_stand_in() {
     let fake = support::fake_herald::start();
     let out = tempfile::tempdir().unwrap();
     let status = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
-        .args(["suite", "--tcp", &fake.tcp, "--admin", &fake.admin, "--conns", "60", "--workers", "2", "--hold-secs", "1"])
+        .args([
+            "suite",
+            "--tcp",
+            &fake.tcp,
+            "--admin",
+            &fake.admin,
+            "--conns",
+            "60",
+            "--workers",
+            "2",
+            "--hold-secs",
+            "1",
+        ])
         .args([
             "--heartbeat-ms",
             "200",
