@@ -175,6 +175,21 @@ fn stream_name_topic(t: &str) -> String {
     format!("t:{t}")
 }
 
+/// The target a stream's messages were pushed to, from the stream's name.
+fn stream_origin(name: &str) -> Option<Target> {
+    if name == COND_STREAM {
+        return Some(Target::Condition(String::new()));
+    }
+    let (kind, rest) = name.split_once(':')?;
+    let rest = rest.to_owned();
+    match kind {
+        "u" => Some(Target::User(rest)),
+        "g" => Some(Target::Group(rest)),
+        "t" => Some(Target::Topic(rest)),
+        _ => None,
+    }
+}
+
 fn with_flag(flags: u8, f: PushFlags) -> u8 {
     PushFlags(flags).with(f).0
 }
@@ -824,6 +839,7 @@ impl Core {
             flags: m.flags,
             ttl_secs: m.ttl_secs,
             payload: m.payload.clone(),
+            origin: None,
         };
         let mut sends: Vec<(String, PushOrder)> = Vec::new();
         match target {
@@ -1068,6 +1084,7 @@ impl Core {
                     flags,
                     ttl_secs: (m.expires_ms - now_ms).div_ceil(1000) as u32,
                     payload: m.payload.clone(),
+                    origin: stream_origin(&name),
                 });
             }
         }
