@@ -131,6 +131,8 @@ pub const M_DROPS: &str = "herald_drops_total";
 pub const M_CLOSES: &str = "herald_closes_total";
 pub const M_DELIVERIES: &str = "herald_deliveries_total";
 pub const M_PUSHES: &str = "herald_pushes_total";
+pub const M_FANOUT_SUM: &str = "herald_fanout_latency_us_sum";
+pub const M_FANOUT_COUNT: &str = "herald_fanout_latency_us_count";
 
 /// Sums every sample of the Prometheus text of the metric named exactly `name`, over all its
 /// labels (`core`, `reason`, ...).

@@ -81,6 +81,9 @@ pub enum Baseline {
 /// Figures of the bare send(2) loop beside a scenario.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FloorFigures {
+    /// How the bare loop sent: `send_per_frame` (the floor) or `coalesced` (all frames of a
+    /// connection in as few sends as its socket takes: the ceiling).
+    pub method: String,
     pub conns: usize,
     pub frame_bytes: usize,
     pub first_delivery_ms: Option<f64>,
@@ -120,6 +123,10 @@ pub struct ScenarioResult {
     /// Herald's figure as a fraction of the floor's (1.0 = as fast as a bare send(2) loop).
     pub floor_ratio: Option<f64>,
     pub floor: Option<FloorFigures>,
+    /// burst only: the bare loop with perfect per-connection coalescing (one `send(2)` of all
+    /// frames), the best this machine allows; Herald's deliveries/s as a fraction of it.
+    pub ceiling: Option<FloorFigures>,
+    pub ceiling_ratio: Option<f64>,
     pub params: Value,
     pub notes: Vec<String>,
 }
@@ -388,6 +395,7 @@ impl Session {
         let k = self.knobs.clone();
         let before = self.pool.merged(true)?;
         let counters0 = self.target.counters();
+        let cpu0 = self.target.gateway_cpu_us();
         let rss0 = self.target.gateway_rss();
         let peak = Arc::new(AtomicU64::new(rss0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -425,6 +433,7 @@ impl Session {
         b.finish_and_clear();
         stop.store(true, Ordering::Relaxed);
         let _ = sampler.join();
+        let cpu_us = self.target.gateway_cpu_us().saturating_sub(cpu0);
         let counters = self.target.counters().zip(counters0).map(|(a, b)| a.since(&b));
         let window = m.last_recv_ns.saturating_sub(m.first_recv_ns);
         let mut res = ScenarioResult {
@@ -447,6 +456,9 @@ impl Session {
                 "gateway_drops_by_reason": counters.as_ref().map(|c| &c.drops),
                 "gateway_closes_by_reason": counters.as_ref().map(|c| &c.closes),
                 "terminal_disconnects": m.disconnects - before.disconnects,
+                "gateway_cpu_ms": cpu_us as f64 / 1e3,
+                "gateway_cpu_us_per_delivery": (m.deliveries > 0).then(|| cpu_us as f64 / m.deliveries as f64),
+                "gateway_fanout_mean_us_per_push_per_core": counters.as_ref().filter(|c| c.fanout_count > 0.0).map(|c| c.fanout_us_sum / c.fanout_count),
             }),
             ..Default::default()
         };
@@ -455,13 +467,18 @@ impl Session {
         self.charts.cdfs.push(("burst".into(), hist::cdf_ms(&m.hist)));
         self.charts.burst.push(("herald".into(), timeline_rate(&m, t_start)));
         if k.baseline == Baseline::Raw {
-            let (f, tl) = self.floor_burst(n, k.pushes, k.payload_bytes)?;
-            res.floor_ratio = match (res.deliveries_per_s, f.deliveries_per_s) {
+            let ratio = |h: Option<f64>, f: &FloorFigures| match (h, f.deliveries_per_s) {
                 (Some(h), Some(fl)) if fl > 0.0 => Some(h / fl),
                 _ => None,
             };
+            let (f, tl) = self.floor_burst(n, k.pushes, k.payload_bytes, false)?;
+            res.floor_ratio = ratio(res.deliveries_per_s, &f);
             res.floor = Some(f);
-            self.charts.burst.push(("floor (send(2) loop)".into(), tl));
+            self.charts.burst.push(("floor: send(2) per frame".into(), tl));
+            let (c, tl) = self.floor_burst(n, k.pushes, k.payload_bytes, true)?;
+            res.ceiling_ratio = ratio(res.deliveries_per_s, &c);
+            res.ceiling = Some(c);
+            self.charts.burst.push(("ceiling: one send(2) per conn".into(), tl));
         }
         Ok(res)
     }
@@ -549,6 +566,7 @@ impl Session {
         }
         self.charts.cdfs.push(("fanout floor".into(), hist::cdf_ms(&all)));
         Ok(FloorFigures {
+            method: "send_per_frame".into(),
             conns: n,
             frame_bytes: floor::wire_bytes(0)?,
             first_delivery_ms: median(&firsts),
@@ -565,18 +583,22 @@ impl Session {
         n: usize,
         pushes: u32,
         bytes: usize,
+        coalesced: bool,
     ) -> anyhow::Result<(FloorFigures, Vec<(f64, f64)>)> {
         self.floor(n)?;
         self.pool.merged(true)?;
-        let t = self.floor.as_ref().context("floor")?.blast(pushes, bytes)?;
+        let fl = self.floor.as_ref().context("floor")?;
+        let t = if coalesced { fl.blast_coalesced(pushes, bytes)? } else { fl.blast(pushes, bytes)? };
         let expected = n as u64 * u64::from(pushes);
-        let b = bar(expected, "floor burst");
+        let name = if coalesced { "burst ceiling" } else { "burst floor" };
+        let b = bar(expected, name);
         let m = self.await_deliveries(expected, &b)?;
         b.finish_and_clear();
         let window = m.last_recv_ns.saturating_sub(m.first_recv_ns);
-        self.charts.cdfs.push(("burst floor".into(), hist::cdf_ms(&m.hist)));
+        self.charts.cdfs.push((name.into(), hist::cdf_ms(&m.hist)));
         Ok((
             FloorFigures {
+                method: if coalesced { "coalesced" } else { "send_per_frame" }.into(),
                 conns: n,
                 frame_bytes: floor::wire_bytes(bytes)?,
                 first_delivery_ms: (m.first_recv_ns != 0).then(|| ms(m.first_recv_ns.saturating_sub(t))),

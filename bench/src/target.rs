@@ -51,6 +51,10 @@ pub struct Counters {
     pub deliveries: f64,
     /// `herald_pushes_total`: push orders handled by a core.
     pub pushes: f64,
+    /// `herald_fanout_latency_us_sum` / `_count`: a push reaching the node to a core having
+    /// written it to every local recipient (one sample per push per core).
+    pub fanout_us_sum: f64,
+    pub fanout_count: f64,
     /// `herald_drops_total` by reason.
     pub drops: std::collections::BTreeMap<String, f64>,
     /// `herald_closes_total` by reason.
@@ -67,6 +71,8 @@ impl Counters {
         Counters {
             deliveries: self.deliveries - before.deliveries,
             pushes: self.pushes - before.pushes,
+            fanout_us_sum: self.fanout_us_sum - before.fanout_us_sum,
+            fanout_count: self.fanout_count - before.fanout_count,
             drops: diff(&self.drops, &before.drops),
             closes: diff(&self.closes, &before.closes),
         }
@@ -338,7 +344,10 @@ impl Target {
     /// The gateways' counters the bench reports, summed over every node; `None` without
     /// metrics addresses or when one node does not answer.
     pub fn counters(&self) -> Option<Counters> {
-        use crate::admin::{M_CLOSES, M_DELIVERIES, M_DROPS, M_PUSHES, metric_by_reason, sum_metric};
+        use crate::admin::{
+            M_CLOSES, M_DELIVERIES, M_DROPS, M_FANOUT_COUNT, M_FANOUT_SUM, M_PUSHES, metric_by_reason,
+            sum_metric,
+        };
         if self.metrics.is_empty() {
             return None;
         }
@@ -347,6 +356,8 @@ impl Target {
             let t = get_text(&format!("http://{m}/metrics")).ok()?;
             c.deliveries += sum_metric(&t, M_DELIVERIES);
             c.pushes += sum_metric(&t, M_PUSHES);
+            c.fanout_us_sum += sum_metric(&t, M_FANOUT_SUM);
+            c.fanout_count += sum_metric(&t, M_FANOUT_COUNT);
             for (r, v) in metric_by_reason(&t, M_DROPS) {
                 *c.drops.entry(r).or_insert(0.0) += v;
             }
