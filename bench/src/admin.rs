@@ -126,19 +126,44 @@ pub fn get_text(url: &str) -> anyhow::Result<String> {
     Ok(ureq::get(url).timeout(Duration::from_secs(5)).call()?.into_string()?)
 }
 
-/// Sums every sample of the Prometheus text whose metric name contains `needle` (labels
-/// ignored). Used for drop counters, whose exact names the bench does not depend on.
-pub fn sum_metric(text: &str, needle: &str) -> f64 {
+/// Gateway counters the bench reads (names from the gateway's `metrics.rs`).
+pub const M_DROPS: &str = "herald_drops_total";
+pub const M_CLOSES: &str = "herald_closes_total";
+pub const M_DELIVERIES: &str = "herald_deliveries_total";
+pub const M_PUSHES: &str = "herald_pushes_total";
+pub const M_FANOUT_SUM: &str = "herald_fanout_latency_us_sum";
+pub const M_FANOUT_COUNT: &str = "herald_fanout_latency_us_count";
+
+/// Sums every sample of the Prometheus text of the metric named exactly `name`, over all its
+/// labels (`core`, `reason`, ...).
+pub fn sum_metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let name_end = l.find(['{', ' '])?;
-            if !l[..name_end].contains(needle) {
+            if &l[..name_end] != name {
                 return None;
             }
             l.rsplit(' ').next()?.parse::<f64>().ok()
         })
         .sum()
+}
+
+/// Every sample of the metric named `name` by its `reason` label (summed over other labels).
+pub fn metric_by_reason(text: &str, name: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(name_end) = l.find(['{', ' ']) else { continue };
+        if &l[..name_end] != name {
+            continue;
+        }
+        let reason =
+            l.split_once("reason=\"").and_then(|(_, r)| r.split_once('"')).map_or("", |(r, _)| r).to_string();
+        if let Some(v) = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            *out.entry(reason).or_insert(0.0) += v;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -147,8 +172,10 @@ mod tests {
 
     #[test]
     fn sums_metrics_by_name() {
-        let t = "# HELP x\nherald_drops_total{reason=\"slow\"} 3\nherald_drops_total{reason=\"ttl\"} 2\nherald_pushes 9\n";
-        assert_eq!(sum_metric(t, "drop"), 5.0);
+        let t = "# HELP herald_drops_total x\nherald_drops_total{reason=\"slow_consumer\"} 3\nherald_drops_total{reason=\"queue_full_new\"} 2\nherald_pushes_total{core=\"0\"} 9\nherald_pushes_total{core=\"1\"} 1\nherald_pushes_total_x 5\n";
+        assert_eq!(sum_metric(t, M_DROPS), 5.0);
+        assert_eq!(sum_metric(t, M_PUSHES), 10.0);
+        assert_eq!(metric_by_reason(t, M_DROPS).get("slow_consumer"), Some(&3.0));
         assert_eq!(groups_of(123), vec!["bench-all", "bench-g3", "bench-s23"]);
     }
 }

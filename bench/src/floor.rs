@@ -94,6 +94,50 @@ impl Floor {
         });
         Ok(start)
     }
+
+    /// The ceiling rather than the floor: every connection gets all `count` frames (stamped
+    /// once, now) in as few `send(2)` calls as its socket takes, i.e. perfect coalescing, one
+    /// thread per core. What this machine's kernel and receivers allow at best for a burst.
+    pub fn blast_coalesced(&self, count: u32, body_bytes: usize) -> anyhow::Result<u64> {
+        let threads = sender_threads().min(self.socks.len().max(1));
+        let fds: Vec<RawFd> = self.socks.iter().map(AsRawFd::as_raw_fd).collect();
+        let chunk = fds.len().div_ceil(threads).max(1);
+        let start = now_ns();
+        let buf: Vec<u8> = (0..count).flat_map(|k| frame_bytes(k + 1, body_bytes, start)).collect();
+        std::thread::scope(|s| {
+            for part in fds.chunks(chunk) {
+                let buf = &buf;
+                s.spawn(move || coalesced_loop(part, buf));
+            }
+        });
+        Ok(start)
+    }
+}
+
+fn coalesced_loop(fds: &[RawFd], buf: &[u8]) {
+    let mut sent = vec![0usize; fds.len()];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let mut behind = false;
+        for (j, &fd) in fds.iter().enumerate() {
+            while sent[j] < buf.len() {
+                let f = &buf[sent[j]..];
+                // SAFETY: `f` is a live slice; `fd` is an open socket owned by the floor.
+                let n = unsafe {
+                    libc::send(fd, f.as_ptr().cast(), f.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+                };
+                if n <= 0 {
+                    break;
+                }
+                sent[j] += n as usize;
+            }
+            behind |= sent[j] < buf.len();
+        }
+        if !behind {
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
 }
 
 /// Splits `n` like the workers' shares are split.

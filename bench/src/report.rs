@@ -93,7 +93,18 @@ impl Report {
             }
         }
         out.push_str("storm: 'last ms' is the time until every terminal was back and logged in\n");
-        out.push_str("floor: Herald's figure as a fraction of a bare send(2) loop's (1.00 = at the floor)\n");
+        out.push_str(
+            "floor: Herald's figure as a fraction of a bare send(2)-per-frame loop's (1.00 = at the floor)\n",
+        );
+        for s in &self.scenarios {
+            if let (Some(c), Some(r)) = (&s.ceiling, s.ceiling_ratio) {
+                out.push_str(&format!(
+                    "{}: ceiling (all frames of a connection in one send(2)) {:.0} deliveries/s; Herald at {r:.2} of it\n",
+                    s.scenario,
+                    c.deliveries_per_s.unwrap_or(0.0)
+                ));
+            }
+        }
         out
     }
 

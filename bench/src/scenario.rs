@@ -17,7 +17,7 @@ use crate::floor::{self, Floor};
 use crate::hist;
 use crate::pool::{Merged, Pool};
 use crate::procfs::KernelMem;
-use crate::target::{Target, TargetArgs};
+use crate::target::{Counters, Target, TargetArgs};
 use crate::wire::{Cmd, TIMELINE_BUCKET_NS};
 use crate::worker::T_NS_KEY;
 
@@ -81,6 +81,9 @@ pub enum Baseline {
 /// Figures of the bare send(2) loop beside a scenario.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FloorFigures {
+    /// How the bare loop sent: `send_per_frame` (the floor) or `coalesced` (all frames of a
+    /// connection in as few sends as its socket takes: the ceiling).
+    pub method: String,
     pub conns: usize,
     pub frame_bytes: usize,
     pub first_delivery_ms: Option<f64>,
@@ -97,6 +100,9 @@ pub struct ScenarioResult {
     pub scenario: String,
     pub conns: usize,
     pub rss_bytes_per_conn: Option<f64>,
+    /// hold: RSS growth per connection over the second half of the connect phase only (slope
+    /// of the memory curve), which leaves out one-time growth (rings, arenas, tables).
+    pub rss_marginal_bytes_per_conn: Option<f64>,
     /// Kernel memory (slab + TCP buffers) per server-side socket: the delta over both ends of
     /// each loopback connection, halved.
     pub kernel_bytes_per_conn: Option<f64>,
@@ -120,6 +126,10 @@ pub struct ScenarioResult {
     /// Herald's figure as a fraction of the floor's (1.0 = as fast as a bare send(2) loop).
     pub floor_ratio: Option<f64>,
     pub floor: Option<FloorFigures>,
+    /// burst only: the bare loop with perfect per-connection coalescing (one `send(2)` of all
+    /// frames), the best this machine allows; Herald's deliveries/s as a fraction of it.
+    pub ceiling: Option<FloorFigures>,
+    pub ceiling_ratio: Option<f64>,
     pub params: Value,
     pub notes: Vec<String>,
 }
@@ -227,8 +237,20 @@ impl Session {
         let ready = r.ready.max(1) as f64;
         self.charts.mem_curve.push((r.ready as f64, (rss1 as f64 - rss0 as f64) / ready));
         let span = r.last_ok_ns.saturating_sub(r.first_start_ns);
+        // Slope from the sample nearest half the connections to the settled end.
+        let half = self
+            .charts
+            .mem_curve
+            .iter()
+            .filter(|(c, _)| *c >= r.ready as f64 / 2.0)
+            .map(|&(c, per)| (c, per * c + rss0 as f64))
+            .next();
+        let marginal = half
+            .filter(|&(c, _)| r.ready as f64 - c >= r.ready as f64 / 4.0)
+            .map(|(c, rss_half)| (rss1 as f64 - rss_half) / (r.ready as f64 - c));
         let mut res = ScenarioResult {
             scenario: "hold".into(),
+            rss_marginal_bytes_per_conn: marginal.filter(|_| rss0 > 0),
             conns: r.ready,
             rss_bytes_per_conn: (rss0 > 0).then(|| (rss1 as f64 - rss0 as f64) / ready),
             kernel_bytes_per_conn: Some(
@@ -386,8 +408,9 @@ impl Session {
         self.ensure_connected()?;
         let n = self.ready()?;
         let k = self.knobs.clone();
-        self.pool.merged(true)?;
-        let drops0 = self.target.metric_sum("drop");
+        let before = self.pool.merged(true)?;
+        let counters0 = self.target.counters();
+        let cpu0 = self.target.gateway_cpu_us();
         let rss0 = self.target.gateway_rss();
         let peak = Arc::new(AtomicU64::new(rss0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -425,7 +448,8 @@ impl Session {
         b.finish_and_clear();
         stop.store(true, Ordering::Relaxed);
         let _ = sampler.join();
-        let drops1 = self.target.metric_sum("drop");
+        let cpu_us = self.target.gateway_cpu_us().saturating_sub(cpu0);
+        let counters = self.target.counters().zip(counters0).map(|(a, b)| a.since(&b));
         let window = m.last_recv_ns.saturating_sub(m.first_recv_ns);
         let mut res = ScenarioResult {
             scenario: "burst".into(),
@@ -436,12 +460,20 @@ impl Session {
             expected_deliveries: Some(expected),
             deliveries_per_s: (window > 0).then(|| m.deliveries as f64 / (window as f64 / 1e9)),
             rss_growth_bytes: (rss0 > 0).then(|| peak.load(Ordering::Relaxed) as i64 - rss0 as i64),
-            drops: drops1.zip(drops0).map(|(a, b)| a - b),
+            drops: counters.as_ref().map(Counters::total_drops),
             params: json!({
                 "pushes": k.pushes, "payload_bytes": k.payload_bytes, "push_threads": k.push_threads,
                 "ttl_secs": k.ttl_secs, "push_errors": errors.load(Ordering::Relaxed),
                 "post_ms": ms(posted_ns - t_start),
                 "deliveries_per_s_from_first_post": (m.last_recv_ns > t_start).then(|| m.deliveries as f64 / ((m.last_recv_ns - t_start) as f64 / 1e9)),
+                "gateway_deliveries": counters.as_ref().map(|c| c.deliveries),
+                "gateway_pushes": counters.as_ref().map(|c| c.pushes),
+                "gateway_drops_by_reason": counters.as_ref().map(|c| &c.drops),
+                "gateway_closes_by_reason": counters.as_ref().map(|c| &c.closes),
+                "terminal_disconnects": m.disconnects - before.disconnects,
+                "gateway_cpu_ms": cpu_us as f64 / 1e3,
+                "gateway_cpu_us_per_delivery": (m.deliveries > 0).then(|| cpu_us as f64 / m.deliveries as f64),
+                "gateway_fanout_mean_us_per_push_per_core": counters.as_ref().filter(|c| c.fanout_count > 0.0).map(|c| c.fanout_us_sum / c.fanout_count),
             }),
             ..Default::default()
         };
@@ -450,13 +482,18 @@ impl Session {
         self.charts.cdfs.push(("burst".into(), hist::cdf_ms(&m.hist)));
         self.charts.burst.push(("herald".into(), timeline_rate(&m, t_start)));
         if k.baseline == Baseline::Raw {
-            let (f, tl) = self.floor_burst(n, k.pushes, k.payload_bytes)?;
-            res.floor_ratio = match (res.deliveries_per_s, f.deliveries_per_s) {
+            let ratio = |h: Option<f64>, f: &FloorFigures| match (h, f.deliveries_per_s) {
                 (Some(h), Some(fl)) if fl > 0.0 => Some(h / fl),
                 _ => None,
             };
+            let (f, tl) = self.floor_burst(n, k.pushes, k.payload_bytes, false)?;
+            res.floor_ratio = ratio(res.deliveries_per_s, &f);
             res.floor = Some(f);
-            self.charts.burst.push(("floor (send(2) loop)".into(), tl));
+            self.charts.burst.push(("floor: send(2) per frame".into(), tl));
+            let (c, tl) = self.floor_burst(n, k.pushes, k.payload_bytes, true)?;
+            res.ceiling_ratio = ratio(res.deliveries_per_s, &c);
+            res.ceiling = Some(c);
+            self.charts.burst.push(("ceiling: one send(2) per conn".into(), tl));
         }
         Ok(res)
     }
@@ -544,6 +581,7 @@ impl Session {
         }
         self.charts.cdfs.push(("fanout floor".into(), hist::cdf_ms(&all)));
         Ok(FloorFigures {
+            method: "send_per_frame".into(),
             conns: n,
             frame_bytes: floor::wire_bytes(0)?,
             first_delivery_ms: median(&firsts),
@@ -560,18 +598,22 @@ impl Session {
         n: usize,
         pushes: u32,
         bytes: usize,
+        coalesced: bool,
     ) -> anyhow::Result<(FloorFigures, Vec<(f64, f64)>)> {
         self.floor(n)?;
         self.pool.merged(true)?;
-        let t = self.floor.as_ref().context("floor")?.blast(pushes, bytes)?;
+        let fl = self.floor.as_ref().context("floor")?;
+        let t = if coalesced { fl.blast_coalesced(pushes, bytes)? } else { fl.blast(pushes, bytes)? };
         let expected = n as u64 * u64::from(pushes);
-        let b = bar(expected, "floor burst");
+        let name = if coalesced { "burst ceiling" } else { "burst floor" };
+        let b = bar(expected, name);
         let m = self.await_deliveries(expected, &b)?;
         b.finish_and_clear();
         let window = m.last_recv_ns.saturating_sub(m.first_recv_ns);
-        self.charts.cdfs.push(("burst floor".into(), hist::cdf_ms(&m.hist)));
+        self.charts.cdfs.push((name.into(), hist::cdf_ms(&m.hist)));
         Ok((
             FloorFigures {
+                method: if coalesced { "coalesced" } else { "send_per_frame" }.into(),
                 conns: n,
                 frame_bytes: floor::wire_bytes(bytes)?,
                 first_delivery_ms: (m.first_recv_ns != 0).then(|| ms(m.first_recv_ns.saturating_sub(t))),

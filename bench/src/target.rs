@@ -2,7 +2,7 @@
 //! (`herald serve`, or a control plane plus K gateway nodes sharing one port) and stops after.
 
 use std::fs::File;
-use std::net::{SocketAddrV4, TcpListener, TcpStream};
+use std::net::{SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,6 +42,45 @@ pub struct TargetArgs {
     /// Readiness deadline for spawned processes, seconds.
     #[arg(long, default_value_t = 60)]
     pub ready_secs: u64,
+}
+
+/// Gateway counters (Prometheus), summed over the nodes.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// `herald_deliveries_total`: push frames queued to recipients.
+    pub deliveries: f64,
+    /// `herald_pushes_total`: push orders handled by a core.
+    pub pushes: f64,
+    /// `herald_fanout_latency_us_sum` / `_count`: a push reaching the node to a core having
+    /// written it to every local recipient (one sample per push per core).
+    pub fanout_us_sum: f64,
+    pub fanout_count: f64,
+    /// `herald_drops_total` by reason.
+    pub drops: std::collections::BTreeMap<String, f64>,
+    /// `herald_closes_total` by reason.
+    pub closes: std::collections::BTreeMap<String, f64>,
+}
+
+impl Counters {
+    /// `self - before`, by field and reason.
+    pub fn since(&self, before: &Counters) -> Counters {
+        let diff = |a: &std::collections::BTreeMap<String, f64>,
+                    b: &std::collections::BTreeMap<String, f64>| {
+            a.iter().map(|(k, v)| (k.clone(), v - b.get(k).copied().unwrap_or(0.0))).collect()
+        };
+        Counters {
+            deliveries: self.deliveries - before.deliveries,
+            pushes: self.pushes - before.pushes,
+            fanout_us_sum: self.fanout_us_sum - before.fanout_us_sum,
+            fanout_count: self.fanout_count - before.fanout_count,
+            drops: diff(&self.drops, &before.drops),
+            closes: diff(&self.closes, &before.closes),
+        }
+    }
+
+    pub fn total_drops(&self) -> f64 {
+        self.drops.values().sum()
+    }
 }
 
 /// A Herald to measure. Spawned processes are stopped (SIGTERM, then SIGKILL) on drop.
@@ -93,6 +132,19 @@ fn version_of(bin: &Path) -> String {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The lines a spawned process prints on stdout once it serves, by process name.
+fn announcements(name: &str) -> &'static [&'static str] {
+    const SERVE: &[&str] =
+        &["herald: admin API on http://", "herald: gateway on tcp://", "herald: metrics on http://"];
+    const CONTROL_PLANE: &[&str] = &["herald: admin API on http://", "herald: link for gateways on "];
+    const GATEWAY: &[&str] = &["herald: gateway on tcp://", "herald: metrics on http://"];
+    match name {
+        "serve" => SERVE,
+        "control-plane" => CONTROL_PLANE,
+        _ => GATEWAY,
+    }
 }
 
 impl Target {
@@ -185,6 +237,8 @@ impl Target {
             t.mode = format!("herald {}; {} × herald gateway", argv.join(" "), args.nodes);
             let child = start("control-plane", argv)?;
             t.children.push(("control-plane".into(), child));
+            // Gateways join a control plane that already listens on its link.
+            t.wait_ready(Duration::from_secs(args.ready_secs))?;
             for k in 0..args.nodes {
                 let metrics = format!("127.0.0.1:{}", free_port()?);
                 let argv = vec![
@@ -210,6 +264,9 @@ impl Target {
         Ok(t)
     }
 
+    /// Waits until every spawned process announced itself on stdout (`herald: admin API on`,
+    /// `herald: gateway on tcp://` — printed only once the gateway got the control plane's
+    /// tables —, `herald: metrics on`), the admin API answers and every metrics port serves.
     fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         loop {
@@ -222,16 +279,40 @@ impl Target {
             if let Some((name, status)) = exited {
                 bail!("{name} exited during start ({status}); log:\n{}", self.log_tail(&name));
             }
-            let tcp_ok = TcpStream::connect_timeout(&self.tcp.into(), Duration::from_millis(200)).is_ok();
-            let metrics_ok = self.metrics.iter().all(|m| get_text(&format!("http://{m}/metrics")).is_ok());
-            if tcp_ok && metrics_ok && self.admin.healthy() {
-                return Ok(());
+            let missing: Vec<String> = self
+                .children
+                .iter()
+                .flat_map(|(name, _)| {
+                    let log = self.log_text(name);
+                    announcements(name)
+                        .iter()
+                        .filter(|l| !log.contains(*l))
+                        .map(|l| format!("{name}: {l:?}"))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let metrics_ok = missing.is_empty()
+                && self.metrics.iter().all(|m| get_text(&format!("http://{m}/metrics")).is_ok());
+            if metrics_ok && self.admin.healthy() {
+                let waiting: Vec<&str> = self
+                    .children
+                    .iter()
+                    .filter(|(n, _)| self.log_text(n).contains("no tables from the control plane yet"))
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                if waiting.is_empty() {
+                    return Ok(());
+                }
+                // Announced without tables (after its own 10 s wait): logins would be refused.
+                if Instant::now() > deadline {
+                    bail!("gateway(s) {waiting:?} never got the control plane's tables");
+                }
             }
             if Instant::now() > deadline {
                 let logs: Vec<String> =
                     self.children.iter().map(|(n, _)| format!("--- {n}\n{}", self.log_tail(n))).collect();
                 bail!(
-                    "Herald not ready after {within:?} (tcp {tcp_ok}, metrics {metrics_ok}); logs:\n{}",
+                    "Herald not ready after {within:?} (not yet announced: {missing:?}, metrics {metrics_ok}); logs:\n{}",
                     logs.join("\n")
                 );
             }
@@ -239,9 +320,13 @@ impl Target {
         }
     }
 
-    fn log_tail(&self, name: &str) -> String {
+    fn log_text(&self, name: &str) -> String {
         let Some(d) = &self.log_dir else { return String::new() };
-        let s = std::fs::read_to_string(d.join(format!("{name}.log"))).unwrap_or_default();
+        std::fs::read_to_string(d.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    fn log_tail(&self, name: &str) -> String {
+        let s = self.log_text(name);
         let lines: Vec<&str> = s.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
@@ -256,11 +341,31 @@ impl Target {
         self.gateway_pids.iter().filter_map(|&p| crate::procfs::cpu_us(p)).sum()
     }
 
-    /// Sum of every gateway metric whose name contains `needle`; `None` without metrics.
-    pub fn metric_sum(&self, needle: &str) -> Option<f64> {
-        let texts: Vec<String> =
-            self.metrics.iter().filter_map(|m| get_text(&format!("http://{m}/metrics")).ok()).collect();
-        (!texts.is_empty()).then(|| texts.iter().map(|t| crate::admin::sum_metric(t, needle)).sum())
+    /// The gateways' counters the bench reports, summed over every node; `None` without
+    /// metrics addresses or when one node does not answer.
+    pub fn counters(&self) -> Option<Counters> {
+        use crate::admin::{
+            M_CLOSES, M_DELIVERIES, M_DROPS, M_FANOUT_COUNT, M_FANOUT_SUM, M_PUSHES, metric_by_reason,
+            sum_metric,
+        };
+        if self.metrics.is_empty() {
+            return None;
+        }
+        let mut c = Counters::default();
+        for m in &self.metrics {
+            let t = get_text(&format!("http://{m}/metrics")).ok()?;
+            c.deliveries += sum_metric(&t, M_DELIVERIES);
+            c.pushes += sum_metric(&t, M_PUSHES);
+            c.fanout_us_sum += sum_metric(&t, M_FANOUT_SUM);
+            c.fanout_count += sum_metric(&t, M_FANOUT_COUNT);
+            for (r, v) in metric_by_reason(&t, M_DROPS) {
+                *c.drops.entry(r).or_insert(0.0) += v;
+            }
+            for (r, v) in metric_by_reason(&t, M_CLOSES) {
+                *c.closes.entry(r).or_insert(0.0) += v;
+            }
+        }
+        Some(c)
     }
 
     /// Whether every spawned process is still running.

@@ -7,22 +7,22 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The `herald` binary of this target dir (`target/<profile>/herald`, beside `deps/` that holds
-/// this test), built first if it is missing.
+/// The `herald` binary of this target dir (`target/<profile>/herald`, beside the `deps/` that
+/// holds this test), as `cargo test --workspace` builds it. Cargo is asked to bring it up to
+/// date first (a no-op when it is), so `cargo test -p herald-bench` never measures a stale or
+/// missing binary.
 fn herald_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
     let bin = profile_dir.join("herald");
-    if !bin.is_file() {
-        let target_dir = profile_dir.parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "herald-gateway", "--bin", "herald"]).env("CARGO_TARGET_DIR", target_dir);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        assert!(cmd.status().unwrap().success(), "building herald failed");
+    let target_dir = profile_dir.parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "herald-gateway", "--bin", "herald"]).env("CARGO_TARGET_DIR", target_dir);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
     }
+    assert!(cmd.status().unwrap().success(), "building herald failed");
     assert!(bin.is_file(), "no herald binary at {}", bin.display());
     bin
 }

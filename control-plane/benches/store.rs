@@ -4,7 +4,9 @@
 //! 2. redb, 512 pushes per write transaction (the group-commit ceiling of the store alone);
 //! 3. the admin router in process (`oneshot`), 256 concurrent callers, push to one user:
 //!    validation + sequencing + group commit, no HTTP;
-//! 4. `POST /v1/pushes` over loopback HTTP/1.1 keep-alive, 32 connections, push to one user.
+//! 4. `POST /v1/pushes` over loopback HTTP/1.1 keep-alive, 32 connections, push to one user;
+//! 5. the admin router in process, 256 concurrent callers, push to a group of 20,000 offline
+//!    members (one device each): what counting `targeted` costs per group push.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -189,6 +191,63 @@ fn http_figure() {
     );
 }
 
+/// Runs `n` requests built by `req` through the router, 256 at a time.
+async fn drive(router: &axum::Router, n: usize, req: impl Fn(usize) -> Request<Body>) {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        if set.len() >= 256 {
+            let resp: axum::response::Response = set.join_next().await.unwrap().unwrap();
+            assert!(resp.status().is_success(), "{}", resp.status());
+        }
+        let r = router.clone();
+        let rq = req(i);
+        set.spawn(async move { r.oneshot(rq).await.unwrap() });
+    }
+    while let Some(resp) = set.join_next().await {
+        assert!(resp.unwrap().status().is_success());
+    }
+}
+
+fn group_figure() {
+    const MEMBERS: usize = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = start(dir.path());
+    let router = cp.router();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let post = |path: String, method: &str, body: String| {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", "Bearer bench")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    rt.block_on(async {
+        drive(&router, MEMBERS, |i| {
+            post("/v1/credentials".into(), "POST", format!(r#"{{"user":"m{i}","device":"d"}}"#))
+        })
+        .await;
+        drive(&router, MEMBERS, |i| {
+            post(format!("/v1/users/m{i}/groups"), "PUT", r#"{"groups":["big"]}"#.into())
+        })
+        .await;
+    });
+    let body = r#"{"to":{"group":"big"},"payload":{"title":"hello"},"ttl_secs":3600}"#;
+    let dur = Duration::from_secs(3);
+    let t = Instant::now();
+    let mut n = 0usize;
+    rt.block_on(async {
+        while t.elapsed() < dur {
+            drive(&router, 512, |_| post("/v1/pushes".into(), "POST", body.into())).await;
+            n += 512;
+        }
+    });
+    println!(
+        "group push, {MEMBERS} members:{:>8.0} pushes/s  (router in process, 256 callers)",
+        n as f64 / t.elapsed().as_secs_f64(),
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: run quickly then.
     if !std::env::args().any(|a| a == "--bench") {
@@ -197,4 +256,5 @@ fn main() {
     store_figures();
     in_process_figure();
     http_figure();
+    group_figure();
 }

@@ -463,9 +463,16 @@ async fn create_push(State(shared): State<Arc<Shared>>, body: Bytes) -> Api {
 
 async fn get_push(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Api {
     let id: u64 = id.parse().map_err(|_| ApiError::bad_request("push id must be a decimal integer"))?;
-    let status = shared.lock().push_status(id, now_ms());
+    let (status, pruned) = {
+        let core = shared.lock();
+        (core.push_status(id, now_ms()), core.was_pruned(id))
+    };
     match status {
         Some(s) => ok(StatusCode::OK, json!(s)),
+        None if pruned => Err(ApiError::not_found(format!(
+            "push {id} was pruned: push records are kept {} s after the push expires",
+            shared.config.push_record_retention_secs
+        ))),
         None => Err(ApiError::not_found(format!("unknown push {id}"))),
     }
 }

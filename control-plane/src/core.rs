@@ -154,6 +154,10 @@ pub(crate) struct Core {
     last_push_id: u64,
     cursors: HashMap<(String, String), HashMap<u32, CursorRecord>>,
     expiries: BTreeMap<u64, Vec<(u32, u32)>>,
+    /// When (ms) each push record (and its idempotency key) is pruned: its expiry plus
+    /// `retention_ms`.
+    prunes: BTreeMap<u64, Vec<u64>>,
+    retention_ms: u64,
     nodes: HashMap<String, Node>,
     presence: BTreeMap<String, Vec<Conn>>,
     next_conn: u64,
@@ -175,6 +179,21 @@ fn stream_name_topic(t: &str) -> String {
     format!("t:{t}")
 }
 
+/// The target a stream's messages were pushed to, from the stream's name.
+fn stream_origin(name: &str) -> Option<Target> {
+    if name == COND_STREAM {
+        return Some(Target::Condition(String::new()));
+    }
+    let (kind, rest) = name.split_once(':')?;
+    let rest = rest.to_owned();
+    match kind {
+        "u" => Some(Target::User(rest)),
+        "g" => Some(Target::Group(rest)),
+        "t" => Some(Target::Topic(rest)),
+        _ => None,
+    }
+}
+
 fn with_flag(flags: u8, f: PushFlags) -> u8 {
     PushFlags(flags).with(f).0
 }
@@ -188,6 +207,7 @@ impl Core {
         epoch: u64,
         now_secs: u64,
         first_secret: [u8; 32],
+        retention_ms: u64,
     ) -> Core {
         let mut core = Core {
             users: BTreeMap::new(),
@@ -202,9 +222,11 @@ impl Core {
             conditions: HashMap::new(),
             pending: HashMap::new(),
             idem: HashMap::new(),
-            last_push_id: 0,
+            last_push_id: snap.last_push_id,
             cursors: HashMap::new(),
             expiries: BTreeMap::new(),
+            prunes: BTreeMap::new(),
+            retention_ms,
             nodes: HashMap::new(),
             presence: BTreeMap::new(),
             next_conn: 1,
@@ -231,6 +253,7 @@ impl Core {
             {
                 core.conditions.insert(p.id, Arc::new(c));
             }
+            core.prunes.entry(p.expires_ms.saturating_add(retention_ms)).or_default().push(p.id);
             core.pushes.insert(p.id, p);
         }
         for (stream, seq, m) in snap.messages {
@@ -772,6 +795,7 @@ impl Core {
             idempotency_key: req.idempotency_key.clone(),
         };
         self.ops.push(Op::Push(rec.clone()));
+        self.prunes.entry(expires_ms.saturating_add(self.retention_ms)).or_default().push(push_id);
         self.pushes.insert(push_id, rec);
         if let Some(k) = req.idempotency_key {
             self.idem.insert(k, push_id);
@@ -824,6 +848,7 @@ impl Core {
             flags: m.flags,
             ttl_secs: m.ttl_secs,
             payload: m.payload.clone(),
+            origin: None,
         };
         let mut sends: Vec<(String, PushOrder)> = Vec::new();
         match target {
@@ -1009,10 +1034,25 @@ impl Core {
         cur.cursor = cur.cursor.max(c);
         let cursor = cur.cursor;
         cur.above.retain(|&s| s > cursor);
+        let mut done = Vec::new();
         for pid in newly {
             if let Some(p) = self.pushes.get_mut(&pid) {
                 p.delivered += 1;
                 self.ops.push(Op::Push(p.clone()));
+                // Nobody else is owed it (owed devices are a subset of the targeted ones).
+                if p.delivered >= p.targeted {
+                    done.extend(p.messages.iter().copied().map(|m| (pid, m)));
+                }
+            }
+        }
+        for (pid, (stream, seq)) in done {
+            let ours = self
+                .streams
+                .get(&stream)
+                .and_then(|st| st.messages.get(&seq))
+                .is_some_and(|m| m.push_id == pid);
+            if ours && self.drop_message(stream, seq).is_some() {
+                self.metrics.messages_delivered_removed.inc();
             }
         }
         if cur != before {
@@ -1068,6 +1108,7 @@ impl Core {
                     flags,
                     ttl_secs: (m.expires_ms - now_ms).div_ceil(1000) as u32,
                     payload: m.payload.clone(),
+                    origin: stream_origin(&name),
                 });
             }
         }
@@ -1214,24 +1255,26 @@ impl Core {
 
     // ---- housekeeping -------------------------------------------------------------------
 
-    /// Drops expired messages and retired keys whose tokens have all expired.
+    /// Drops expired messages, push records past their retention, and retired keys whose
+    /// tokens have all expired. Its store changes go to the committer as one job.
     pub(crate) fn sweep(&mut self, now_ms: u64) {
         let later = self.expiries.split_off(&(now_ms + 1));
         let due = std::mem::replace(&mut self.expiries, later);
         let mut dropped = 0u64;
         for (_, list) in due {
             for (stream, seq) in list {
-                if let Some(st) = self.streams.get_mut(&stream)
-                    && st.messages.get(&seq).is_some_and(|m| m.expires_ms <= now_ms)
-                    && let Some(m) = st.messages.remove(&seq)
-                {
+                let expired = self
+                    .streams
+                    .get(&stream)
+                    .and_then(|st| st.messages.get(&seq))
+                    .is_some_and(|m| m.expires_ms <= now_ms);
+                if expired && self.drop_message(stream, seq).is_some() {
                     dropped += 1;
-                    self.conditions.remove(&m.push_id);
-                    self.ops.push(Op::Message(stream, seq, None));
                 }
             }
         }
         self.metrics.messages_expired.add(dropped);
+        self.prune_pushes(now_ms);
         let now_secs = now_ms / 1000;
         let retired: Vec<u32> =
             self.keys.values().filter(|k| !k.current && k.max_expires_at <= now_secs).map(|k| k.id).collect();
@@ -1241,6 +1284,69 @@ impl Core {
         }
         self.broadcast(retired.into_iter().map(TableChange::KeyRemoved).collect());
         self.update_gauges();
+    }
+}
+
+impl Core {
+    /// Removes a stored message from memory and (queued op) from the store.
+    fn drop_message(&mut self, stream: u32, seq: u32) -> Option<MessageRecord> {
+        let st = self.streams.get_mut(&stream)?;
+        let m = st.messages.remove(&seq)?;
+        if let Some(k) = &m.collapse_key
+            && st.collapse.get(k) == Some(&seq)
+        {
+            st.collapse.remove(k);
+        }
+        self.conditions.remove(&m.push_id);
+        self.ops.push(Op::Message(stream, seq, None));
+        Some(m)
+    }
+
+    /// Deletes the push records (and idempotency keys) whose retention after expiry is over.
+    /// A push not yet published stays until it is.
+    fn prune_pushes(&mut self, now_ms: u64) {
+        let later = self.prunes.split_off(&(now_ms + 1));
+        let due = std::mem::replace(&mut self.prunes, later);
+        let mut pruned = 0u64;
+        for (at, ids) in due {
+            for id in ids {
+                if self.pending.contains_key(&id) {
+                    self.prunes.entry(at.max(now_ms + 1)).or_default().push(id);
+                    continue;
+                }
+                let Some(p) = self.pushes.remove(&id) else {
+                    continue;
+                };
+                if let Some(k) = &p.idempotency_key
+                    && self.idem.get(k) == Some(&id)
+                {
+                    self.idem.remove(k);
+                }
+                for &(stream, seq) in &p.messages {
+                    if self
+                        .streams
+                        .get(&stream)
+                        .and_then(|st| st.messages.get(&seq))
+                        .is_some_and(|m| m.push_id == id)
+                    {
+                        self.drop_message(stream, seq);
+                    }
+                }
+                self.conditions.remove(&id);
+                self.ops.push(Op::PushRemoved(id));
+                pruned += 1;
+            }
+        }
+        if pruned > 0 {
+            // The newest push may be among them: keep ids monotonic across a restart.
+            self.ops.push(Op::LastPushId(self.last_push_id));
+            self.metrics.pushes_pruned.add(pruned);
+        }
+    }
+
+    /// Whether `id` names a push that was accepted once and has since been pruned.
+    pub(crate) fn was_pruned(&self, id: u64) -> bool {
+        id >= 1 && id <= self.last_push_id && !self.pushes.contains_key(&id)
     }
 }
 
@@ -1264,7 +1370,7 @@ mod tests {
     use herald_protocol::link::{Online, PresenceChange};
 
     fn core() -> Core {
-        Core::load(Snapshot::default(), Arc::new(Metrics::default()), 1, 1_000, [1; 32])
+        Core::load(Snapshot::default(), Arc::new(Metrics::default()), 1, 1_000, [1; 32], 60_000)
     }
 
     fn push(core: &mut Core, target: TargetSpec, ttl_secs: u32) -> u64 {
@@ -1362,6 +1468,58 @@ mod tests {
         assert_eq!(backlog_seqs(&mut c, "u", "d"), vec![1]);
         c.sweep(1_001_000);
         assert!(c.streams[&c.stream_ids["u:u"]].messages.is_empty());
+    }
+
+    #[test]
+    fn push_records_and_idempotency_keys_are_pruned_after_retention() {
+        let mut c = core();
+        c.issue_credential("u", "d", 60, 1_000).unwrap();
+        let req = NewPush {
+            target: TargetSpec::User("u".into()),
+            title: None,
+            body: None,
+            data: Vec::new(),
+            ttl_secs: 1,
+            high_priority: false,
+            collapse_key: Some("c".into()),
+            idempotency_key: Some("k".into()),
+        };
+        let Ok(Accepted::New { push_id, .. }) = c.accept_push(req.clone(), 1_000_000) else { panic!() };
+        c.publish(&[push_id]);
+        c.take_ops();
+        c.sweep(1_001_000);
+        let st = c.push_status(push_id, 1_001_000).unwrap();
+        assert_eq!((st.state, st.expired, st.pending_offline), ("expired", 1, 0));
+        assert!(c.streams[&c.stream_ids["u:u"]].collapse.is_empty(), "collapse keys leave with messages");
+        // Kept for the retention (60 s in these tests) after expiry, then gone with its key.
+        c.sweep(1_060_999);
+        assert!(c.push_status(push_id, 1_060_999).is_some());
+        assert_eq!(c.accept_push(req.clone(), 1_060_999).ok(), Some(Accepted::Existing { push_id }));
+        c.take_ops();
+        c.sweep(1_061_000);
+        assert!(c.push_status(push_id, 1_061_000).is_none() && c.was_pruned(push_id));
+        let ops = c.take_ops();
+        assert!(ops.iter().any(|o| matches!(o, Op::PushRemoved(id) if *id == push_id)));
+        assert!(ops.iter().any(|o| matches!(o, Op::LastPushId(id) if *id == push_id)));
+        let Ok(Accepted::New { push_id: again, .. }) = c.accept_push(req, 1_061_000) else { panic!() };
+        assert_eq!(again, push_id + 1);
+        assert!(!c.was_pruned(again) && !c.was_pruned(again + 1));
+    }
+
+    #[test]
+    fn a_message_leaves_memory_and_store_once_every_targeted_device_acked() {
+        let mut c = core();
+        c.issue_credential("u", "d1", 60, 1_000).unwrap();
+        c.issue_credential("u", "d2", 60, 1_000).unwrap();
+        let id = push(&mut c, TargetSpec::User("u".into()), 60);
+        let stream = c.stream_ids["u:u"];
+        c.take_ops();
+        c.ack("u", "d1", stream, 0, 1);
+        assert_eq!(c.streams[&stream].messages.len(), 1, "d2 is still owed it");
+        c.ack("u", "d2", stream, 0, 1);
+        assert!(c.streams[&stream].messages.is_empty());
+        assert!(c.take_ops().iter().any(|o| matches!(o, Op::Message(s, 1, None) if *s == stream)));
+        assert_eq!(c.push_status(id, 1_000_001).unwrap().state, "delivered");
     }
 
     #[test]

@@ -49,6 +49,17 @@
 //! `expired` = targeted devices that never acknowledged before the TTL passed; `collapsed` =
 //! those that never got it because a newer message replaced it.
 //!
+//! **Retention.** A stored message leaves memory and the store when its TTL passes (the
+//! sweeper, every 250 ms, removes every message due in one committer job, so one transaction
+//! covers them all) or as soon as every device it was targeted at acknowledged it, whichever
+//! comes first; so memory holds the undelivered messages, not everything within TTL. A push
+//! record (its status counters) and its idempotency key are kept for
+//! [`ControlPlaneConfig::push_record_retention_secs`] (default 24 h) after the push expired
+//! (TTL 0: after it was accepted), so `expired` is reported for that long; then both are
+//! deleted, `GET /v1/pushes/{id}` answers 404 saying the push was pruned, and a POST reusing the
+//! key is a new push. Push ids stay monotonic across pruning and restarts (the last id is
+//! stored).
+//!
 //! **Routing**: the control plane knows each node's online devices (presence) and each user's
 //! subscriptions, and sends a push only to nodes holding at least one interested connection.
 //!
@@ -103,6 +114,9 @@ pub struct ControlPlaneConfig {
     pub max_credential_ttl_secs: u64,
     /// Tokio worker threads for the API and the link.
     pub worker_threads: usize,
+    /// How long a push record (its status, and its idempotency key) is kept after the push
+    /// expired; then `GET /v1/pushes/{id}` answers 404 and the key may be used again.
+    pub push_record_retention_secs: u64,
 }
 
 impl Default for ControlPlaneConfig {
@@ -117,6 +131,7 @@ impl Default for ControlPlaneConfig {
             credential_ttl_secs: 30 * 86_400,
             max_credential_ttl_secs: 365 * 86_400,
             worker_threads: 2,
+            push_record_retention_secs: 86_400,
         }
     }
 }
@@ -346,7 +361,8 @@ pub fn start_with_store(config: ControlPlaneConfig, store: Arc<dyn Store>) -> Re
     rng.fill(&mut first_secret)
         .map_err(|_| Error::Runtime(std::io::Error::other("system random source failed")))?;
     let now = now_ms();
-    let mut core = Core::load(snapshot, metrics.clone(), now, now / 1000, first_secret);
+    let retention_ms = config.push_record_retention_secs.saturating_mul(1000);
+    let mut core = Core::load(snapshot, metrics.clone(), now, now / 1000, first_secret, retention_ms);
     let initial_ops = core.take_ops();
     if !initial_ops.is_empty() {
         store.commit(&initial_ops)?;

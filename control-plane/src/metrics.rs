@@ -49,6 +49,8 @@ pub struct Metrics {
     pub store_commit_micros: Counter,
     pub store_errors: Counter,
     pub messages_expired: Counter,
+    pub messages_delivered_removed: Counter,
+    pub pushes_pruned: Counter,
     pub link_connects: Counter,
     pub nodes: Gauge,
     pub online_devices: Gauge,
@@ -59,7 +61,7 @@ impl Metrics {
     /// The Prometheus exposition text.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
-        let counters: [(&str, &str, &Counter); 12] = [
+        let counters: [(&str, &str, &Counter); 14] = [
             ("herald_cp_pushes_accepted_total", "Pushes accepted (durable).", &self.pushes_accepted),
             (
                 "herald_cp_pushes_idempotent_total",
@@ -90,6 +92,16 @@ impl Metrics {
                 "herald_cp_messages_expired_total",
                 "Stored messages removed at TTL expiry.",
                 &self.messages_expired,
+            ),
+            (
+                "herald_cp_messages_delivered_removed_total",
+                "Stored messages removed once every device they were owed to acknowledged them.",
+                &self.messages_delivered_removed,
+            ),
+            (
+                "herald_cp_pushes_pruned_total",
+                "Push records (and idempotency keys) deleted after their retention.",
+                &self.pushes_pruned,
             ),
             ("herald_cp_link_connects_total", "Gateway node link connections accepted.", &self.link_connects),
         ];

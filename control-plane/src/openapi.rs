@@ -115,7 +115,7 @@ fn paths_and_components() -> Value {
                 "summary": "Delivery status of a push",
                 "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } }],
                 "responses": { "200": ok_json("Status", json!({ "$ref": "#/components/schemas/PushStatus" })),
-                    "400": err("Not a push id"), "401": err("Missing or wrong admin key"), "404": err("Unknown push") } } },
+                    "400": err("Not a push id"), "401": err("Missing or wrong admin key"), "404": err("Unknown push, or pruned: push records are kept push_record_retention_secs (default 24 h) after the push expires") } } },
             "/v1/topics/{topic}/subscribers": { "get": op("Users following a topic (directly or through a group), paged",
                 vec![path_param("topic", "Topic name"),
                      json!({ "name": "cursor", "in": "query", "schema": { "type": "string" },

@@ -131,7 +131,16 @@ pub enum Op {
     Stream(StreamRecord),
     Message(u32, u32, Option<MessageRecord>),
     Push(PushRecord),
-    Cursor { user: String, device: String, stream: u32, cursor: CursorRecord },
+    /// A push record past its retention (see the crate docs), with its idempotency key.
+    PushRemoved(u64),
+    /// The highest push id ever handed out, so ids stay monotonic once old pushes are pruned.
+    LastPushId(u64),
+    Cursor {
+        user: String,
+        device: String,
+        stream: u32,
+        cursor: CursorRecord,
+    },
 }
 
 /// Everything a store holds, read at start.
@@ -145,6 +154,8 @@ pub struct Snapshot {
     pub messages: Vec<(u32, u32, MessageRecord)>,
     pub pushes: Vec<PushRecord>,
     pub cursors: Vec<(String, String, u32, CursorRecord)>,
+    /// The last [`Op::LastPushId`] committed (0 if none): push ids continue above it.
+    pub last_push_id: u64,
 }
 
 /// Why the store failed. Always the control plane's side (disk, corruption), never the caller's.
@@ -177,6 +188,8 @@ const STREAMS: TableDefinition<u32, &[u8]> = TableDefinition::new("streams");
 const MESSAGES: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("messages");
 const PUSHES: TableDefinition<u64, &[u8]> = TableDefinition::new("pushes");
 const CURSORS: TableDefinition<(&str, &str, u32), &[u8]> = TableDefinition::new("cursors");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_LAST_PUSH_ID: &str = "last_push_id";
 
 /// The embedded default store: one redb file, `herald.redb`, in the data directory.
 #[derive(Debug)]
@@ -199,6 +212,7 @@ impl RedbStore {
             txn.open_table(MESSAGES).map_err(dberr)?;
             txn.open_table(PUSHES).map_err(dberr)?;
             txn.open_table(CURSORS).map_err(dberr)?;
+            txn.open_table(META).map_err(dberr)?;
         }
         txn.commit().map_err(dberr)?;
         Ok(RedbStore { db })
@@ -305,6 +319,8 @@ impl Store for RedbStore {
             let (user, device, stream) = k.value();
             s.cursors.push((user.to_owned(), device.to_owned(), stream, from_json("cursor", v.value())?));
         }
+        let meta = txn.open_table(META).map_err(dberr)?;
+        s.last_push_id = meta.get(META_LAST_PUSH_ID).map_err(dberr)?.map_or(0, |v| v.value());
         Ok(s)
     }
 
@@ -319,6 +335,7 @@ impl Store for RedbStore {
             let mut messages = txn.open_table(MESSAGES).map_err(dberr)?;
             let mut pushes = txn.open_table(PUSHES).map_err(dberr)?;
             let mut cursors = txn.open_table(CURSORS).map_err(dberr)?;
+            let mut meta = txn.open_table(META).map_err(dberr)?;
             for op in ops {
                 match op {
                     Op::User(name, rec) => {
@@ -347,6 +364,12 @@ impl Store for RedbStore {
                     }
                     Op::Push(rec) => {
                         pushes.insert(rec.id, json(rec).as_slice()).map_err(dberr)?;
+                    }
+                    Op::PushRemoved(id) => {
+                        pushes.remove(*id).map_err(dberr)?;
+                    }
+                    Op::LastPushId(id) => {
+                        meta.insert(META_LAST_PUSH_ID, *id).map_err(dberr)?;
                     }
                     Op::Cursor { user, device, stream, cursor } => {
                         cursors

@@ -63,6 +63,7 @@ fn offline_push_then_login_gets_subscriptions_then_backlog_and_ack_delivers() {
     assert_eq!(s[0].groups, ["team"]);
     let p = push_of(gw.expect("backlog", is_push));
     assert_eq!(p.target, Target::Device { user: "alice".into(), device: "phone".into() });
+    assert_eq!(p.origin, Some(Target::User("alice".into())), "a backlog push names its first target");
     assert_eq!((p.push_id, p.seq), (id, 1));
     let flags = PushFlags(p.flags);
     assert!(flags.contains(PushFlags::ACK_REQUIRED) && flags.contains(PushFlags::HIGH_PRIORITY));

@@ -42,9 +42,10 @@
 //!   the control plane stored for the device and it has not acknowledged (the backlog, QoS 1,
 //!   DUP set on redeliveries), before and whatever it subscribes. A clean session receives only
 //!   the backlog of its inbox; stored topic and group messages stay stored for the device's next
-//!   persistent session (or expire). Backlog pushes name only their stream: their topic is the
-//!   one this node last saw a live push of that stream published on, and `herald/streams/<id>`
-//!   for a stream it never saw live.
+//!   persistent session (or expire). A backlog push carries the target it was first pushed to
+//!   (`PushOrder::origin`) and is published on that target's topic; from an older control plane
+//!   that does not say, the topic is the one this node last saw a live push of that stream
+//!   published on, and `herald/streams/<id>` for a stream it never saw live.
 //! - **Duplicate client ids**: a newer login of the same (user, device), MQTT or Herald protocol,
 //!   on any core, replaces the older connection (5.0: DISCONNECT 0x8E).
 //! - **PUBLISH from a terminal** is refused unless `mqtt_allow_publish`: 5.0 QoS 1 gets PUBACK
@@ -115,38 +116,21 @@ pub(crate) fn prepare(
     streams: &mut std::collections::HashMap<u32, StreamTopic>,
     scratch: &mut AlignedVec,
 ) -> Option<MqttPush> {
-    let (topic, always, backlog) = match &order.target {
-        Target::User(_) => {
-            streams.insert(order.stream, StreamTopic::Inbox);
-            (None, true, false)
+    let (topic, always, backlog) = match (&order.target, &order.origin) {
+        // A backlog delivery names the target it was first pushed to, when the control plane says.
+        (Target::Device { .. }, Some(origin)) if !matches!(origin, Target::Device { .. }) => {
+            let (topic, always) = live_topic(origin, order.stream, streams)?;
+            (topic, always, true)
         }
-        Target::Users(_) => (None, true, false),
-        Target::Topic(t) => {
-            if !topic::valid_name(t) {
-                return None;
-            }
-            let t: Arc<str> = t.as_str().into();
-            streams.insert(order.stream, StreamTopic::Named(t.clone()));
-            (Some(t), false, false)
-        }
-        Target::Group(g) => {
-            let t: Arc<str> = group_topic(g).into();
-            if !topic::valid_name(&t) {
-                return None;
-            }
-            streams.insert(order.stream, StreamTopic::Named(t.clone()));
-            (Some(t), false, false)
-        }
-        Target::Condition(_) => {
-            let t: Arc<str> = CONDITION_TOPIC.into();
-            streams.insert(order.stream, StreamTopic::Named(t.clone()));
-            (Some(t), true, false)
-        }
-        Target::Device { .. } => match streams.get(&order.stream) {
+        (Target::Device { .. }, _) => match streams.get(&order.stream) {
             Some(StreamTopic::Inbox) => (None, true, true),
             Some(StreamTopic::Named(t)) => (Some(t.clone()), false, true),
             None => (Some(format!("herald/streams/{}", order.stream).into()), false, true),
         },
+        (live, _) => {
+            let (topic, always) = live_topic(live, order.stream, streams)?;
+            (topic, always, false)
+        }
     };
     let flags = PushFlags(order.flags);
     let qos1 = flags.contains(PushFlags::ACK_REQUIRED);
@@ -160,6 +144,44 @@ pub(crate) fn prepare(
         expiry_secs: (order.ttl_secs > 0).then_some(order.ttl_secs),
         stream: order.stream,
         seq: order.seq,
+    })
+}
+
+/// The MQTT topic of a push to `target` (`None`: each recipient's inbox) and whether it reaches
+/// connections whatever they subscribed to; remembers the stream's topic. `None` when the name is
+/// not a valid MQTT topic.
+fn live_topic(
+    target: &Target,
+    stream: u32,
+    streams: &mut std::collections::HashMap<u32, StreamTopic>,
+) -> Option<(Option<Arc<str>>, bool)> {
+    Some(match target {
+        Target::User(_) => {
+            streams.insert(stream, StreamTopic::Inbox);
+            (None, true)
+        }
+        Target::Users(_) | Target::Device { .. } => (None, true),
+        Target::Topic(t) => {
+            if !topic::valid_name(t) {
+                return None;
+            }
+            let t: Arc<str> = t.as_str().into();
+            streams.insert(stream, StreamTopic::Named(t.clone()));
+            (Some(t), false)
+        }
+        Target::Group(g) => {
+            let t: Arc<str> = group_topic(g).into();
+            if !topic::valid_name(&t) {
+                return None;
+            }
+            streams.insert(stream, StreamTopic::Named(t.clone()));
+            (Some(t), false)
+        }
+        Target::Condition(_) => {
+            let t: Arc<str> = CONDITION_TOPIC.into();
+            streams.insert(stream, StreamTopic::Named(t.clone()));
+            (Some(t), true)
+        }
     })
 }
 
@@ -338,6 +360,7 @@ mod tests {
             flags: PushFlags::ACK_REQUIRED.0,
             ttl_secs: 60,
             payload: PushPayload { body: Some("hi".into()), ..PushPayload::default() }.to_bytes().to_vec(),
+            origin: None,
         };
         let p = prepare(&order(Target::Group("g".into()), 5), &mut streams, &mut scratch).unwrap();
         assert_eq!(
@@ -353,6 +376,10 @@ mod tests {
         assert!(p.topic.is_none() && p.always && p.backlog);
         let p = prepare(&order(dev(), 9), &mut streams, &mut scratch).unwrap();
         assert_eq!(p.topic.as_deref(), Some("herald/streams/9"));
+        let mut backlog = order(dev(), 10);
+        backlog.origin = Some(Target::Topic("news/eu".into()));
+        let p = prepare(&backlog, &mut streams, &mut scratch).unwrap();
+        assert_eq!((p.topic.as_deref(), p.backlog, p.always), (Some("news/eu"), true, false));
         assert!(prepare(&order(Target::Topic("a/+".into()), 7), &mut streams, &mut scratch).is_none());
     }
 }

@@ -251,6 +251,7 @@ fn push(cp: &FakeCp, target: Target, stream: u32, seq: u32, ttl_secs: u32, paylo
         flags,
         ttl_secs,
         payload,
+        origin: None,
     }));
 }
 
@@ -471,6 +472,7 @@ fn backlog_reaches_persistent_sessions_only(driver: Driver) {
             flags: PushFlags::ACK_REQUIRED.with(PushFlags::REDELIVERY).0,
             ttl_secs: 60,
             payload: body("two"),
+            origin: None,
         }));
         let p = c.publish();
         assert_eq!((p.topic.as_str(), p.qos, p.dup, &p.payload[..]), ("news", 1, true, &b"two"[..]));

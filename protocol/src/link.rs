@@ -209,6 +209,10 @@ pub struct PushOrder {
     pub ttl_secs: u32,
     /// rkyv-archived [`crate::payload::PushPayload`].
     pub payload: Vec<u8>,
+    /// For a `Device` target (a backlog delivery): the target the message was first pushed to,
+    /// so transports that name each delivery (MQTT topics) name it as a live push would be.
+    /// `None` for live pushes, whose `target` says it.
+    pub origin: Option<Target>,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -279,6 +283,7 @@ mod tests {
                 flags: 1,
                 ttl_secs: 60,
                 payload: vec![1, 2, 3],
+                origin: None,
             }),
             LinkMessage::Tables(Tables {
                 version: 2,

@@ -56,6 +56,7 @@ pub(crate) fn check_results(dir: &Path, conns: u64, scenarios: &[&str]) {
     }
     if scenarios.contains(&"burst") {
         assert!(get("burst")["floor"]["deliveries_per_s"].is_number());
+        assert!(get("burst")["ceiling"]["deliveries_per_s"].is_number());
     }
     for svg in ["latency_cdf.svg", "burst_deliveries.svg", "memory_per_conn.svg"] {
         let s = std::fs::read_to_string(dir.join(svg)).unwrap();

@@ -19,14 +19,30 @@ use serde_json::Value;
 pub const DEADLINE: Duration = Duration::from_secs(5);
 
 pub fn start(dir: &Path) -> ControlPlane {
-    herald_control_plane::start(ControlPlaneConfig {
+    herald_control_plane::start(config(dir)).expect("control plane starts")
+}
+
+/// The test configuration: `dir` for data, port 0 everywhere, a fixed admin key.
+pub fn config(dir: &Path) -> ControlPlaneConfig {
+    ControlPlaneConfig {
         data_dir: dir.to_path_buf(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         link_addr: "127.0.0.1:0".parse().unwrap(),
         admin_key: Some("test-key".into()),
         ..ControlPlaneConfig::default()
-    })
-    .expect("control plane starts")
+    }
+}
+
+/// Polls `f` until it returns `Some` or the deadline passes.
+pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Blocking admin client over the real admin socket.

@@ -179,6 +179,7 @@ impl FakeCp {
             flags,
             ttl_secs: 0,
             payload,
+            origin: None,
         }));
     }
 }
