@@ -46,6 +46,10 @@
 //! - `worker`: one core's world: accept loop, connections (slab), login, heartbeats (deadline
 //!   heap swept by one timer per core), subscriber index, fan-out and outbound queues.
 //!   Its `worker::mqtt` turns MQTT packets into the same session calls.
+//! - `quic`: the QUIC listener (ALPN `herald/1`, [`GatewayConfig::quic_addr`]): one
+//!   `quinn-proto` endpoint per core on its own `SO_REUSEPORT` UDP socket, connection IDs that
+//!   name their core (datagrams that land on another core are forwarded to it), TLS and the
+//!   development certificate ([`quic_dev_certificate`]). Sessions are the same as over TCP.
 //! - `mqtt`: the MQTT adapter's policies (topics, QoS, payload, sessions, reason codes), and the
 //!   PUBLISH form of a push, prepared once per node by the link thread.
 //! - `index`: a core's `user / topic / group → local connections` index.
