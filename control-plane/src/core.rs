@@ -2,7 +2,7 @@
 //!
 //! [`Core`] is plain data behind one mutex: admin calls, link messages and the committer's
 //! publish step each take the lock, change memory, queue the matching store [`Op`]s and queue
-//! link messages to nodes (unbounded channels, so nothing here waits). The caller hands the ops
+//! link messages to nodes (bounded for pushes, never blocking: see `queue.rs`). The caller hands the ops
 //! to the committer before releasing the lock, which keeps store order equal to memory order.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -17,10 +17,10 @@ use herald_protocol::link::{
     Receipt, RevocationEntry, StreamSeq, TableChange, Tables, Target, UserSubscriptions, Welcome,
 };
 use serde::Serialize;
-use tokio::sync::mpsc::UnboundedSender;
 
 use crate::api::ApiError;
 use crate::metrics::Metrics;
+use crate::queue::LinkQueue;
 use crate::store::{
     CursorRecord, DeviceRecord, KeyRecord, MessageRecord, Op, PushRecord, RevocationRecord, Snapshot,
     StreamRecord, TargetSpec, UserRecord,
@@ -34,9 +34,23 @@ const COND_STREAM: &str = "c";
 struct Node {
     /// Distinguishes this connection from an earlier one of the same node id.
     conn: u64,
-    tx: UnboundedSender<LinkMessage>,
+    queue: Arc<LinkQueue>,
     public_addr: String,
     stats: NodeStats,
+    /// Set while the node's queue was found full: live pushes are not queued to it (stored ones
+    /// are re-sent from cursors by `node_drained`, fire-and-forget ones are dropped).
+    behind: Option<Behind>,
+}
+
+/// What a node that fell behind must be resent once its queue drains.
+#[derive(Debug, Default)]
+struct Behind {
+    /// The first stored push not queued to the node: every device online there is resent its
+    /// backlog from this push on.
+    skipped_from: Option<u64>,
+    /// Devices that logged in while the node was behind (or whose login backlog did not fit):
+    /// they get their whole backlog.
+    logins: BTreeSet<(String, String)>,
 }
 
 /// One online device: where it is connected.
@@ -45,6 +59,20 @@ struct Conn {
     device: String,
     node: String,
     session: u64,
+}
+
+/// An online device interested in a push, and the node holding it.
+#[derive(Debug)]
+struct OnlineDevice {
+    user: String,
+    device: String,
+    node: String,
+}
+
+impl OnlineDevice {
+    fn of(user: &str, c: &Conn) -> OnlineDevice {
+        OnlineDevice { user: user.to_owned(), device: c.device.clone(), node: c.node.clone() }
+    }
 }
 
 #[derive(Debug)]
@@ -351,13 +379,13 @@ impl Core {
         }
         self.tables_version += 1;
         for node in self.nodes.values() {
-            let _ = node.tx.send(LinkMessage::TablesDelta(changes.clone()));
+            node.queue.control(LinkMessage::TablesDelta(changes.clone()));
         }
     }
 
     fn send_to(&self, node: &str, msg: LinkMessage) {
         if let Some(n) = self.nodes.get(node) {
-            let _ = n.tx.send(msg);
+            n.queue.control(msg);
         }
     }
 
@@ -441,7 +469,7 @@ impl Core {
         // Every node, not only those we know the user on: a login's Online report may still be
         // in flight, and revocations are rare.
         for node in self.nodes.values() {
-            let _ = node.tx.send(LinkMessage::Kick(kick.clone()));
+            node.queue.control(LinkMessage::Kick(kick.clone()));
         }
         before
     }
@@ -840,88 +868,110 @@ impl Core {
     }
 
     fn dispatch_live(&mut self, id: u64, target: &TargetSpec, msgs: &[(u32, u32)], m: &MessageRecord) {
-        let order = |target: Target, (stream, seq): (u32, u32)| PushOrder {
-            push_id: id,
-            target,
-            stream,
-            seq,
-            flags: m.flags,
-            ttl_secs: m.ttl_secs,
-            payload: m.payload.clone(),
-            origin: None,
-        };
-        let mut sends: Vec<(String, PushOrder)> = Vec::new();
+        // One order per (target, message), for the online interested devices (user, device, node).
+        let mut orders: Vec<(Target, (u32, u32), Vec<OnlineDevice>)> = Vec::new();
         match target {
             TargetSpec::User(u) => {
-                for node in self.user_nodes(u) {
-                    sends.push((node, order(Target::User(u.clone()), msgs[0])));
-                }
+                orders.push((Target::User(u.clone()), msgs[0], self.online_devices(std::iter::once(u))));
             }
             TargetSpec::Users(us) => {
                 for (u, &pos) in us.iter().zip(msgs) {
-                    for node in self.user_nodes(u) {
-                        sends.push((node, order(Target::User(u.clone()), pos)));
-                    }
+                    orders.push((Target::User(u.clone()), pos, self.online_devices(std::iter::once(u))));
                 }
             }
             TargetSpec::Group(g) => {
-                let nodes = self.nodes_of(self.group_members.get(g));
-                for node in nodes {
-                    sends.push((node, order(Target::Group(g.clone()), msgs[0])));
-                }
+                let online = self.online_of(self.group_members.get(g));
+                orders.push((Target::Group(g.clone()), msgs[0], online));
             }
             TargetSpec::Topic(t) => {
-                let nodes = self.nodes_of(self.topic_subs.get(t));
-                for node in nodes {
-                    sends.push((node, order(Target::Topic(t.clone()), msgs[0])));
-                }
+                let online = self.online_of(self.topic_subs.get(t));
+                orders.push((Target::Topic(t.clone()), msgs[0], online));
             }
             TargetSpec::Condition(text) => {
                 let cond = match self.conditions.get(&id) {
                     Some(c) => Some(c.clone()),
                     None => Condition::parse(text).ok().map(Arc::new),
                 };
-                let mut nodes = BTreeSet::new();
+                let mut online = Vec::new();
                 if let Some(cond) = cond {
                     for (u, conns) in &self.presence {
                         let wants =
                             self.users.get(u).is_some_and(|u| cond.eval_names(|t| u.effective.contains(t)));
                         if wants {
-                            nodes.extend(conns.iter().map(|c| c.node.clone()));
+                            online.extend(conns.iter().map(|c| OnlineDevice::of(u, c)));
                         }
                     }
                 }
-                for node in nodes {
-                    sends.push((node, order(Target::Condition(text.clone()), msgs[0])));
+                orders.push((Target::Condition(text.clone()), msgs[0], online));
+            }
+        }
+        let mut dropped = 0u64;
+        for (target, (stream, seq), online) in orders {
+            let mut by_node: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+            for o in online {
+                by_node.entry(o.node).or_default().push((o.user, o.device));
+            }
+            for (node, devices) in by_node {
+                let Some(n) = self.nodes.get_mut(&node) else {
+                    continue;
+                };
+                let order = PushOrder {
+                    push_id: id,
+                    target: target.clone(),
+                    stream,
+                    seq,
+                    flags: m.flags,
+                    ttl_secs: m.ttl_secs,
+                    payload: m.payload.clone(),
+                    origin: None,
+                };
+                if n.behind.is_none() && n.queue.try_push(LinkMessage::Push(order)) {
+                    self.metrics.push_orders_sent.inc();
+                    continue;
+                }
+                let behind = n.behind.get_or_insert_with(|| {
+                    n.queue.set_behind(true);
+                    self.metrics.link_queue_full.inc();
+                    Behind::default()
+                });
+                if m.ttl_secs > 0 {
+                    behind.skipped_from.get_or_insert(id);
+                } else {
+                    dropped += devices.len() as u64;
                 }
             }
         }
-        for (node, o) in sends {
-            self.metrics.push_orders_sent.inc();
-            self.send_to(&node, LinkMessage::Push(o));
+        if dropped > 0
+            && let Some(p) = self.pushes.get_mut(&id)
+        {
+            p.dropped += dropped;
+            self.ops.push(Op::Push(p.clone()));
+            self.metrics.fire_and_forget_dropped.add(dropped);
         }
     }
 
-    fn nodes_of(&self, users: Option<&BTreeSet<String>>) -> BTreeSet<String> {
-        let mut nodes = BTreeSet::new();
-        let Some(users) = users else {
-            return nodes;
-        };
-        // Walk whichever side is smaller: the interested users or the online ones.
-        if users.len() <= self.presence.len() {
-            for u in users {
-                if let Some(cs) = self.presence.get(u) {
-                    nodes.extend(cs.iter().map(|c| c.node.clone()));
-                }
-            }
-        } else {
-            for (u, cs) in &self.presence {
-                if users.contains(u) {
-                    nodes.extend(cs.iter().map(|c| c.node.clone()));
-                }
+    /// The online devices of `users`: (user, device, node).
+    fn online_devices<'a>(&self, users: impl Iterator<Item = &'a String>) -> Vec<OnlineDevice> {
+        let mut out = Vec::new();
+        for u in users {
+            if let Some(cs) = self.presence.get(u) {
+                out.extend(cs.iter().map(|c| OnlineDevice::of(u, c)));
             }
         }
-        nodes
+        out
+    }
+
+    /// The online devices of a set of users, walking whichever side is smaller: the set or
+    /// the online users.
+    fn online_of(&self, users: Option<&BTreeSet<String>>) -> Vec<OnlineDevice> {
+        let Some(users) = users else {
+            return Vec::new();
+        };
+        if users.len() <= self.presence.len() {
+            self.online_devices(users.iter())
+        } else {
+            self.online_devices(self.presence.keys().filter(|u| users.contains(*u)))
+        }
     }
 
     /// The id of the newest push accepted.
@@ -1071,6 +1121,70 @@ impl Core {
         for r in resume {
             self.ack(user, device, r.stream, 0, r.seq);
         }
+        self.backlog_since(user, device, 0, now_ms)
+    }
+
+    /// Queues a login's backlog to `node`, unless the node is behind or it does not fit: then
+    /// the device is resent its whole backlog when the node drains.
+    fn login_backlog(&mut self, node: &str, user: &str, device: &str, resume: &[StreamSeq], now_ms: u64) {
+        let orders = self.backlog(user, device, resume, now_ms);
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
+        let fits = orders.len() <= n.queue.room() || n.queue.pushes() == 0;
+        match &mut n.behind {
+            None if fits => {
+                self.metrics.backlog_pushes_sent.add(orders.len() as u64);
+                n.queue.force(orders.into_iter().map(LinkMessage::Push));
+            }
+            None => {
+                let mut b = Behind::default();
+                b.logins.insert((user.to_owned(), device.to_owned()));
+                n.behind = Some(b);
+                n.queue.set_behind(true);
+                self.metrics.link_queue_full.inc();
+            }
+            Some(b) => {
+                b.logins.insert((user.to_owned(), device.to_owned()));
+            }
+        }
+    }
+
+    /// The writer of a node that was behind drained its queue to half the bound: resend every
+    /// device online there what it missed, in order per stream, and take live pushes again.
+    pub(crate) fn node_drained(&mut self, node: &str, conn: u64, now_ms: u64) {
+        let Some(behind) = self.nodes.get_mut(node).filter(|n| n.conn == conn).and_then(|n| n.behind.take())
+        else {
+            return;
+        };
+        let devices: Vec<(String, String)> = self
+            .presence
+            .iter()
+            .flat_map(|(u, cs)| {
+                cs.iter().filter(|c| c.node == node).map(move |c| (u.clone(), c.device.clone()))
+            })
+            .collect();
+        let mut orders = Vec::new();
+        for (user, device) in devices {
+            let floor = if behind.logins.contains(&(user.clone(), device.clone())) {
+                0
+            } else if let Some(from) = behind.skipped_from {
+                from - 1
+            } else {
+                continue;
+            };
+            orders.extend(self.backlog_since(&user, &device, floor, now_ms));
+        }
+        self.metrics.link_resyncs.inc();
+        self.metrics.backlog_pushes_sent.add(orders.len() as u64);
+        if let Some(n) = self.nodes.get(node) {
+            n.queue.set_behind(false);
+            n.queue.force(orders.into_iter().map(LinkMessage::Push));
+        }
+    }
+
+    /// Stored messages with a push id above `floor` owed to a device, in order per stream.
+    fn backlog_since(&self, user: &str, device: &str, floor: u64, now_ms: u64) -> Vec<PushOrder> {
         let Some(u) = self.users.get(user) else {
             return Vec::new();
         };
@@ -1091,6 +1205,7 @@ impl Core {
             let cur = self.cursors.get(&key).and_then(|m| m.get(&sid)).cloned().unwrap_or_default();
             for (&seq, m) in st.messages.range(cur.cursor.saturating_add(1)..) {
                 if m.expires_ms <= now_ms
+                    || m.push_id <= floor
                     || cur.above.binary_search(&seq).is_ok()
                     || !self.owed(user, device, &name, m)
                 {
@@ -1119,16 +1234,22 @@ impl Core {
 
     /// A node said Hello: it replaces any earlier connection of the same node id and gets a
     /// Welcome and the tables. Returns the connection's id.
-    pub(crate) fn node_hello(&mut self, hello: &Hello, tx: UnboundedSender<LinkMessage>) -> u64 {
+    pub(crate) fn node_hello(&mut self, hello: &Hello, queue: Arc<LinkQueue>) -> u64 {
         self.drop_node_presence(&hello.node_id);
         let conn = self.next_conn;
         self.next_conn += 1;
-        let _ = tx.send(LinkMessage::Welcome(Welcome { epoch: self.epoch }));
-        let _ = tx.send(LinkMessage::Tables(self.tables()));
-        self.nodes.insert(
-            hello.node_id.clone(),
-            Node { conn, tx, public_addr: hello.public_addr.clone(), stats: NodeStats::default() },
-        );
+        queue.control(LinkMessage::Welcome(Welcome { epoch: self.epoch }));
+        queue.control(LinkMessage::Tables(self.tables()));
+        let node = Node {
+            conn,
+            queue,
+            public_addr: hello.public_addr.clone(),
+            stats: NodeStats::default(),
+            behind: None,
+        };
+        if let Some(old) = self.nodes.insert(hello.node_id.clone(), node) {
+            old.queue.close();
+        }
         self.metrics.link_connects.inc();
         self.metrics.nodes.set(self.nodes.len() as u64);
         conn
@@ -1195,11 +1316,7 @@ impl Core {
                     });
                     let subs = self.subscriptions_of(&on.user);
                     self.send_to(node, LinkMessage::Subscriptions(vec![subs]));
-                    let orders = self.backlog(&on.user, &on.device, &on.resume, now_ms);
-                    self.metrics.backlog_pushes_sent.add(orders.len() as u64);
-                    for o in orders {
-                        self.send_to(node, LinkMessage::Push(o));
-                    }
+                    self.login_backlog(node, &on.user, &on.device, &on.resume, now_ms);
                 }
                 PresenceChange::Offline(off) => {
                     let mut removed = false;
@@ -1527,9 +1644,9 @@ mod tests {
         let mut c = core();
         c.issue_credential("u", "d", 60, 1_000).unwrap();
         let id = push(&mut c, TargetSpec::User("u".into()), 60);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let queue = Arc::new(LinkQueue::new(16));
         let hello = Hello { node_id: "n".into(), link_version: 1, cores: 1, public_addr: "a".into() };
-        let conn = c.node_hello(&hello, tx);
+        let conn = c.node_hello(&hello, queue.clone());
         let stream = c.stream_ids["u:u"];
         c.presence_changes(
             "n",
@@ -1543,7 +1660,7 @@ mod tests {
             1_000_001,
         );
         let mut kinds = Vec::new();
-        while let Ok(m) = rx.try_recv() {
+        for m in queue.take_all() {
             kinds.push(match m {
                 LinkMessage::Welcome(_) => "welcome",
                 LinkMessage::Tables(_) => "tables",

@@ -60,12 +60,25 @@
 //! key is a new push. Push ids stay monotonic across pruning and restarts (the last id is
 //! stored).
 //!
+//! **Link backpressure.** Each node's outbound queue holds at most
+//! [`ControlPlaneConfig::link_queue_messages`] pushes (control messages — tables, deltas,
+//! subscriptions, kicks — are always admitted: they are few and must not be lost). A push that
+//! does not fit marks the node *behind*: from then on no live push is queued to it. Stored
+//! pushes (TTL > 0) lose nothing: once the node's writer has drained the queue to half its
+//! bound, every device online on the node is resent, from its cursors, the stored messages
+//! from the first push that was not queued (a device that logged in meanwhile, or whose login
+//! backlog did not fit, gets its whole backlog), in order per stream, and live pushes are
+//! queued again. A resync is queued whole, so it may take the queue past its bound once.
+//! Fire-and-forget pushes (TTL 0) for a behind node are dropped: each online recipient there
+//! counts in the push's `dropped` and in `herald_cp_fire_and_forget_dropped_total`.
+//!
 //! **Routing**: the control plane knows each node's online devices (presence) and each user's
 //! subscriptions, and sends a push only to nodes holding at least one interested connection.
 //!
 //! # Layout
 //! `store.rs` (trait, records, redb backend), `committer.rs` (group commit), `core.rs` (state and
-//! delivery rules), `api.rs` (admin HTTP), `openapi.rs`, `link.rs` (link server), `metrics.rs`.
+//! delivery rules), `api.rs` (admin HTTP), `openapi.rs`, `link.rs` (link server), `queue.rs`
+//! (a node's bounded outbound queue), `metrics.rs`.
 
 mod api;
 mod committer;
@@ -73,6 +86,7 @@ mod core;
 mod link;
 mod metrics;
 mod openapi;
+mod queue;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -117,6 +131,8 @@ pub struct ControlPlaneConfig {
     /// How long a push record (its status, and its idempotency key) is kept after the push
     /// expired; then `GET /v1/pushes/{id}` answers 404 and the key may be used again.
     pub push_record_retention_secs: u64,
+    /// Pushes queued for one gateway node before it counts as behind (see the crate docs).
+    pub link_queue_messages: usize,
 }
 
 impl Default for ControlPlaneConfig {
@@ -132,6 +148,7 @@ impl Default for ControlPlaneConfig {
             max_credential_ttl_secs: 365 * 86_400,
             worker_threads: 2,
             push_record_retention_secs: 86_400,
+            link_queue_messages: 65_536,
         }
     }
 }

@@ -2,8 +2,10 @@
 //! `herald_protocol::link::LinkMessage`s (see that module for the conversation).
 //!
 //! Per connection a reader task decodes and applies messages to the core, and a writer task
-//! drains the node's outbound queue (filled by the core under its lock), tracking the stream
-//! offset for alignment padding and coalescing queued messages into one write.
+//! drains the node's bounded outbound [`LinkQueue`] (filled by the core under its lock),
+//! tracking the stream offset for alignment padding and coalescing queued messages into one
+//! write. When the core marked the node behind (its queue was full), the writer tells the core
+//! once the queue is down to half its bound, and the core resyncs the node.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +17,9 @@ use rkyv::util::AlignedVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
+use crate::queue::LinkQueue;
 use crate::{Shared, now_ms};
 
 /// How long a new connection has to say Hello.
@@ -106,10 +109,10 @@ async fn connection(
         return;
     }
     let node = hello.node_id.clone();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let conn = shared.fire(|core| core.node_hello(&hello, tx));
+    let queue = Arc::new(LinkQueue::new(shared.config.link_queue_messages));
+    let conn = shared.fire(|core| core.node_hello(&hello, queue.clone()));
     tracing::info!(%peer, %node, conn, "gateway node connected");
-    let writer = tokio::spawn(write_loop(wr, rx));
+    let writer = tokio::spawn(write_loop(wr, queue.clone(), shared.clone(), node.clone(), conn));
     loop {
         let msg = tokio::select! {
             m = reader.next() => m,
@@ -129,7 +132,7 @@ async fn connection(
         }
     }
     shared.fire(|core| core.node_gone(&node, conn));
-    // The core dropped its sender (or will on replacement); stop the writer either way.
+    queue.close();
     writer.abort();
     tracing::info!(%node, conn, "gateway node disconnected");
 }
@@ -152,24 +155,41 @@ fn apply(shared: &Shared, node: &str, conn: u64, msg: LinkMessage) -> bool {
     true
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<LinkMessage>) {
+/// Messages taken from the queue per write (a write also stops at `WRITE_BATCH_BYTES`).
+const WRITE_BATCH_MESSAGES: usize = 256;
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    queue: Arc<LinkQueue>,
+    shared: Arc<Shared>,
+    node: String,
+    conn: u64,
+) {
     let mut offset: u64 = 0;
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
+    let mut batch = Vec::with_capacity(WRITE_BATCH_MESSAGES);
+    while queue.pop(&mut batch, WRITE_BATCH_MESSAGES).await {
+        for msg in batch.drain(..) {
             match msg.encode(offset, &mut buf) {
                 Ok(n) => offset += n as u64,
                 Err(e) => tracing::error!(error = %e, "cannot encode a link message; dropped"),
             }
-            if buf.len() < WRITE_BATCH_BYTES {
-                next = rx.try_recv().ok();
+            if buf.len() >= WRITE_BATCH_BYTES {
+                if wr.write_all(&buf).await.is_err() {
+                    return;
+                }
+                buf.clear();
             }
         }
-        if wr.write_all(&buf).await.is_err() {
-            return;
+        if !buf.is_empty() {
+            if wr.write_all(&buf).await.is_err() {
+                return;
+            }
+            buf.clear();
         }
-        buf.clear();
+        if queue.is_behind() && queue.pushes() <= queue.capacity() / 2 {
+            shared.fire(|core| core.node_drained(&node, conn, now_ms()));
+        }
     }
     let _ = wr.shutdown().await;
 }

@@ -52,6 +52,9 @@ pub struct Metrics {
     pub messages_delivered_removed: Counter,
     pub pushes_pruned: Counter,
     pub link_connects: Counter,
+    pub link_queue_full: Counter,
+    pub link_resyncs: Counter,
+    pub fire_and_forget_dropped: Counter,
     pub nodes: Gauge,
     pub online_devices: Gauge,
     pub stored_messages: Gauge,
@@ -61,7 +64,7 @@ impl Metrics {
     /// The Prometheus exposition text.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
-        let counters: [(&str, &str, &Counter); 14] = [
+        let counters: [(&str, &str, &Counter); 17] = [
             ("herald_cp_pushes_accepted_total", "Pushes accepted (durable).", &self.pushes_accepted),
             (
                 "herald_cp_pushes_idempotent_total",
@@ -104,6 +107,21 @@ impl Metrics {
                 &self.pushes_pruned,
             ),
             ("herald_cp_link_connects_total", "Gateway node link connections accepted.", &self.link_connects),
+            (
+                "herald_cp_link_queue_full_total",
+                "Times a node's link queue was full and the node fell behind.",
+                &self.link_queue_full,
+            ),
+            (
+                "herald_cp_link_resyncs_total",
+                "Nodes resent their devices' backlogs after falling behind.",
+                &self.link_resyncs,
+            ),
+            (
+                "herald_cp_fire_and_forget_dropped_total",
+                "Online recipients of TTL-0 pushes dropped because their node was behind.",
+                &self.fire_and_forget_dropped,
+            ),
         ];
         for (name, help, c) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.get());
