@@ -100,9 +100,6 @@ pub struct ScenarioResult {
     pub scenario: String,
     pub conns: usize,
     pub rss_bytes_per_conn: Option<f64>,
-    /// hold: RSS growth per connection over the second half of the connect phase only (slope
-    /// of the memory curve), which leaves out one-time growth (rings, arenas, tables).
-    pub rss_marginal_bytes_per_conn: Option<f64>,
     /// Kernel memory (slab + TCP buffers) per server-side socket: the delta over both ends of
     /// each loopback connection, halved.
     pub kernel_bytes_per_conn: Option<f64>,
@@ -237,20 +234,8 @@ impl Session {
         let ready = r.ready.max(1) as f64;
         self.charts.mem_curve.push((r.ready as f64, (rss1 as f64 - rss0 as f64) / ready));
         let span = r.last_ok_ns.saturating_sub(r.first_start_ns);
-        // Slope from the sample nearest half the connections to the settled end.
-        let half = self
-            .charts
-            .mem_curve
-            .iter()
-            .filter(|(c, _)| *c >= r.ready as f64 / 2.0)
-            .map(|&(c, per)| (c, per * c + rss0 as f64))
-            .next();
-        let marginal = half
-            .filter(|&(c, _)| r.ready as f64 - c >= r.ready as f64 / 4.0)
-            .map(|(c, rss_half)| (rss1 as f64 - rss_half) / (r.ready as f64 - c));
         let mut res = ScenarioResult {
             scenario: "hold".into(),
-            rss_marginal_bytes_per_conn: marginal.filter(|_| rss0 > 0),
             conns: r.ready,
             rss_bytes_per_conn: (rss0 > 0).then(|| (rss1 as f64 - rss0 as f64) / ready),
             kernel_bytes_per_conn: Some(

@@ -381,22 +381,27 @@ impl Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
-        // Gateways first, then the control plane.
-        for (_, c) in self.children.iter_mut().rev() {
-            // SAFETY: signalling a child this process spawned and has not reaped yet.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for (_, c) in self.children.iter_mut().rev() {
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+        // Gateways first (they drain and tell the control plane), then the control plane, so
+        // no gateway sees its link drop during its drain.
+        let (gateways, cps): (Vec<_>, Vec<_>) =
+            self.children.iter_mut().partition(|(name, _)| name != "control-plane");
+        for group in [gateways, cps] {
+            for (_, c) in &group {
+                // SAFETY: signalling a child this process spawned and has not reaped yet.
+                unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
             }
-            if let Ok(None) = c.try_wait() {
-                let _ = c.kill();
-                let _ = c.wait();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            for (_, c) in group {
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = c.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if let Ok(None) = c.try_wait() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
             }
         }
     }
