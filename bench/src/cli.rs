@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::report::Report;
 use crate::scenario::{Knobs, ScenarioResult, Session};
 use crate::target::TargetArgs;
+use crate::wire::{Proto, Transport};
 use crate::worker::{self, WorkerConfig};
 
 #[derive(Debug, Parser)]
@@ -42,6 +43,9 @@ enum Command {
     Latency(Common),
     /// Every scenario in one run, with the raw floor.
     Suite(Common),
+    /// hold, fanout and burst over MQTT against Herald's MQTT listener and against Mosquitto
+    /// (started by the bench on loopback), one after the other, with the ratios.
+    Compare(CompareArgs),
     /// A client process holding a share of the connections (started by the bench itself).
     #[command(hide = true)]
     Worker {
@@ -53,7 +57,26 @@ enum Command {
         inflight: usize,
         #[arg(long, default_value_t = 3)]
         attempts: u32,
+        #[arg(long, value_enum, default_value_t = Proto::Herald)]
+        proto: Proto,
+        #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+        transport: Transport,
+        /// QUIC: the certificate to trust.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// QUIC: client endpoints (UDP sockets) in this worker.
+        #[arg(long, default_value_t = 8)]
+        endpoints: usize,
     },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct CompareArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The mosquitto binary.
+    #[arg(long, default_value = "mosquitto")]
+    mosquitto: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,9 +92,10 @@ enum Which {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Command::Worker { gateway, source, inflight, attempts } => {
-            worker::run(WorkerConfig { gateway, source, inflight, attempts })
+        Command::Worker { gateway, source, inflight, attempts, proto, transport, ca, endpoints } => {
+            worker::run(WorkerConfig { gateway, source, inflight, attempts, proto, transport, ca, endpoints })
         }
+        Command::Compare(c) => compare(c),
         Command::Hold(c) => run(c, &[Which::Hold]),
         Command::Storm(c) => run(c, &[Which::Storm]),
         Command::Fanout(c) => run(c, &[Which::Fanout]),
@@ -92,9 +116,20 @@ pub fn main() -> i32 {
 }
 
 fn run(c: Common, which: &[Which]) -> anyhow::Result<()> {
-    let started = crate::clock::now_ns();
     let logs = c.out.as_ref().map(|d| d.join("logs"));
-    let mut s = Session::open(&c.target, &c.knobs, logs.as_deref())?;
+    let s = Session::open(&c.target, &c.knobs, logs.as_deref())?;
+    let (report, outcome) = run_session(s, which, c.out.as_deref())?;
+    drop(report);
+    outcome
+}
+
+/// Runs `which` on an open session, prints the table, writes `out` and closes the session.
+fn run_session(
+    mut s: Session,
+    which: &[Which],
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<(Report, anyhow::Result<()>)> {
+    let started = crate::clock::now_ns();
     let mut results: Vec<ScenarioResult> = Vec::new();
     let outcome = (|| -> anyhow::Result<()> {
         for w in which {
@@ -120,14 +155,54 @@ fn run(c: Common, which: &[Which]) -> anyhow::Result<()> {
         date: crate::clock::rfc3339(started),
         herald_version: s.target.version.clone(),
         target_mode: s.target.mode.clone(),
+        protocol: format!("{}/{}", s.knobs.proto.name(), s.knobs.transport.name()),
         workers: s.pool.len(),
         scenarios: results,
     };
     print!("{}", report.table());
-    if let Some(dir) = &c.out {
+    if let Some(dir) = out {
         report.write(dir, &s.charts)?;
         println!("results: {}", dir.join("results.json").display());
     }
     s.close();
-    outcome
+    Ok((report, outcome))
+}
+
+/// `compare`: Herald's MQTT listener, then Mosquitto, each alone on the machine, the same
+/// scenarios and terminals; then the ratios next to the targets of the MQTT issue.
+fn compare(c: CompareArgs) -> anyhow::Result<()> {
+    let mut common = c.common;
+    common.knobs.proto = Proto::Mqtt;
+    common.knobs.transport = Transport::Tcp;
+    let which = [Which::Hold, Which::Fanout, Which::Burst];
+    let sub = |name: &str| common.out.as_ref().map(|d| d.join(name));
+    println!("== Herald (MQTT listener)");
+    let logs = sub("herald").map(|d| d.join("logs"));
+    let s = Session::open(&common.target, &common.knobs, logs.as_deref())?;
+    let (herald, outcome) = run_session(s, &which, sub("herald").as_deref())?;
+    outcome?;
+    println!("== Mosquitto");
+    let logs = sub("mosquitto").map(|d| d.join("logs"));
+    let target = crate::target::Target::mosquitto(&c.mosquitto, logs.as_deref(), common.target.ready_secs)?;
+    let s = Session::with_target(target, &common.knobs)?;
+    let (mosquitto, outcome) = run_session(s, &which, sub("mosquitto").as_deref())?;
+    outcome?;
+    let cmp = crate::report::Comparison::new(&herald, &mosquitto);
+    print!("{}", cmp.table());
+    if let Some(dir) = &common.out {
+        std::fs::create_dir_all(dir)?;
+        let json = serde_json::json!({
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "date": herald.date,
+            "machine": crate::procfs::machine(),
+            "versions": {"herald_bench": env!("CARGO_PKG_VERSION"), "herald": herald.herald_version, "mosquitto": mosquitto.herald_version},
+            "ratios": cmp.json(),
+            "herald": herald.json(),
+            "mosquitto": mosquitto.json(),
+        });
+        std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&json)? + "\n")?;
+        std::fs::write(dir.join("compare.md"), cmp.markdown(&json["command"].as_str().unwrap_or_default().to_string()))?;
+        println!("results: {} (section for RESULTS.md: {})", dir.join("results.json").display(), dir.join("compare.md").display());
+    }
+    Ok(())
 }

@@ -108,6 +108,7 @@ impl Pool {
         min_workers: usize,
         gateway: SocketAddrV4,
         inflight: usize,
+        worker_args: &[String],
     ) -> anyhow::Result<Pool> {
         let n = conns.div_ceil(CONNS_PER_WORKER).max(min_workers).max(1);
         let exe = std::env::current_exe().context("locating herald-bench for its workers")?;
@@ -119,6 +120,7 @@ impl Pool {
             let mut child = Command::new(&exe)
                 .args(["worker", "--gateway", &gateway.to_string(), "--source", &source_of(w).to_string()])
                 .args(["--inflight", &inflight.div_ceil(n).to_string()])
+                .args(worker_args)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())

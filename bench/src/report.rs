@@ -14,6 +14,8 @@ pub struct Report {
     pub date: String,
     pub herald_version: String,
     pub target_mode: String,
+    /// What the terminals spoke: `herald/tcp`, `mqtt/tcp`, `herald/quic`.
+    pub protocol: String,
     pub workers: usize,
     pub scenarios: Vec<ScenarioResult>,
 }
@@ -29,6 +31,7 @@ impl Report {
                 "herald": self.herald_version,
             },
             "target": self.target_mode,
+            "protocol": self.protocol,
             "workers": self.workers,
             "scenarios": self.scenarios,
         })
@@ -137,5 +140,135 @@ impl Report {
         };
         std::fs::write(dir.join("memory_per_conn.svg"), mem.render())?;
         Ok(())
+    }
+}
+
+/// `compare`: Herald's MQTT listener against a broker, scenario by scenario, with the ratios
+/// the MQTT issue sets targets for.
+#[derive(Debug)]
+pub struct Comparison {
+    pub rows: Vec<CompareRow>,
+    pub herald_target: String,
+    pub broker_target: String,
+    pub broker_version: String,
+}
+
+#[derive(Debug)]
+pub struct CompareRow {
+    pub figure: &'static str,
+    pub herald: Option<f64>,
+    pub broker: Option<f64>,
+    /// herald / broker.
+    pub ratio: Option<f64>,
+    /// The ratio the issue asks for, as text (`≤ 0.7×`), and whether it is met.
+    pub target: &'static str,
+    pub met: Option<bool>,
+}
+
+impl Comparison {
+    pub fn new(herald: &Report, broker: &Report) -> Comparison {
+        let get = |r: &Report, scenario: &str, f: fn(&ScenarioResult) -> Option<f64>| {
+            r.scenarios.iter().find(|s| s.scenario == scenario).and_then(f)
+        };
+        type Pick = fn(&ScenarioResult) -> Option<f64>;
+        // (figure, scenario, field, target text, target ratio, lower is better)
+        let specs: [(&str, &str, Pick, &str, Option<f64>, bool); 7] = [
+            ("RSS per idle connection, B", "hold", |s| s.rss_bytes_per_conn, "≤ 0.7×", Some(0.7), true),
+            ("CPU per keep-alive (PINGREQ), µs", "hold", |s| s.cpu_us_per_heartbeat, "", None, true),
+            ("connects/s (CONNECT+SUBSCRIBE)", "hold", |s| s.logins_per_s, "", None, false),
+            ("one push → all, last delivery, ms", "fanout", |s| s.last_delivery_ms, "≤ 0.5×", Some(0.5), true),
+            ("one push → all, p50, ms", "fanout", |s| s.p50_ms, "", None, true),
+            ("burst deliveries/s", "burst", |s| s.deliveries_per_s, "≥ 10×", Some(10.0), false),
+            ("burst p99, ms", "burst", |s| s.p99_ms, "", None, true),
+        ];
+        let rows = specs
+            .iter()
+            .map(|&(figure, scenario, pick, target, goal, lower)| {
+                let (h, b) = (get(herald, scenario, pick), get(broker, scenario, pick));
+                let ratio = match (h, b) {
+                    (Some(h), Some(b)) if b != 0.0 => Some(h / b),
+                    _ => None,
+                };
+                let met = goal.and_then(|g| ratio.map(|r| if lower { r <= g } else { r >= g }));
+                CompareRow { figure, herald: h, broker: b, ratio, target, met }
+            })
+            .collect();
+        Comparison {
+            rows,
+            herald_target: herald.target_mode.clone(),
+            broker_target: broker.target_mode.clone(),
+            broker_version: broker.herald_version.clone(),
+        }
+    }
+
+    fn fmt(v: Option<f64>) -> String {
+        match v {
+            None => "-".into(),
+            Some(x) if x.abs() >= 100.0 => format!("{x:.0}"),
+            Some(x) => format!("{x:.2}"),
+        }
+    }
+
+    fn met_text(m: Option<bool>) -> &'static str {
+        match m {
+            Some(true) => "met",
+            Some(false) => "not met",
+            None => "",
+        }
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = format!("== Herald MQTT vs {}\n", self.broker_version);
+        out.push_str(&format!(
+            "{:<36} {:>12} {:>12} {:>9} {:>7} {}\n",
+            "figure", "herald", "broker", "ratio", "target", ""
+        ));
+        for r in &self.rows {
+            out.push_str(&format!(
+                "{:<36} {:>12} {:>12} {:>9} {:>7} {}\n",
+                r.figure,
+                Self::fmt(r.herald),
+                Self::fmt(r.broker),
+                r.ratio.map_or("-".into(), |x| format!("{x:.2}×")),
+                r.target,
+                Self::met_text(r.met)
+            ));
+        }
+        out
+    }
+
+    pub fn json(&self) -> Value {
+        Value::Array(
+            self.rows
+                .iter()
+                .map(|r| {
+                    json!({"figure": r.figure, "herald": r.herald, "broker": r.broker, "ratio_herald_over_broker": r.ratio, "target": r.target, "met": r.met})
+                })
+                .collect(),
+        )
+    }
+
+    /// A section for bench/RESULTS.md.
+    pub fn markdown(&self, command: &str) -> String {
+        let mut out = format!(
+            "Command: `{command}`\n\nHerald: `{}`; broker: {} (`{}`).\n\n| figure | Herald (MQTT) | {} | ratio | target | met? |\n| --- | --- | --- | --- | --- | --- |\n",
+            self.herald_target, self.broker_version, self.broker_target, self.broker_version
+        );
+        for r in &self.rows {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                r.figure,
+                Self::fmt(r.herald),
+                Self::fmt(r.broker),
+                r.ratio.map_or("-".into(), |x| format!("{x:.2}×")),
+                if r.target.is_empty() { "–" } else { r.target },
+                match r.met {
+                    Some(true) => "yes",
+                    Some(false) => "no",
+                    None => "–",
+                }
+            ));
+        }
+        out
     }
 }

@@ -17,13 +17,23 @@ use crate::floor::{self, Floor};
 use crate::hist;
 use crate::pool::{Merged, Pool};
 use crate::procfs::KernelMem;
-use crate::target::{Counters, Target, TargetArgs};
-use crate::wire::{Cmd, TIMELINE_BUCKET_NS};
+use crate::mqtt;
+use crate::target::{Counters, Listeners, Target, TargetArgs};
+use crate::wire::{Cmd, Cred, Proto, TIMELINE_BUCKET_NS, Transport};
 use crate::worker::T_NS_KEY;
 
 /// Knobs shared by every scenario (each uses the ones that concern it).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Knobs {
+    /// What the terminals speak: Herald's frames or MQTT 3.1.1 (Herald's MQTT listener).
+    #[arg(long, value_enum, default_value_t = Proto::Herald)]
+    pub proto: Proto,
+    /// What carries Herald's frames: TCP or QUIC (Herald's QUIC listener).
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
+    /// QUIC: client endpoints (UDP sockets, each its own source port) per worker process.
+    #[arg(long, default_value_t = 8)]
+    pub quic_endpoints: usize,
     /// Terminal connections.
     #[arg(long, default_value_t = 1000)]
     pub conns: usize,
@@ -178,14 +188,52 @@ impl Session {
         log_dir: Option<&std::path::Path>,
     ) -> anyhow::Result<Session> {
         crate::procfs::raise_fd_limit();
-        let target = Target::open(targs, log_dir)?;
+        if knobs.proto == Proto::Mqtt && knobs.transport == Transport::Quic {
+            anyhow::bail!("--proto mqtt runs over TCP only (Herald's QUIC listener speaks Herald frames)");
+        }
+        let need = Listeners { mqtt: knobs.proto == Proto::Mqtt, quic: knobs.transport == Transport::Quic };
+        let target = Target::open(targs, log_dir, need)?;
+        Session::with_target(target, knobs)
+    }
+
+    /// A session on a target already started (Herald, or a broker for `compare`).
+    pub fn with_target(target: Target, knobs: &Knobs) -> anyhow::Result<Session> {
+        crate::procfs::raise_fd_limit();
         let n = knobs.conns;
-        let b = bar(n as u64, "provision");
         let t = Instant::now();
-        let creds = target.admin.provision(n, knobs.provision_threads, &b).context("provisioning users")?;
-        b.finish_and_clear();
+        let creds = if target.broker.is_some() {
+            // A broker without Herald's admin API: anonymous clients, nothing to provision.
+            (0..n)
+                .map(|i| Cred { user: user_name(i), device: format!("bench-d{i}"), token: String::new() })
+                .collect()
+        } else {
+            let b = bar(n as u64, "provision");
+            let creds =
+                target.admin.provision(n, knobs.provision_threads, &b).context("provisioning users")?;
+            b.finish_and_clear();
+            creds
+        };
         let provision_s = t.elapsed().as_secs_f64();
-        let mut pool = Pool::start(n, knobs.workers, target.tcp, knobs.inflight)?;
+        let (addr, mut extra) = match (knobs.proto, knobs.transport) {
+            (Proto::Mqtt, _) => (target.mqtt.context("no MQTT address")?, vec!["--proto".to_string(), "mqtt".into()]),
+            (Proto::Herald, Transport::Quic) => {
+                let ca = target.ca.as_ref().context("no certificate for QUIC")?;
+                (
+                    target.quic.context("no QUIC address")?,
+                    vec![
+                        "--transport".to_string(),
+                        "quic".into(),
+                        "--ca".into(),
+                        ca.display().to_string(),
+                        "--endpoints".into(),
+                        knobs.quic_endpoints.to_string(),
+                    ],
+                )
+            }
+            (Proto::Herald, Transport::Tcp) => (target.tcp, Vec::new()),
+        };
+        extra.shrink_to_fit();
+        let mut pool = Pool::start(n, knobs.workers, addr, knobs.inflight, &extra)?;
         pool.give_creds(&creds)?;
         // Let the gateway settle before the baseline.
         std::thread::sleep(Duration::from_millis(300));
@@ -349,12 +397,9 @@ impl Session {
         let mut got = 0;
         for r in 0..repeats {
             let b = bar(n as u64, &format!("fanout {}/{repeats}", r + 1));
+            let mut pusher = self.pusher()?;
             let t = now_ns();
-            self.target.admin.push(
-                json!({"topic": ALL_TOPIC}),
-                json!({"data": {T_NS_KEY: t.to_string()}}),
-                self.knobs.ttl_secs,
-            )?;
+            pusher.push_all(t, None)?;
             let m = self.await_deliveries(n as u64, &b)?;
             b.finish_and_clear();
             got += m.deliveries;
@@ -409,17 +454,19 @@ impl Session {
                 }
             })
         };
-        let body = "x".repeat(k.payload_bytes);
         let t_start = now_ns();
         let errors = AtomicU64::new(0);
         let next = AtomicU64::new(0);
+        let target = &self.target;
         std::thread::scope(|s| {
             for _ in 0..k.push_threads.max(1) {
                 s.spawn(|| {
+                    let Ok(mut pusher) = pusher(target, &k) else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    };
                     while next.fetch_add(1, Ordering::Relaxed) < u64::from(k.pushes) {
-                        let t = now_ns();
-                        let payload = json!({"body": body, "data": {T_NS_KEY: t.to_string()}});
-                        if self.target.admin.push(json!({"topic": ALL_TOPIC}), payload, k.ttl_secs).is_err() {
+                        if pusher.push_all(now_ns(), Some(k.payload_bytes)).is_err() {
                             errors.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -483,8 +530,17 @@ impl Session {
         Ok(res)
     }
 
+    /// How this session sends a push to every terminal: the admin API, or (for a broker) an MQTT
+    /// connection of its own.
+    fn pusher(&self) -> anyhow::Result<Pusher<'_>> {
+        pusher(&self.target, &self.knobs)
+    }
+
     /// latency: single-user pushes at `rate` per second for `latency_secs`.
     pub fn latency(&mut self) -> anyhow::Result<ScenarioResult> {
+        if self.target.broker.is_some() {
+            anyhow::bail!("latency needs Herald's admin API (not run against a broker)");
+        }
         self.ensure_connected()?;
         let n = self.conns.max(1);
         let k = self.knobs.clone();
@@ -510,7 +566,11 @@ impl Session {
                         }
                         let t = now_ns();
                         let to = json!({"user": user_name(i as usize % n)});
-                        match admin.push(to, json!({"data": {T_NS_KEY: t.to_string()}}), k.ttl_secs) {
+                        let payload = match k.proto {
+                            Proto::Herald => json!({"data": {T_NS_KEY: t.to_string()}}),
+                            Proto::Mqtt => json!({"body": mqtt::stamped_body(t, 0), "data": {T_NS_KEY: t.to_string()}}),
+                        };
+                        match admin.push(to, payload, k.ttl_secs) {
                             Ok(_) => sent.fetch_add(1, Ordering::Relaxed),
                             Err(_) => errors.fetch_add(1, Ordering::Relaxed),
                         };
@@ -617,6 +677,48 @@ impl Session {
             let _ = self.pool.broadcast(&Cmd::FloorClose);
         }
         self.pool.quit();
+    }
+}
+
+fn pusher<'a>(target: &'a Target, knobs: &Knobs) -> anyhow::Result<Pusher<'a>> {
+    match (&target.broker, target.mqtt) {
+        (Some(_), Some(addr)) => {
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let id = format!("herald-bench-pub{}", NEXT.fetch_add(1, Ordering::Relaxed));
+            Ok(Pusher::Mqtt(mqtt::Publisher::connect(addr, &id)?, u8::from(knobs.ttl_secs > 0)))
+        }
+        _ => Ok(Pusher::Admin(&target.admin, knobs.ttl_secs, knobs.proto == Proto::Mqtt)),
+    }
+}
+
+/// Sends one push to the topic every bench terminal follows.
+enum Pusher<'a> {
+    /// Herald's admin API with this TTL; `true`: the terminals speak MQTT, so the send time goes
+    /// into the body (what MQTT terminals receive) as well.
+    Admin(&'a crate::admin::Admin, u32, bool),
+    /// MQTT PUBLISH to a broker at this QoS.
+    Mqtt(mqtt::Publisher, u8),
+}
+
+impl Pusher<'_> {
+    /// A push sent at `t` whose body is `body_bytes` long (`None`: fan-out's push, no body
+    /// beyond what carries the time).
+    fn push_all(&mut self, t: u64, body_bytes: Option<usize>) -> anyhow::Result<()> {
+        match self {
+            Pusher::Admin(admin, ttl, mqtt_terminals) => {
+                let mut payload = json!({"data": {T_NS_KEY: t.to_string()}});
+                match (body_bytes, *mqtt_terminals) {
+                    (_, true) => payload["body"] = json!(mqtt::stamped_body(t, body_bytes.unwrap_or(0))),
+                    (Some(b), false) => payload["body"] = json!("x".repeat(b)),
+                    (None, false) => {}
+                }
+                admin.push(json!({"topic": ALL_TOPIC}), payload, *ttl)?;
+            }
+            Pusher::Mqtt(p, qos) => {
+                p.publish(ALL_TOPIC, mqtt::stamped_body(t, body_bytes.unwrap_or(0)).as_bytes(), *qos)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -27,6 +27,16 @@ pub struct TargetArgs {
     /// Terminal (TCP) address of a running gateway.
     #[arg(long, default_value = "127.0.0.1:7400")]
     pub tcp: SocketAddrV4,
+    /// MQTT address of a running gateway (`--proto mqtt` without --spawn).
+    #[arg(long)]
+    pub mqtt: Option<SocketAddrV4>,
+    /// QUIC (UDP) address of a running gateway (`--transport quic` without --spawn).
+    #[arg(long)]
+    pub quic: Option<SocketAddrV4>,
+    /// PEM certificate the QUIC clients trust (with --spawn: the development certificate
+    /// `herald serve` makes in its data directory).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
     /// Admin API address of a running control plane.
     #[arg(long, default_value = "127.0.0.1:7401")]
     pub admin: String,
@@ -83,10 +93,27 @@ impl Counters {
     }
 }
 
-/// A Herald to measure. Spawned processes are stopped (SIGTERM, then SIGKILL) on drop.
+/// Which listeners beside the Herald-protocol TCP one a spawned Herald needs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Listeners {
+    pub mqtt: bool,
+    pub quic: bool,
+}
+
+/// A Herald (or, for `compare`, an MQTT broker) to measure. Spawned processes are stopped
+/// (SIGTERM, then SIGKILL) on drop.
 #[derive(Debug)]
 pub struct Target {
     pub tcp: SocketAddrV4,
+    pub mqtt: Option<SocketAddrV4>,
+    pub quic: Option<SocketAddrV4>,
+    pub ca: Option<PathBuf>,
+    /// Set for a broker without Herald's admin API (`compare`): its name. Pushes are then
+    /// published over MQTT by the bench itself and nothing is provisioned.
+    pub broker: Option<String>,
+    /// Lines a spawned process must print before it counts as ready, beside the usual ones:
+    /// `(process name, line)`.
+    extra_announce: Vec<(String, String)>,
     pub admin: Admin,
     pub admin_addr: String,
     pub metrics: Vec<String>,
@@ -148,16 +175,27 @@ fn announcements(name: &str) -> &'static [&'static str] {
 }
 
 impl Target {
-    pub fn open(args: &TargetArgs, log_dir: Option<&Path>) -> anyhow::Result<Target> {
+    pub fn open(args: &TargetArgs, log_dir: Option<&Path>, need: Listeners) -> anyhow::Result<Target> {
         if args.spawn {
-            return Target::spawn(args, log_dir);
+            return Target::spawn(args, log_dir, need);
         }
         let admin = Admin::new(&args.admin, &args.admin_key);
         if !admin.healthy() {
             bail!("no healthy admin API at {} (start Herald, or use --spawn)", args.admin);
         }
+        if need.mqtt && args.mqtt.is_none() {
+            bail!("--proto mqtt against a running Herald needs --mqtt ADDR (or use --spawn)");
+        }
+        if need.quic && (args.quic.is_none() || args.ca.is_none()) {
+            bail!("--transport quic against a running Herald needs --quic ADDR and --ca CERT (or use --spawn)");
+        }
         Ok(Target {
             tcp: args.tcp,
+            mqtt: args.mqtt,
+            quic: args.quic,
+            ca: args.ca.clone(),
+            broker: None,
+            extra_announce: Vec::new(),
             admin,
             admin_addr: args.admin.clone(),
             metrics: args.metrics.clone(),
@@ -170,7 +208,74 @@ impl Target {
         })
     }
 
-    fn spawn(args: &TargetArgs, log_dir: Option<&Path>) -> anyhow::Result<Target> {
+    /// Starts Mosquitto (`bin`) on a free loopback port with a config the bench writes: no
+    /// connection limit, anonymous clients, no persistence, TCP_NODELAY like Herald.
+    pub fn mosquitto(bin: &Path, log_dir: Option<&Path>, ready_secs: u64) -> anyhow::Result<Target> {
+        let data = tempfile::Builder::new().prefix("herald-bench-mosquitto").tempdir()?;
+        let logs = match log_dir {
+            Some(d) => d.to_path_buf(),
+            None => data.path().to_path_buf(),
+        };
+        std::fs::create_dir_all(&logs)?;
+        let port = free_port()?;
+        let addr = SocketAddrV4::new([127, 0, 0, 1].into(), port);
+        let conf = data.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "# written by herald-bench compare\nlistener {port} 127.0.0.1\nmax_connections -1\n\
+                 allow_anonymous true\npersistence false\nset_tcp_nodelay true\n\
+                 log_dest stdout\nconnection_messages false\n"
+            ),
+        )?;
+        let version = Command::new(bin)
+            .arg("-h")
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout).lines().next().map(|l| l.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let log = File::create(logs.join("mosquitto.log"))?;
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} -c {}", bin.display(), conf.display()))?;
+        let mut t = Target {
+            tcp: addr,
+            mqtt: Some(addr),
+            quic: None,
+            ca: None,
+            broker: Some("mosquitto".into()),
+            extra_announce: Vec::new(),
+            admin: Admin::new("127.0.0.1:9", ""),
+            admin_addr: String::new(),
+            metrics: Vec::new(),
+            gateway_pids: vec![child.id()],
+            version,
+            mode: format!("{} -c {}", bin.display(), conf.display()),
+            children: vec![("mosquitto".into(), child)],
+            _data: Some(data),
+            log_dir: Some(logs),
+        };
+        let deadline = Instant::now() + Duration::from_secs(ready_secs);
+        loop {
+            t.check_alive().map_err(|e| anyhow::anyhow!("{e}; log:\n{}", t.log_tail("mosquitto")))?;
+            if crate::mqtt::Publisher::connect(addr, "herald-bench-probe").is_ok() {
+                return Ok(t);
+            }
+            if Instant::now() > deadline {
+                bail!("mosquitto not ready after {ready_secs} s; log:\n{}", t.log_tail("mosquitto"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn spawn(args: &TargetArgs, log_dir: Option<&Path>, need: Listeners) -> anyhow::Result<Target> {
         let bin = find_herald(args.herald.as_deref());
         let version = version_of(&bin);
         let data = tempfile::Builder::new().prefix("herald-bench-data").tempdir()?;
@@ -181,8 +286,15 @@ impl Target {
         std::fs::create_dir_all(&logs)?;
         let tcp = SocketAddrV4::new([127, 0, 0, 1].into(), free_port()?);
         let admin_addr = format!("127.0.0.1:{}", free_port()?);
+        let mqtt = need.mqtt.then(|| free_port().map(|p| SocketAddrV4::new([127, 0, 0, 1].into(), p))).transpose()?;
+        let quic = need.quic.then(|| free_port().map(|p| SocketAddrV4::new([127, 0, 0, 1].into(), p))).transpose()?;
         let mut t = Target {
             tcp,
+            mqtt,
+            quic,
+            ca: None,
+            broker: None,
+            extra_announce: Vec::new(),
             admin: Admin::new(&admin_addr, &args.admin_key),
             admin_addr: admin_addr.clone(),
             metrics: Vec::new(),
@@ -205,9 +317,20 @@ impl Target {
                 .with_context(|| format!("starting {} {}", bin.display(), argv.join(" ")))
         };
         let dir = data.path().join("store").display().to_string();
+        let mut listener_args = Vec::new();
+        if let Some(m) = mqtt {
+            listener_args.extend(["--mqtt".to_string(), m.to_string()]);
+        }
+        if let Some(q) = quic {
+            if args.nodes > 0 {
+                bail!("--transport quic with --spawn runs one `herald serve` (no --nodes)");
+            }
+            listener_args.extend(["--quic".to_string(), q.to_string()]);
+            t.ca = Some(args.ca.clone().unwrap_or_else(|| data.path().join("store").join("quic-dev-cert.pem")));
+        }
         if args.nodes == 0 {
             let metrics = format!("127.0.0.1:{}", free_port()?);
-            let argv = vec![
+            let mut argv = vec![
                 "serve".into(),
                 "--data".into(),
                 dir,
@@ -218,6 +341,8 @@ impl Target {
                 "--metrics".into(),
                 metrics.clone(),
             ];
+            argv.extend(listener_args.iter().cloned());
+            t.announce("serve", mqtt.is_some(), quic.is_some());
             t.mode = format!("herald {}", argv.join(" "));
             let child = start("serve", argv)?;
             t.gateway_pids.push(child.id());
@@ -241,7 +366,7 @@ impl Target {
             t.wait_ready(Duration::from_secs(args.ready_secs))?;
             for k in 0..args.nodes {
                 let metrics = format!("127.0.0.1:{}", free_port()?);
-                let argv = vec![
+                let mut argv = vec![
                     "gateway".into(),
                     "--control-plane".into(),
                     link.clone(),
@@ -252,7 +377,9 @@ impl Target {
                     "--node-id".into(),
                     format!("bench-gw{k}"),
                 ];
+                argv.extend(listener_args.iter().cloned());
                 let name = format!("gateway-{k}");
+                t.announce(&name, mqtt.is_some(), false);
                 let child = start(&name, argv)?;
                 t.gateway_pids.push(child.id());
                 t.children.push((name, child));
@@ -286,6 +413,8 @@ impl Target {
                     let log = self.log_text(name);
                     announcements(name)
                         .iter()
+                        .copied()
+                        .chain(self.extra_announce.iter().filter(|(n, _)| n == name).map(|(_, l)| l.as_str()))
                         .filter(|l| !log.contains(*l))
                         .map(|l| format!("{name}: {l:?}"))
                         .collect::<Vec<_>>()
@@ -317,6 +446,15 @@ impl Target {
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn announce(&mut self, name: &str, mqtt: bool, quic: bool) {
+        if mqtt {
+            self.extra_announce.push((name.into(), "herald: mqtt on tcp://".into()));
+        }
+        if quic {
+            self.extra_announce.push((name.into(), "herald: quic on udp://".into()));
         }
     }
 

@@ -3,6 +3,45 @@
 
 use serde::{Deserialize, Serialize};
 
+/// What the terminals speak.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Proto {
+    /// Herald's own frames.
+    #[default]
+    Herald,
+    /// MQTT 3.1.1 (Herald's MQTT listener, or a broker).
+    Mqtt,
+}
+
+/// What carries the terminals' bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    #[default]
+    Tcp,
+    /// QUIC (Herald frames on one bidirectional stream; Herald protocol only).
+    Quic,
+}
+
+impl Proto {
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Herald => "herald",
+            Proto::Mqtt => "mqtt",
+        }
+    }
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Quic => "quic",
+        }
+    }
+}
+
 /// One terminal identity a worker logs in with.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cred {

@@ -23,7 +23,8 @@ use rkyv::util::AlignedVec;
 
 use crate::clock::now_ns;
 use crate::hist;
-use crate::wire::{Cmd, Cred, Msg, Stats, TIMELINE_BUCKET_NS};
+use crate::mqtt::{self, Packet};
+use crate::wire::{Cmd, Cred, Msg, Proto, Stats, TIMELINE_BUCKET_NS};
 
 /// Key of the send timestamp in a push's data (ns since the epoch, decimal).
 pub const T_NS_KEY: &str = "t_ns";
@@ -37,6 +38,12 @@ pub struct WorkerConfig {
     pub inflight: usize,
     /// Attempts per connection in one `Connect` before it counts as failed.
     pub attempts: u32,
+    pub proto: Proto,
+    pub transport: crate::wire::Transport,
+    /// QUIC: the certificate to trust.
+    pub ca: Option<std::path::PathBuf>,
+    /// QUIC: client endpoints in this worker.
+    pub endpoints: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +51,8 @@ enum State {
     Idle,
     Connecting,
     LoggingIn,
+    /// MQTT: CONNACK received, SUBACK awaited.
+    Subscribing,
     Ready,
     Failed,
 }
@@ -114,6 +123,9 @@ struct Worker {
 /// Runs a worker until stdin closes or `Quit` arrives.
 pub fn run(cfg: WorkerConfig) -> anyhow::Result<()> {
     crate::procfs::raise_fd_limit();
+    if cfg.transport == crate::wire::Transport::Quic {
+        return crate::quic_worker::run(cfg);
+    }
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
@@ -240,7 +252,12 @@ impl Worker {
         match cmd {
             Cmd::Creds { creds } => {
                 self.close_all();
-                self.logins = creds
+                self.logins = match self.cfg.proto {
+                    Proto::Mqtt => creds
+                        .iter()
+                        .map(|c| Bytes::from(mqtt::connect(&c.device, &c.user, &c.token, mqtt::KEEP_ALIVE_SECS)))
+                        .collect(),
+                    Proto::Herald => creds
                     .iter()
                     .map(|c| {
                         let mut b = BytesMut::new();
@@ -249,7 +266,8 @@ impl Worker {
                             .map(|()| b.freeze())
                     })
                     .collect::<Result<_, _>>()
-                    .context("encoding a login")?;
+                    .context("encoding a login")?,
+                };
                 self.conns = creds.iter().map(|_| Conn::new(false)).collect();
                 self.creds = creds;
                 self.ready = 0;
@@ -409,6 +427,7 @@ impl Worker {
             return;
         }
         let interval_ms = match self.hb_interval_ms {
+            0 if self.cfg.proto == Proto::Mqtt => u64::from(mqtt::KEEP_ALIVE_SECS) * 500,
             0 if self.server_hb_secs > 0 => u64::from(self.server_hb_secs) * 500,
             0 => 15_000,
             ms => ms,
@@ -424,7 +443,10 @@ impl Worker {
             self.hb_slots += 1;
             if self.conns[i].state == State::Ready {
                 let nonce = (self.hb_slots & 0xff) as u8;
-                self.send(i, &[frame::T_PING, nonce]);
+                match self.cfg.proto {
+                    Proto::Herald => self.send(i, &[frame::T_PING, nonce]),
+                    Proto::Mqtt => self.send(i, &mqtt::PINGREQ),
+                }
                 self.stats.pings_sent += 1;
             }
         }
@@ -496,7 +518,7 @@ impl Worker {
             }
             match self.conns[i].state {
                 State::Connecting => self.on_connected(i, bits),
-                State::LoggingIn | State::Ready => {
+                State::LoggingIn | State::Subscribing | State::Ready => {
                     if bits & libc::EPOLLOUT != 0 {
                         self.flush(i);
                     }
@@ -571,6 +593,10 @@ impl Worker {
         let now = now_ns();
         let mut rbuf = std::mem::take(&mut self.conns[i].rbuf);
         rbuf.extend_from_slice(&self.scratch[..n as usize]);
+        if self.cfg.proto == Proto::Mqtt {
+            self.on_mqtt(i, rbuf, now);
+            return;
+        }
         let mut acks: Vec<AckRange> = Vec::new();
         loop {
             match self.decoder.decode(&mut rbuf) {
@@ -608,16 +634,8 @@ impl Worker {
             }
             Frame::Pong { .. } => self.stats.pongs += 1,
             Frame::Push(p) => {
-                self.stats.deliveries += 1;
-                if self.stats.first_recv_ns == 0 {
-                    self.stats.first_recv_ns = now;
-                }
-                self.stats.last_recv_ns = now;
-                *self.timeline.entry(now / TIMELINE_BUCKET_NS).or_insert(0) += 1;
-                match send_time_ns(&p.payload, &mut self.payload_scratch) {
-                    Some(t) => hist::record_us(&mut self.histo, now.saturating_sub(t) / 1000),
-                    None => self.stats.untimed += 1,
-                }
+                let t = send_time_ns(&p.payload, &mut self.payload_scratch);
+                self.record_delivery(now, t);
                 if p.flags.contains(PushFlags::ACK_REQUIRED) {
                     match acks.iter_mut().find(|r| r.stream == p.stream) {
                         Some(r) => r.last = r.last.max(p.seq),
@@ -636,13 +654,78 @@ impl Worker {
         }
     }
 
+    fn record_delivery(&mut self, now: u64, sent_ns: Option<u64>) {
+        self.stats.deliveries += 1;
+        if self.stats.first_recv_ns == 0 {
+            self.stats.first_recv_ns = now;
+        }
+        self.stats.last_recv_ns = now;
+        *self.timeline.entry(now / TIMELINE_BUCKET_NS).or_insert(0) += 1;
+        match sent_ns {
+            Some(t) => hist::record_us(&mut self.histo, now.saturating_sub(t) / 1000),
+            None => self.stats.untimed += 1,
+        }
+    }
+
+    /// MQTT bytes from the server: CONNACK → SUBSCRIBE, SUBACK → ready, PUBLISH → delivery (and
+    /// PUBACK at QoS 1), PINGRESP.
+    fn on_mqtt(&mut self, i: usize, mut rbuf: BytesMut, now: u64) {
+        let mut out: Vec<u8> = Vec::new();
+        let mut at = 0;
+        loop {
+            let (p, n) = match mqtt::decode(&rbuf[at..]) {
+                Ok(Some(x)) => x,
+                Ok(None) => break,
+                Err(e) => {
+                    self.end(i, format!("undecodable MQTT from the server: {e}"));
+                    return;
+                }
+            };
+            at += n;
+            let state = self.conns[i].state;
+            match p {
+                Packet::ConnAck { return_code: 0 } if state == State::LoggingIn => {
+                    self.conns[i].state = State::Subscribing;
+                    out.extend_from_slice(&mqtt::subscribe(&[crate::admin::ALL_TOPIC]));
+                }
+                Packet::ConnAck { return_code } => {
+                    self.end(i, format!("CONNACK return code {return_code}"));
+                    return;
+                }
+                Packet::SubAck { codes } if state == State::Subscribing => {
+                    if codes.iter().any(|&c| c >= 0x80) {
+                        self.end(i, format!("SUBACK refused: {codes:?}"));
+                        return;
+                    }
+                    self.conns[i].state = State::Ready;
+                    self.inflight -= 1;
+                    self.ready += 1;
+                    self.last_ok_ns = now;
+                }
+                Packet::Publish { qos, id, payload, .. } => {
+                    self.record_delivery(now, mqtt::leading_ns(payload));
+                    if qos > 0 {
+                        out.extend_from_slice(&mqtt::puback(id));
+                    }
+                }
+                Packet::PingResp => self.stats.pongs += 1,
+                _ => {}
+            }
+        }
+        let _ = rbuf.split_to(at);
+        self.conns[i].rbuf = if rbuf.is_empty() { BytesMut::new() } else { rbuf };
+        if !out.is_empty() {
+            self.send(i, &out);
+        }
+    }
+
     /// The connection ended without being asked to.
     fn end(&mut self, i: usize, why: String) {
         let state = self.conns[i].state;
         let raw = self.conns[i].raw;
         self.close_conn(i, State::Idle);
         match state {
-            State::Connecting | State::LoggingIn if !raw => {
+            State::Connecting | State::LoggingIn | State::Subscribing if !raw => {
                 self.inflight -= 1;
                 self.connect_failed(i, why);
             }
