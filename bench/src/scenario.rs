@@ -191,6 +191,9 @@ impl Session {
         if knobs.proto == Proto::Mqtt && knobs.transport == Transport::Quic {
             anyhow::bail!("--proto mqtt runs over TCP only (Herald's QUIC listener speaks Herald frames)");
         }
+        if knobs.transport == Transport::Quic && knobs.baseline == Baseline::Raw {
+            anyhow::bail!("--baseline raw is a TCP floor; not with --transport quic");
+        }
         let need = Listeners { mqtt: knobs.proto == Proto::Mqtt, quic: knobs.transport == Transport::Quic };
         let target = Target::open(targs, log_dir, need)?;
         Session::with_target(target, knobs)
@@ -329,8 +332,14 @@ impl Session {
             .iter()
             .map(|(c, n)| (crate::worker::close_label(*c).to_string(), json!(n)))
             .collect();
-        res.params = json!({"heartbeat_ms": k.heartbeat_ms, "hold_secs": k.hold_secs, "pings_sent": after.pings_sent - before.pings_sent, "provision_s": self.provision_s, "close_codes_seen": codes});
+        res.params = json!({"proto": k.proto.name(), "transport": k.transport.name(), "quic_endpoints_per_worker": (k.transport == Transport::Quic).then_some(k.quic_endpoints), "heartbeat_ms": k.heartbeat_ms, "hold_secs": k.hold_secs, "pings_sent": after.pings_sent - before.pings_sent, "provision_s": self.provision_s, "close_codes_seen": codes});
         res.notes.push("cpu_us_per_heartbeat is all gateway CPU during the hold divided by heartbeats answered (idle work included)".into());
+        if k.transport == Transport::Quic {
+            res.notes.push("QUIC: logins_per_s is handshakes (TLS 1.3 + LOGIN on a new stream) per second; kernel_bytes_per_conn is the slab delta halved as for TCP, but a QUIC connection has no socket of its own (shared UDP sockets), so it is mostly noise".into());
+        }
+        if k.proto == Proto::Mqtt {
+            res.notes.push("MQTT: logins_per_s counts CONNECT→CONNACK→SUBSCRIBE→SUBACK; heartbeats are PINGREQ/PINGRESP".into());
+        }
         Ok(res)
     }
 

@@ -157,7 +157,7 @@ pub fn run(cfg: WorkerConfig) -> anyhow::Result<()> {
     }
 }
 
-fn emit(msg: &Msg) {
+pub(crate) fn emit(msg: &Msg) {
     let line = serde_json::to_string(msg).unwrap_or_default();
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
@@ -758,7 +758,7 @@ impl Worker {
 }
 
 /// The send timestamp a push carries in its data under [`T_NS_KEY`].
-fn send_time_ns(payload: &[u8], scratch: &mut AlignedVec) -> Option<u64> {
+pub(crate) fn send_time_ns(payload: &[u8], scratch: &mut AlignedVec) -> Option<u64> {
     let p = PushPayload::access(payload, scratch).ok()?;
     p.data.iter().find(|e| e.key.as_str() == T_NS_KEY)?.value.as_str().parse().ok()
 }
