@@ -63,3 +63,32 @@ pub(crate) fn check_results(dir: &Path, conns: u64, scenarios: &[&str]) {
         assert!(s.starts_with("<svg"), "{svg}");
     }
 }
+
+/// As [`check_results`], for runs without the raw floor (`--proto mqtt`, `--transport quic`,
+/// `compare`): every scenario present with every field, all terminals connected, every push
+/// delivered.
+pub(crate) fn check_results_without_floor(dir: &Path, conns: u64, scenarios: &[&str]) {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    for k in ["command", "date", "machine", "versions", "protocol"] {
+        assert!(!v[k].is_null(), "results.json lacks {k}");
+    }
+    let list = v["scenarios"].as_array().unwrap();
+    for name in scenarios {
+        let s = list.iter().find(|s| s["scenario"] == *name).unwrap_or_else(|| panic!("no {name} in {v}"));
+        for f in FIELDS {
+            assert!(s.get(f).is_some(), "{name} lacks {f}");
+        }
+        assert_eq!(s["conns"].as_u64(), Some(conns), "{name}: {s}");
+        if let Some(e) = s["expected_deliveries"].as_u64() {
+            assert!(e > 0, "{name}: {s}");
+            assert_eq!(s["deliveries"].as_u64(), Some(e), "{name}: {s}");
+            assert!(s["p50_ms"].is_number(), "{name}: {s}");
+        }
+        if *name == "hold" {
+            assert!(s["logins_per_s"].is_number(), "{s}");
+            assert_eq!(s["connect_failures"].as_u64(), Some(0), "{s}");
+            assert!(s["heartbeats"].as_u64().unwrap_or(0) > 0, "no heartbeat answered: {s}");
+        }
+    }
+}
