@@ -128,6 +128,7 @@ pub struct PushStatus {
     pub targeted: u64,
     pub sent: u64,
     pub delivered: u64,
+    pub awaiting_ack: u64,
     pub pending_offline: u64,
     pub expired: u64,
     pub dropped: u64,
@@ -186,6 +187,10 @@ pub(crate) struct Core {
     /// `retention_ms`.
     prunes: BTreeMap<u64, Vec<u64>>,
     retention_ms: u64,
+    /// Online devices holding an unacknowledged copy of a push (queued live or as backlog),
+    /// both ways round; dropped when the device goes offline, acks, or the message leaves.
+    flight_by_device: HashMap<(String, String), BTreeSet<u64>>,
+    flight_by_push: HashMap<u64, BTreeSet<(String, String)>>,
     nodes: HashMap<String, Node>,
     presence: BTreeMap<String, Vec<Conn>>,
     next_conn: u64,
@@ -255,6 +260,8 @@ impl Core {
             expiries: BTreeMap::new(),
             prunes: BTreeMap::new(),
             retention_ms,
+            flight_by_device: HashMap::new(),
+            flight_by_push: HashMap::new(),
             nodes: HashMap::new(),
             presence: BTreeMap::new(),
             next_conn: 1,
@@ -784,6 +791,7 @@ impl Core {
                     && let Some(old) = st.collapse.insert(key.clone(), seq)
                 {
                     if let Some(m) = st.messages.remove(&old) {
+                        self.flight_by_push.remove(&m.push_id);
                         collapsed_pushes.push(m.push_id);
                     } else if let Some((&pid, _)) = self
                         .pending
@@ -906,6 +914,7 @@ impl Core {
             }
         }
         let mut dropped = 0u64;
+        let mut flown: Vec<(u32, String, String)> = Vec::new();
         for (target, (stream, seq), online) in orders {
             let mut by_node: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
             for o in online {
@@ -927,6 +936,9 @@ impl Core {
                 };
                 if n.behind.is_none() && n.queue.try_push(LinkMessage::Push(order)) {
                     self.metrics.push_orders_sent.inc();
+                    if m.ttl_secs > 0 {
+                        flown.extend(devices.into_iter().map(|(u, d)| (stream, u, d)));
+                    }
                     continue;
                 }
                 let behind = n.behind.get_or_insert_with(|| {
@@ -939,6 +951,12 @@ impl Core {
                 } else {
                     dropped += devices.len() as u64;
                 }
+            }
+        }
+        for (stream, user, device) in flown {
+            let owed = self.streams.get(&stream).is_some_and(|st| self.owed(&user, &device, &st.rec.name, m));
+            if owed {
+                self.fly(user, device, id);
             }
         }
         if dropped > 0
@@ -995,13 +1013,18 @@ impl Core {
         } else {
             ("pending", owed, 0, 0)
         };
+        let awaiting = match pending {
+            0 => 0,
+            _ => (self.flight_by_push.get(&id).map_or(0, |s| s.len() as u64)).min(pending),
+        };
         Some(PushStatus {
             push_id: id,
             state,
             targeted: p.targeted,
             sent: p.sent,
             delivered: p.delivered,
-            pending_offline: pending,
+            awaiting_ack: awaiting,
+            pending_offline: pending - awaiting,
             expired,
             dropped: p.dropped,
             collapsed,
@@ -1086,6 +1109,7 @@ impl Core {
         cur.above.retain(|&s| s > cursor);
         let mut done = Vec::new();
         for pid in newly {
+            self.land(user, device, pid);
             if let Some(p) = self.pushes.get_mut(&pid) {
                 p.delivered += 1;
                 self.ops.push(Op::Push(p.clone()));
@@ -1135,7 +1159,11 @@ impl Core {
         match &mut n.behind {
             None if fits => {
                 self.metrics.backlog_pushes_sent.add(orders.len() as u64);
+                let ids: Vec<u64> = orders.iter().map(|o| o.push_id).collect();
                 n.queue.force(orders.into_iter().map(LinkMessage::Push));
+                for id in ids {
+                    self.fly(user.to_owned(), device.to_owned(), id);
+                }
             }
             None => {
                 let mut b = Behind::default();
@@ -1177,6 +1205,11 @@ impl Core {
         }
         self.metrics.link_resyncs.inc();
         self.metrics.backlog_pushes_sent.add(orders.len() as u64);
+        for o in &orders {
+            if let Target::Device { user, device } = &o.target {
+                self.fly(user.clone(), device.clone(), o.push_id);
+            }
+        }
         if let Some(n) = self.nodes.get(node) {
             n.queue.set_behind(false);
             n.queue.force(orders.into_iter().map(LinkMessage::Push));
@@ -1274,6 +1307,7 @@ impl Core {
     }
 
     fn mark_offline(&mut self, user: &str, device: &str, pos: u64) {
+        self.ground_device(user, device);
         if let Some(d) = self.users.get_mut(user).and_then(|u| u.rec.devices.get_mut(device)) {
             d.offline_pos = pos;
             self.save_user(user);
@@ -1307,6 +1341,8 @@ impl Core {
             match ch {
                 PresenceChange::Online(on) => {
                     self.register_device(&on.user, &on.device);
+                    // A new session starts with nothing in flight; its backlog flies again.
+                    self.ground_device(&on.user, &on.device);
                     let cs = self.presence.entry(on.user.clone()).or_default();
                     cs.retain(|c| !(c.node == node && c.device == on.device));
                     cs.push(Conn {
@@ -1416,7 +1452,56 @@ impl Core {
         }
         self.conditions.remove(&m.push_id);
         self.ops.push(Op::Message(stream, seq, None));
+        self.ground_push(m.push_id);
         Some(m)
+    }
+
+    /// `device` now holds an unacknowledged copy of push `id`.
+    fn fly(&mut self, user: String, device: String, id: u64) {
+        self.flight_by_push.entry(id).or_default().insert((user.clone(), device.clone()));
+        self.flight_by_device.entry((user, device)).or_default().insert(id);
+    }
+
+    /// `device` acknowledged push `id`.
+    fn land(&mut self, user: &str, device: &str, id: u64) {
+        let key = (user.to_owned(), device.to_owned());
+        if let Some(ids) = self.flight_by_device.get_mut(&key) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.flight_by_device.remove(&key);
+            }
+        }
+        if let Some(ds) = self.flight_by_push.get_mut(&id) {
+            ds.remove(&key);
+            if ds.is_empty() {
+                self.flight_by_push.remove(&id);
+            }
+        }
+    }
+
+    /// `device` went offline (or started a new session): its copies no longer count.
+    fn ground_device(&mut self, user: &str, device: &str) {
+        let key = (user.to_owned(), device.to_owned());
+        for id in self.flight_by_device.remove(&key).unwrap_or_default() {
+            if let Some(ds) = self.flight_by_push.get_mut(&id) {
+                ds.remove(&key);
+                if ds.is_empty() {
+                    self.flight_by_push.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Push `id`'s message left (expired, collapsed, delivered, pruned).
+    fn ground_push(&mut self, id: u64) {
+        for key in self.flight_by_push.remove(&id).unwrap_or_default() {
+            if let Some(ids) = self.flight_by_device.get_mut(&key) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.flight_by_device.remove(&key);
+                }
+            }
+        }
     }
 
     /// Deletes the push records (and idempotency keys) whose retention after expiry is over.
@@ -1637,6 +1722,43 @@ mod tests {
         assert!(c.streams[&stream].messages.is_empty());
         assert!(c.take_ops().iter().any(|o| matches!(o, Op::Message(s, 1, None) if *s == stream)));
         assert_eq!(c.push_status(id, 1_000_001).unwrap().state, "delivered");
+    }
+
+    #[test]
+    fn status_splits_devices_awaiting_an_ack_from_those_pending_offline() {
+        let mut c = core();
+        c.issue_credential("u", "d1", 60, 1_000).unwrap();
+        c.issue_credential("u", "d2", 60, 1_000).unwrap();
+        let queue = Arc::new(LinkQueue::new(16));
+        let hello = Hello { node_id: "n".into(), link_version: 1, cores: 1, public_addr: "a".into() };
+        let conn = c.node_hello(&hello, queue.clone());
+        let on = |s| {
+            vec![PresenceChange::Online(Online {
+                user: "u".into(),
+                device: "d1".into(),
+                session_id: s,
+                resume: vec![],
+            })]
+        };
+        c.presence_changes("n", conn, on(1), 1_000_000);
+        let id = push(&mut c, TargetSpec::User("u".into()), 60);
+        let split = |c: &Core| {
+            let s = c.push_status(id, 1_000_001).unwrap();
+            (s.delivered, s.awaiting_ack, s.pending_offline)
+        };
+        assert_eq!(split(&c), (0, 1, 1), "d1 online when dispatched, d2 offline");
+        let off =
+            herald_protocol::link::Offline { user: "u".into(), device: "d1".into(), session_id: 1, code: 0 };
+        c.presence_changes("n", conn, vec![PresenceChange::Offline(off)], 1_000_001);
+        assert_eq!(split(&c), (0, 0, 2), "went offline before acking");
+        c.presence_changes("n", conn, on(2), 1_000_001);
+        assert_eq!(split(&c), (0, 1, 1), "its backlog is in flight again");
+        let stream = c.stream_ids["u:u"];
+        c.ack("u", "d1", stream, 0, 1);
+        assert_eq!(split(&c), (1, 0, 1));
+        assert!(c.flight_by_device.is_empty() && c.flight_by_push.is_empty());
+        let st = c.push_status(id, 1_060_000).unwrap();
+        assert_eq!((st.state, st.expired, st.awaiting_ack, st.pending_offline), ("expired", 1, 0, 0));
     }
 
     #[test]

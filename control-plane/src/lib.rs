@@ -43,11 +43,17 @@
 //! **Push status** (`GET /v1/pushes/{id}`): `targeted` = the devices the push was for when it
 //! was accepted (TTL > 0: every known device of every target user; TTL 0: the interested devices
 //! online then); `sent` / `dropped` = sums of the nodes' reports (frames queued to connections,
-//! redeliveries included; recipients skipped by backpressure); `delivered` = devices that
-//! acknowledged it; `pending_offline` = targeted devices that have not acknowledged yet while the
-//! TTL runs (offline ones waiting for their next login, and online ones whose ack is in flight);
-//! `expired` = targeted devices that never acknowledged before the TTL passed; `collapsed` =
-//! those that never got it because a newer message replaced it.
+//! redeliveries included; recipients skipped by backpressure — the gateways', and TTL-0
+//! recipients on a node that was behind); `delivered` = targeted devices that acknowledged it;
+//! while the TTL runs, every other targeted device is either `awaiting_ack` (online, with a copy
+//! queued to its node — live, as login backlog or as a resync — and no ack yet) or
+//! `pending_offline` (no copy in flight: it was not online when the push was dispatched, went
+//! offline before acknowledging, or sits on a node that is behind until the resync sends it);
+//! `expired` = targeted devices that had not acknowledged when the TTL passed (both kinds);
+//! `collapsed` = those that never got it because a newer message replaced it. So for a stored
+//! push `targeted = delivered + awaiting_ack + pending_offline + expired + collapsed`. In-flight
+//! copies are tracked in memory only: after a restart every device counts as pending_offline
+//! until its node reconnects and resends it.
 //!
 //! **Retention.** A stored message leaves memory and the store when its TTL passes (the
 //! sweeper, every 250 ms, removes every message due in one committer job, so one transaction
