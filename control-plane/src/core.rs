@@ -90,6 +90,61 @@ struct Stream {
 struct User {
     rec: UserRecord,
     effective: BTreeSet<String>,
+    /// The group and topic streams (`g:NAME`, `t:NAME`) the user is counted in: its groups and
+    /// effective topics, as last applied to the counts (`stream_devices`, `online_idx`).
+    streams: BTreeSet<String>,
+}
+
+/// The device session indexed in `online_idx` (one per device: its latest login).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OnlineState {
+    node: String,
+    session: u64,
+    /// The last push published when it logged in: live group/topic pushes above it were
+    /// counted for it (see [`Live`]).
+    login_gen: u64,
+}
+
+/// Online devices of one (stream, node), by the position they are owed messages from
+/// (`max(registered_pos, since)`): a push `p` is owed to those with a key below `p`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct NodeCount {
+    total: u64,
+    by_from: BTreeMap<u64, u64>,
+}
+
+impl NodeCount {
+    fn add(&mut self, from: u64) {
+        self.total += 1;
+        *self.by_from.entry(from).or_default() += 1;
+    }
+
+    fn remove(&mut self, from: u64) {
+        if let Some(n) = self.by_from.get_mut(&from) {
+            *n -= 1;
+            self.total -= 1;
+            if *n == 0 {
+                self.by_from.remove(&from);
+            }
+        }
+    }
+
+    /// Devices owed push `id`: everything but the (few) that subscribed or registered after
+    /// it was accepted.
+    fn owed(&self, id: u64) -> u64 {
+        self.total - self.by_from.range(id..).map(|(_, n)| n).sum::<u64>()
+    }
+}
+
+/// Copies of a stored group/topic push sent live and not yet acknowledged, as a count: set at
+/// dispatch from `online_idx` (O(nodes)), decremented when one of those devices acks it, goes
+/// offline or leaves the stream. A device counts for push `p` iff it is still online in the
+/// session it had at dispatch (`login_gen < p`), owed `p`, and its node is not in `skipped`.
+#[derive(Debug, Default)]
+struct Live {
+    count: u64,
+    /// Nodes that were behind at dispatch (no copy queued; the resync sends it per device).
+    skipped: Vec<String>,
 }
 
 /// A push accepted but not yet durable: what publishing it needs.
@@ -191,6 +246,17 @@ pub(crate) struct Core {
     /// both ways round; dropped when the device goes offline, acks, or the message leaves.
     flight_by_device: HashMap<(String, String), BTreeSet<u64>>,
     flight_by_push: HashMap<u64, BTreeSet<(String, String)>>,
+    /// Live group/topic copies in flight, per push (see [`Live`]).
+    live: HashMap<u64, Live>,
+    /// Known devices per group/topic stream: `targeted` of a group/topic push (TTL > 0).
+    stream_devices: HashMap<String, u64>,
+    /// Online devices per (group/topic stream, node): routing, TTL-0 `targeted` and the
+    /// live in-flight count of a group/topic push.
+    online_idx: HashMap<String, BTreeMap<String, NodeCount>>,
+    /// Each online device's indexed session.
+    online: HashMap<(String, String), OnlineState>,
+    /// The newest push published (publishing follows push id order).
+    last_published: u64,
     nodes: HashMap<String, Node>,
     presence: BTreeMap<String, Vec<Conn>>,
     next_conn: u64,
@@ -262,6 +328,11 @@ impl Core {
             retention_ms,
             flight_by_device: HashMap::new(),
             flight_by_push: HashMap::new(),
+            live: HashMap::new(),
+            stream_devices: HashMap::new(),
+            online_idx: HashMap::new(),
+            online: HashMap::new(),
+            last_published: 0,
             nodes: HashMap::new(),
             presence: BTreeMap::new(),
             next_conn: 1,
@@ -307,13 +378,19 @@ impl Core {
             for g in &rec.groups {
                 core.group_members.entry(g.clone()).or_default().insert(name.clone());
             }
-            let mut user = User { rec, effective: BTreeSet::new() };
+            let mut user = User { rec, effective: BTreeSet::new(), streams: BTreeSet::new() };
             user.effective = core.effective_topics(&user.rec);
             for t in &user.effective {
                 core.topic_subs.entry(t.clone()).or_default().insert(name.clone());
             }
+            user.streams = user_streams(&user.rec, &user.effective);
+            let n = user.rec.devices.len() as u64;
+            for s in &user.streams {
+                *core.stream_devices.entry(s.clone()).or_default() += n;
+            }
             core.users.insert(name, user);
         }
+        core.last_published = core.last_push_id;
         if !core.keys.values().any(|k| k.current) {
             let id = core.keys.keys().next_back().map_or(1, |id| id + 1);
             let rec = KeyRecord {
@@ -415,6 +492,9 @@ impl Core {
             return;
         }
         u.rec.devices.insert(device.to_owned(), DeviceRecord { registered_pos: pos, offline_pos: pos });
+        for s in &u.streams {
+            *self.stream_devices.entry(s.clone()).or_default() += 1;
+        }
         self.save_user(user);
     }
 
@@ -557,12 +637,28 @@ impl Core {
         })
     }
 
-    /// Recomputes a user's effective topics and subscription start positions after a change.
+    /// Recomputes a user's effective topics and subscription start positions after a change,
+    /// and moves the user's devices in the per-stream counts.
     fn refresh_user(&mut self, name: &str) {
         let Some(u) = self.users.get(name) else {
             return;
         };
         let eff = self.effective_topics(&u.rec);
+        let wanted = user_streams(&u.rec, &eff);
+        let removed: Vec<String> = u.streams.difference(&wanted).cloned().collect();
+        let added: Vec<String> = wanted.difference(&u.streams).cloned().collect();
+        let n_dev = u.rec.devices.len() as u64;
+        let online = self.online_of_user(name);
+        // Leaving streams: un-count live copies and index entries while `since` still holds.
+        for s in &removed {
+            for d in &online {
+                self.unfly_live_stream(name, d, s);
+                self.index_entry(name, d, s, false);
+            }
+            if let Some(c) = self.stream_devices.get_mut(s) {
+                *c = c.saturating_sub(n_dev);
+            }
+        }
         let pos = self.last_push_id;
         let old = self.users.get_mut(name).map(|u| std::mem::take(&mut u.effective)).unwrap_or_default();
         for t in old.difference(&eff) {
@@ -576,18 +672,141 @@ impl Core {
         let Some(u) = self.users.get_mut(name) else {
             return;
         };
-        let wanted: BTreeSet<String> = u
-            .rec
-            .groups
-            .iter()
-            .map(|g| stream_name_group(g))
-            .chain(eff.iter().map(|t| stream_name_topic(t)))
-            .collect();
         u.rec.since.retain(|k, _| wanted.contains(k));
-        for k in wanted {
-            u.rec.since.entry(k).or_insert(pos);
+        for k in &wanted {
+            u.rec.since.entry(k.clone()).or_insert(pos);
         }
         u.effective = eff;
+        u.streams = wanted;
+        for s in &added {
+            *self.stream_devices.entry(s.clone()).or_default() += n_dev;
+            for d in &online {
+                self.index_entry(name, d, s, true);
+            }
+        }
+    }
+
+    /// Devices of `user` indexed as online.
+    fn online_of_user(&self, user: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .presence
+            .get(user)
+            .map(|cs| cs.iter().map(|c| c.device.clone()).collect())
+            .unwrap_or_default();
+        out.sort();
+        out.dedup();
+        out.retain(|d| self.online.contains_key(&(user.to_owned(), d.clone())));
+        out
+    }
+
+    /// Where `device` is owed messages of stream `s` from: `max(registered_pos, since)`.
+    fn owed_from(&self, user: &str, device: &str, s: &str) -> u64 {
+        let Some(u) = self.users.get(user) else {
+            return u64::MAX;
+        };
+        let reg = u.rec.devices.get(device).map_or(u64::MAX, |d| d.registered_pos);
+        reg.max(u.rec.since.get(s).copied().unwrap_or(u64::MAX))
+    }
+
+    /// Adds (or removes) the online `device`'s entry for stream `s` in `online_idx`.
+    fn index_entry(&mut self, user: &str, device: &str, s: &str, add: bool) {
+        let Some(node) = self.online.get(&(user.to_owned(), device.to_owned())).map(|o| o.node.clone())
+        else {
+            return;
+        };
+        let from = self.owed_from(user, device, s);
+        if add {
+            self.online_idx.entry(s.to_owned()).or_default().entry(node).or_default().add(from);
+        } else if let Some(by_node) = self.online_idx.get_mut(s) {
+            if let Some(nc) = by_node.get_mut(&node) {
+                nc.remove(from);
+                if nc.total == 0 {
+                    by_node.remove(&node);
+                }
+            }
+            if by_node.is_empty() {
+                self.online_idx.remove(s);
+            }
+        }
+    }
+
+    /// Whether push `m` on group/topic stream `s` was counted live for `device` (see [`Live`]).
+    fn live_counted(&self, user: &str, device: &str, s: &str, m: &MessageRecord) -> bool {
+        let Some(on) = self.online.get(&(user.to_owned(), device.to_owned())) else {
+            return false;
+        };
+        m.push_id > on.login_gen
+            && self.live.get(&m.push_id).is_some_and(|l| !l.skipped.contains(&on.node))
+            && self.owed(user, device, s, m)
+    }
+
+    /// Un-counts the live copies of stream `s` that `device` holds and has not acknowledged.
+    /// Walks the stored messages above its cursor: the device's own backlog, not the members.
+    fn unfly_live_stream(&mut self, user: &str, device: &str, s: &str) {
+        if !(s.starts_with("g:") || s.starts_with("t:")) {
+            return;
+        }
+        let Some(st) = self.stream_ids.get(s).and_then(|id| self.streams.get(id).map(|st| (id, st))) else {
+            return;
+        };
+        let (sid, st) = st;
+        let cur = self
+            .cursors
+            .get(&(user.to_owned(), device.to_owned()))
+            .and_then(|m| m.get(sid))
+            .cloned()
+            .unwrap_or_default();
+        let ids: Vec<u64> = st
+            .messages
+            .range(cur.cursor.saturating_add(1)..)
+            .filter(|(seq, m)| cur.above.binary_search(seq).is_err() && self.live_counted(user, device, s, m))
+            .map(|(_, m)| m.push_id)
+            .collect();
+        for id in ids {
+            if let Some(l) = self.live.get_mut(&id) {
+                l.count = l.count.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Indexes `device` as online on `node` in session `session`, counted for live pushes
+    /// published from now on.
+    fn index_online(&mut self, user: &str, device: &str, node: &str, session: u64) {
+        let key = (user.to_owned(), device.to_owned());
+        self.online
+            .insert(key, OnlineState { node: node.to_owned(), session, login_gen: self.last_published });
+        let streams: Vec<String> =
+            self.users.get(user).map(|u| u.streams.iter().cloned().collect()).unwrap_or_default();
+        for s in streams {
+            self.index_entry(user, device, &s, true);
+        }
+    }
+
+    /// Removes `device`'s indexed session (if it is on `node`, and in `session` if given):
+    /// its live copies are un-counted. If the device is still present elsewhere (a second
+    /// session), that one is indexed instead.
+    fn index_offline(&mut self, user: &str, device: &str, node: &str, session: Option<u64>, fallback: bool) {
+        let key = (user.to_owned(), device.to_owned());
+        let Some(on) = self.online.get(&key) else {
+            return;
+        };
+        if on.node != node || session.is_some_and(|s| s != on.session) {
+            return;
+        }
+        let streams: Vec<String> =
+            self.users.get(user).map(|u| u.streams.iter().cloned().collect()).unwrap_or_default();
+        for s in &streams {
+            self.unfly_live_stream(user, device, s);
+            self.index_entry(user, device, s, false);
+        }
+        self.online.remove(&key);
+        if fallback
+            && let Some(c) =
+                self.presence.get(user).and_then(|cs| cs.iter().rev().find(|c| c.device == device))
+        {
+            let (n, sess) = (c.node.clone(), c.session);
+            self.index_online(user, device, &n, sess);
+        }
     }
 
     /// Sets the topics a group's members follow.
@@ -734,11 +953,28 @@ impl Core {
         };
         self.last_push_id += 1;
         let push_id = self.last_push_id;
-        let users = self.target_users(&req.target, cond.as_deref());
-        let targeted: u64 = if req.ttl_secs == 0 {
-            users.iter().map(|u| self.presence.get(u).map_or(0, |c| c.len() as u64)).sum()
-        } else {
-            users.iter().map(|u| self.users.get(u).map_or(0, |u| u.rec.devices.len() as u64)).sum()
+        let targeted: u64 = match &req.target {
+            // From the maintained counts: independent of the number of members.
+            TargetSpec::Group(_) | TargetSpec::Topic(_) => {
+                let s = match &req.target {
+                    TargetSpec::Group(g) => stream_name_group(g),
+                    TargetSpec::Topic(t) => stream_name_topic(t),
+                    _ => unreachable!(),
+                };
+                if req.ttl_secs == 0 {
+                    self.online_idx.get(&s).map_or(0, |by_node| by_node.values().map(|c| c.total).sum())
+                } else {
+                    self.stream_devices.get(&s).copied().unwrap_or(0)
+                }
+            }
+            _ => {
+                let users = self.target_users(&req.target, cond.as_deref());
+                if req.ttl_secs == 0 {
+                    users.iter().map(|u| self.presence.get(u).map_or(0, |c| c.len() as u64)).sum()
+                } else {
+                    users.iter().map(|u| self.users.get(u).map_or(0, |u| u.rec.devices.len() as u64)).sum()
+                }
+            }
         };
         let stream_names: Vec<String> = match &req.target {
             TargetSpec::User(u) => vec![stream_name_user(u)],
@@ -792,6 +1028,7 @@ impl Core {
                 {
                     if let Some(m) = st.messages.remove(&old) {
                         self.flight_by_push.remove(&m.push_id);
+                        self.live.remove(&m.push_id);
                         collapsed_pushes.push(m.push_id);
                     } else if let Some((&pid, _)) = self
                         .pending
@@ -852,6 +1089,7 @@ impl Core {
             let Some(pending) = self.pending.remove(&id) else {
                 continue;
             };
+            self.last_published = self.last_published.max(id);
             let Some(p) = self.pushes.get(&id) else {
                 continue;
             };
@@ -888,12 +1126,10 @@ impl Core {
                 }
             }
             TargetSpec::Group(g) => {
-                let online = self.online_of(self.group_members.get(g));
-                orders.push((Target::Group(g.clone()), msgs[0], online));
+                return self.dispatch_stream(id, Target::Group(g.clone()), &stream_name_group(g), msgs[0], m);
             }
             TargetSpec::Topic(t) => {
-                let online = self.online_of(self.topic_subs.get(t));
-                orders.push((Target::Topic(t.clone()), msgs[0], online));
+                return self.dispatch_stream(id, Target::Topic(t.clone()), &stream_name_topic(t), msgs[0], m);
             }
             TargetSpec::Condition(text) => {
                 let cond = match self.conditions.get(&id) {
@@ -968,6 +1204,62 @@ impl Core {
         }
     }
 
+    /// Sends a group/topic push to every node holding an interested online device, from the
+    /// per-(stream, node) counts: O(nodes), whatever the number of members. A stored push
+    /// records how many owed devices got a live copy ([`Live`]).
+    fn dispatch_stream(&mut self, id: u64, target: Target, sname: &str, pos: (u32, u32), m: &MessageRecord) {
+        let (stream, seq) = pos;
+        let mut live = Live::default();
+        let mut dropped = 0u64;
+        let empty = BTreeMap::new();
+        let by_node = self.online_idx.get(sname).unwrap_or(&empty);
+        for (node, nc) in by_node {
+            if nc.total == 0 {
+                continue;
+            }
+            let Some(n) = self.nodes.get_mut(node) else {
+                continue;
+            };
+            let order = PushOrder {
+                push_id: id,
+                target: target.clone(),
+                stream,
+                seq,
+                flags: m.flags,
+                ttl_secs: m.ttl_secs,
+                payload: m.payload.clone(),
+                origin: None,
+            };
+            if n.behind.is_none() && n.queue.try_push(LinkMessage::Push(order)) {
+                self.metrics.push_orders_sent.inc();
+                live.count += nc.owed(id);
+                continue;
+            }
+            let behind = n.behind.get_or_insert_with(|| {
+                n.queue.set_behind(true);
+                self.metrics.link_queue_full.inc();
+                Behind::default()
+            });
+            if m.ttl_secs > 0 {
+                behind.skipped_from.get_or_insert(id);
+                live.skipped.push(node.clone());
+            } else {
+                dropped += nc.total;
+            }
+        }
+        let stored = self.streams.get(&stream).is_some_and(|st| st.messages.contains_key(&seq));
+        if m.ttl_secs > 0 && stored {
+            self.live.insert(id, live);
+        }
+        if dropped > 0
+            && let Some(p) = self.pushes.get_mut(&id)
+        {
+            p.dropped += dropped;
+            self.ops.push(Op::Push(p.clone()));
+            self.metrics.fire_and_forget_dropped.add(dropped);
+        }
+    }
+
     /// The online devices of `users`: (user, device, node).
     fn online_devices<'a>(&self, users: impl Iterator<Item = &'a String>) -> Vec<OnlineDevice> {
         let mut out = Vec::new();
@@ -977,19 +1269,6 @@ impl Core {
             }
         }
         out
-    }
-
-    /// The online devices of a set of users, walking whichever side is smaller: the set or
-    /// the online users.
-    fn online_of(&self, users: Option<&BTreeSet<String>>) -> Vec<OnlineDevice> {
-        let Some(users) = users else {
-            return Vec::new();
-        };
-        if users.len() <= self.presence.len() {
-            self.online_devices(users.iter())
-        } else {
-            self.online_devices(self.presence.keys().filter(|u| users.contains(*u)))
-        }
     }
 
     /// The id of the newest push accepted.
@@ -1015,7 +1294,9 @@ impl Core {
         };
         let awaiting = match pending {
             0 => 0,
-            _ => (self.flight_by_push.get(&id).map_or(0, |s| s.len() as u64)).min(pending),
+            _ => (self.flight_by_push.get(&id).map_or(0, |s| s.len() as u64)
+                + self.live.get(&id).map_or(0, |l| l.count))
+            .min(pending),
         };
         Some(PushStatus {
             push_id: id,
@@ -1075,7 +1356,7 @@ impl Core {
         if lo <= last {
             for (&seq, m) in st.messages.range(lo..=last) {
                 if cur.above.binary_search(&seq).is_err() && self.owed(user, device, name, m) {
-                    newly.push(m.push_id);
+                    newly.push((m.push_id, seq));
                     if first != 0 {
                         let at = cur.above.partition_point(|&s| s < seq);
                         cur.above.insert(at, seq);
@@ -1108,8 +1389,20 @@ impl Core {
         let cursor = cur.cursor;
         cur.above.retain(|&s| s > cursor);
         let mut done = Vec::new();
-        for pid in newly {
-            self.land(user, device, pid);
+        let name = name.to_owned();
+        for &(pid, seq) in &newly {
+            if !self.land(user, device, pid)
+                && self
+                    .streams
+                    .get(&stream)
+                    .and_then(|st| st.messages.get(&seq))
+                    .is_some_and(|m| self.live_counted(user, device, &name, m))
+                && let Some(l) = self.live.get_mut(&pid)
+            {
+                l.count = l.count.saturating_sub(1);
+            }
+        }
+        for (pid, _) in newly {
             if let Some(p) = self.pushes.get_mut(&pid) {
                 p.delivered += 1;
                 self.ops.push(Op::Push(p.clone()));
@@ -1302,6 +1595,7 @@ impl Core {
         }
         self.presence.retain(|_, cs| !cs.is_empty());
         for (u, d) in gone {
+            self.index_offline(&u, &d, node, None, true);
             self.mark_offline(&u, &d, pos);
         }
     }
@@ -1342,6 +1636,9 @@ impl Core {
                 PresenceChange::Online(on) => {
                     self.register_device(&on.user, &on.device);
                     // A new session starts with nothing in flight; its backlog flies again.
+                    if let Some(prev) = self.online.get(&(on.user.clone(), on.device.clone())).cloned() {
+                        self.index_offline(&on.user, &on.device, &prev.node, None, false);
+                    }
                     self.ground_device(&on.user, &on.device);
                     let cs = self.presence.entry(on.user.clone()).or_default();
                     cs.retain(|c| !(c.node == node && c.device == on.device));
@@ -1350,6 +1647,7 @@ impl Core {
                         node: node.to_owned(),
                         session: on.session_id,
                     });
+                    self.index_online(&on.user, &on.device, node, on.session_id);
                     let subs = self.subscriptions_of(&on.user);
                     self.send_to(node, LinkMessage::Subscriptions(vec![subs]));
                     self.login_backlog(node, &on.user, &on.device, &on.resume, now_ms);
@@ -1367,6 +1665,7 @@ impl Core {
                         }
                     }
                     if removed {
+                        self.index_offline(&off.user, &off.device, node, Some(off.session_id), true);
                         let pos = self.last_push_id;
                         self.mark_offline(&off.user, &off.device, pos);
                     }
@@ -1462,11 +1761,12 @@ impl Core {
         self.flight_by_device.entry((user, device)).or_default().insert(id);
     }
 
-    /// `device` acknowledged push `id`.
-    fn land(&mut self, user: &str, device: &str, id: u64) {
+    /// `device` acknowledged push `id`; whether it held a per-device copy.
+    fn land(&mut self, user: &str, device: &str, id: u64) -> bool {
         let key = (user.to_owned(), device.to_owned());
+        let mut held = false;
         if let Some(ids) = self.flight_by_device.get_mut(&key) {
-            ids.remove(&id);
+            held = ids.remove(&id);
             if ids.is_empty() {
                 self.flight_by_device.remove(&key);
             }
@@ -1477,6 +1777,7 @@ impl Core {
                 self.flight_by_push.remove(&id);
             }
         }
+        held
     }
 
     /// `device` went offline (or started a new session): its copies no longer count.
@@ -1494,6 +1795,7 @@ impl Core {
 
     /// Push `id`'s message left (expired, collapsed, delivered, pruned).
     fn ground_push(&mut self, id: u64) {
+        self.live.remove(&id);
         for key in self.flight_by_push.remove(&id).unwrap_or_default() {
             if let Some(ids) = self.flight_by_device.get_mut(&key) {
                 ids.remove(&id);
@@ -1558,6 +1860,15 @@ fn revocation_entry(user: &str, r: &RevocationRecord) -> RevocationEntry {
         all_before: r.all_before,
         devices: r.devices.iter().map(|(d, &t)| (d.clone(), t)).collect(),
     }
+}
+
+/// The group and topic streams a user is counted in.
+fn user_streams(rec: &UserRecord, effective: &BTreeSet<String>) -> BTreeSet<String> {
+    rec.groups
+        .iter()
+        .map(|g| stream_name_group(g))
+        .chain(effective.iter().map(|t| stream_name_topic(t)))
+        .collect()
 }
 
 fn dedup(mut v: Vec<String>) -> Vec<String> {
