@@ -646,14 +646,43 @@ impl Core {
         let eff = self.effective_topics(&u.rec);
         let wanted = user_streams(&u.rec, &eff);
         let removed: Vec<String> = u.streams.difference(&wanted).cloned().collect();
-        let added: Vec<String> = wanted.difference(&u.streams).cloned().collect();
+        let mut added: Vec<String> = wanted.difference(&u.streams).cloned().collect();
+        // Kept streams whose start position is missing (a record from before `since` was
+        // kept for it) get one now: re-index them around the change.
+        let unstarted: Vec<String> =
+            u.streams.intersection(&wanted).filter(|s| !u.rec.since.contains_key(*s)).cloned().collect();
         let n_dev = u.rec.devices.len() as u64;
         let online = self.online_of_user(name);
+        for s in &unstarted {
+            for d in &online {
+                self.index_entry(name, d, s, false);
+            }
+        }
         // Leaving streams: un-count live copies and index entries while `since` still holds.
         for s in &removed {
+            let sid = self.stream_ids.get(s).copied();
             for d in &online {
                 self.unfly_live_stream(name, d, s);
                 self.index_entry(name, d, s, false);
+                // Its backlog copies of the stream will not be acknowledged either.
+                let key = (name.to_owned(), d.clone());
+                let held: Vec<u64> = self
+                    .flight_by_device
+                    .get(&key)
+                    .map(|ids| {
+                        ids.iter()
+                            .copied()
+                            .filter(|id| {
+                                self.pushes
+                                    .get(id)
+                                    .is_some_and(|p| p.messages.iter().any(|m| Some(m.0) == sid))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for id in held {
+                    self.land(name, d, id);
+                }
             }
             if let Some(c) = self.stream_devices.get_mut(s) {
                 *c = c.saturating_sub(n_dev);
@@ -680,6 +709,9 @@ impl Core {
         u.streams = wanted;
         for s in &added {
             *self.stream_devices.entry(s.clone()).or_default() += n_dev;
+        }
+        added.extend(unstarted);
+        for s in &added {
             for d in &online {
                 self.index_entry(name, d, s, true);
             }
@@ -2107,5 +2139,296 @@ mod tests {
         assert_eq!(c.user_view("u").unwrap().presence.len(), 1);
         c.node_gone("n", conn);
         assert!(c.user_view("u").unwrap().presence.is_empty());
+    }
+
+    /// Brute-force recomputation of the maintained counts from the tables and presence.
+    fn check_counts(c: &Core) {
+        let mut devices: BTreeMap<String, u64> = BTreeMap::new();
+        for (g, members) in &c.group_members {
+            for m in members {
+                *devices.entry(stream_name_group(g)).or_default() += c.users[m].rec.devices.len() as u64;
+            }
+        }
+        for (t, subs) in &c.topic_subs {
+            for m in subs {
+                *devices.entry(stream_name_topic(t)).or_default() += c.users[m].rec.devices.len() as u64;
+            }
+        }
+        devices.retain(|_, n| *n > 0);
+        let have: BTreeMap<String, u64> =
+            c.stream_devices.iter().filter(|(_, n)| **n > 0).map(|(k, n)| (k.clone(), *n)).collect();
+        assert_eq!(have, devices, "devices per group/topic stream");
+        // Online index: each present device on the node of its latest connection.
+        let mut idx: BTreeMap<String, BTreeMap<String, NodeCount>> = BTreeMap::new();
+        for (u, cs) in &c.presence {
+            let mut latest: BTreeMap<&str, &Conn> = BTreeMap::new();
+            for conn in cs {
+                latest.insert(&conn.device, conn);
+            }
+            let user = &c.users[u];
+            let streams = user_streams(&user.rec, &user.effective);
+            for (d, conn) in latest {
+                let reg = user.rec.devices[d].registered_pos;
+                for s in &streams {
+                    let from = reg.max(user.rec.since[s]);
+                    idx.entry(s.clone()).or_default().entry(conn.node.clone()).or_default().add(from);
+                }
+                let on = &c.online[&(u.clone(), d.to_owned())];
+                assert_eq!((on.node.as_str(), on.session), (conn.node.as_str(), conn.session));
+            }
+        }
+        let online_n: usize = c
+            .presence
+            .values()
+            .map(|cs| cs.iter().map(|c| c.device.as_str()).collect::<BTreeSet<_>>().len())
+            .sum();
+        assert_eq!(c.online.len(), online_n, "one indexed session per present device");
+        let mine: BTreeMap<String, BTreeMap<String, NodeCount>> =
+            c.online_idx.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        assert_eq!(mine, idx, "online devices per (stream, node)");
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+        fn subset(&mut self, prefix: &str, n: usize) -> Vec<String> {
+            (0..n).filter(|_| self.below(2) == 0).map(|i| format!("{prefix}{i}")).collect()
+        }
+    }
+
+    /// Random group changes, logins, logouts, acks, node disconnects and restarts; after every
+    /// step the maintained counts equal a brute-force recomputation, `targeted` of each new
+    /// group/topic push equals the members' devices (TTL 0: their online devices), the push
+    /// reaches exactly the nodes holding an interested device, and `awaiting_ack` equals a
+    /// per-device model of the copies in flight (the bookkeeping this replaced).
+    #[test]
+    fn group_and_topic_counts_match_a_brute_force_recomputation() {
+        const NODES: usize = 3;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::RedbStore::open(dir.path()).unwrap();
+        let load = |store: &crate::store::RedbStore| {
+            use crate::store::Store as _;
+            Core::load(store.load().unwrap(), Arc::new(Metrics::default()), 1, 1_000, [1; 32], 60_000)
+        };
+        let commit = |c: &mut Core, store: &crate::store::RedbStore| {
+            use crate::store::Store as _;
+            store.commit(&c.take_ops()).unwrap();
+        };
+        let mut c = load(&store);
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut conns: BTreeMap<String, (u64, Arc<LinkQueue>)> = BTreeMap::new();
+        let hello = |c: &mut Core, conns: &mut BTreeMap<String, (u64, Arc<LinkQueue>)>, n: usize| {
+            let q = Arc::new(LinkQueue::new(1 << 20));
+            let h = Hello { node_id: format!("n{n}"), link_version: 1, cores: 1, public_addr: "a".into() };
+            let conn = c.node_hello(&h, q.clone());
+            conns.insert(format!("n{n}"), (conn, q));
+        };
+        for n in 0..NODES {
+            hello(&mut c, &mut conns, n);
+        }
+        // Model: per stored group/topic push, the devices holding an unacknowledged copy.
+        let mut flights: BTreeMap<u64, BTreeSet<(String, String)>> = BTreeMap::new();
+        let mut sessions: BTreeMap<(String, String), (String, u64)> = BTreeMap::new();
+        let mut next_session = 1u64;
+        let now = 1_000_000u64;
+        let mut pushes_checked = 0;
+        for step in 0..3_000 {
+            let u = format!("u{}", rng.below(6));
+            let d = format!("d{}", rng.below(2));
+            let key = (u.clone(), d.clone());
+            match rng.below(14) {
+                0 => {
+                    c.issue_credential(&u, &d, 60, 1_000).unwrap();
+                }
+                1 => {
+                    let gs = rng.subset("g", 3);
+                    c.set_user(&u, Some(gs), None);
+                }
+                2 => {
+                    let ts = rng.subset("t", 3);
+                    c.set_user(&u, None, Some(ts));
+                }
+                3 => {
+                    let g = format!("g{}", rng.below(3));
+                    let ts = rng.subset("t", 3);
+                    c.set_group(&g, ts);
+                }
+                4 | 5 if !sessions.contains_key(&key) => {
+                    let node = format!("n{}", rng.below(NODES));
+                    if !conns.contains_key(&node) {
+                        continue;
+                    }
+                    let on = Online {
+                        user: u.clone(),
+                        device: d.clone(),
+                        session_id: next_session,
+                        resume: vec![],
+                    };
+                    c.presence_changes(&node, conns[&node].0, vec![PresenceChange::Online(on)], now);
+                    for ids in flights.values_mut() {
+                        ids.remove(&key);
+                    }
+                    for m in conns[&node].1.take_all() {
+                        if let LinkMessage::Push(o) = m
+                            && matches!(&o.target, Target::Device { user, device } if *user == u && *device == d)
+                            && flights.contains_key(&o.push_id)
+                        {
+                            flights.get_mut(&o.push_id).unwrap().insert(key.clone());
+                        }
+                    }
+                    sessions.insert(key.clone(), (node, next_session));
+                    next_session += 1;
+                }
+                6 if sessions.contains_key(&key) => {
+                    let (node, session) = sessions.remove(&key).unwrap();
+                    let off = herald_protocol::link::Offline {
+                        user: u.clone(),
+                        device: d.clone(),
+                        session_id: session,
+                        code: 0,
+                    };
+                    c.presence_changes(&node, conns[&node].0, vec![PresenceChange::Offline(off)], now);
+                    for ids in flights.values_mut() {
+                        ids.remove(&key);
+                    }
+                }
+                7 | 8 if sessions.contains_key(&key) => {
+                    let streams: Vec<String> = c.users[&u].streams.iter().cloned().collect();
+                    if streams.is_empty() {
+                        continue;
+                    }
+                    let s = &streams[rng.below(streams.len())];
+                    let sid = c.stream_ids.get(s).copied();
+                    let Some(sid) = sid else { continue };
+                    let published = c.streams[&sid].published;
+                    let last = rng.below(published as usize + 1) as u32;
+                    c.ack(&u, &d, sid, 0, last);
+                    for (&pid, ids) in flights.iter_mut() {
+                        let (psid, pseq) = c.pushes[&pid].messages[0];
+                        if psid == sid && pseq <= last {
+                            ids.remove(&key);
+                        }
+                    }
+                }
+                9..=11 => {
+                    let ttl = if rng.below(5) == 0 { 0 } else { 3600 };
+                    let (target, members) = if rng.below(2) == 0 {
+                        let g = format!("g{}", rng.below(3));
+                        (TargetSpec::Group(g.clone()), c.group_members.get(&g).cloned().unwrap_or_default())
+                    } else {
+                        let t = format!("t{}", rng.below(3));
+                        (TargetSpec::Topic(t.clone()), c.topic_subs.get(&t).cloned().unwrap_or_default())
+                    };
+                    let want_targeted: u64 = if ttl == 0 {
+                        members
+                            .iter()
+                            .map(|m| {
+                                c.presence.get(m).map_or(0, |cs| {
+                                    cs.iter().map(|c| &c.device).collect::<BTreeSet<_>>().len() as u64
+                                })
+                            })
+                            .sum()
+                    } else {
+                        members.iter().map(|m| c.users[m].rec.devices.len() as u64).sum()
+                    };
+                    let want_nodes: BTreeSet<String> = members
+                        .iter()
+                        .flat_map(|m| c.presence.get(m).into_iter().flatten().map(|cn| cn.node.clone()))
+                        .collect();
+                    let id = push(&mut c, target, ttl);
+                    assert_eq!(c.pushes[&id].targeted, want_targeted, "targeted of push {id} at step {step}");
+                    let mut got_nodes = BTreeSet::new();
+                    for (node, (_, q)) in &conns {
+                        for m in q.take_all() {
+                            if matches!(&m, LinkMessage::Push(o) if o.push_id == id) {
+                                got_nodes.insert(node.clone());
+                            }
+                        }
+                    }
+                    assert_eq!(got_nodes, want_nodes, "routing of push {id}");
+                    if ttl > 0 {
+                        let (sid, seq) = c.pushes[&id].messages[0];
+                        let name = c.streams[&sid].rec.name.clone();
+                        let m = c.streams[&sid].messages[&seq].clone();
+                        let inflight: BTreeSet<(String, String)> =
+                            sessions.keys().filter(|(u, d)| c.owed(u, d, &name, &m)).cloned().collect();
+                        flights.insert(id, inflight);
+                    }
+                }
+                12 => {
+                    let n = rng.below(NODES);
+                    let node = format!("n{n}");
+                    if let Some((conn, _)) = conns.remove(&node) {
+                        c.node_gone(&node, conn);
+                    }
+                    sessions.retain(|k, (sn, _)| {
+                        let gone = *sn == node;
+                        if gone {
+                            for ids in flights.values_mut() {
+                                ids.remove(k);
+                            }
+                        }
+                        !gone
+                    });
+                    if rng.below(2) == 0 {
+                        hello(&mut c, &mut conns, n);
+                    }
+                }
+                13 if rng.below(10) == 0 => {
+                    commit(&mut c, &store);
+                    c = load(&store);
+                    conns.clear();
+                    sessions.clear();
+                    flights.values_mut().for_each(BTreeSet::clear);
+                    for n in 0..NODES {
+                        hello(&mut c, &mut conns, n);
+                    }
+                }
+                _ => {}
+            }
+            for n in 0..NODES {
+                if !conns.contains_key(&format!("n{n}")) && rng.below(20) == 0 {
+                    hello(&mut c, &mut conns, n);
+                }
+            }
+            for (_, q) in conns.values() {
+                q.take_all();
+            }
+            // Unsubscribed devices are no longer owed: they hold no copy that counts.
+            flights.retain(|id, _| {
+                c.pushes.get(id).is_some_and(|p| {
+                    c.streams
+                        .get(&p.messages[0].0)
+                        .is_some_and(|st| st.messages.contains_key(&p.messages[0].1))
+                })
+            });
+            for (&id, ids) in flights.iter_mut() {
+                let (sid, seq) = c.pushes[&id].messages[0];
+                let name = c.streams[&sid].rec.name.clone();
+                let m = c.streams[&sid].messages[&seq].clone();
+                ids.retain(|(u, d)| c.owed(u, d, &name, &m));
+            }
+            check_counts(&c);
+            for (&id, ids) in &flights {
+                let st = c.push_status(id, now).unwrap();
+                assert_eq!(
+                    st.targeted,
+                    st.delivered + st.awaiting_ack + st.pending_offline + st.expired + st.collapsed
+                );
+                let pending = st.targeted - st.delivered;
+                assert_eq!(
+                    st.awaiting_ack,
+                    (ids.len() as u64).min(pending),
+                    "awaiting_ack of {id} at step {step}"
+                );
+                pushes_checked += 1;
+            }
+        }
+        assert!(pushes_checked > 1_000, "{pushes_checked}");
     }
 }
