@@ -2431,4 +2431,63 @@ mod tests {
         }
         assert!(pushes_checked > 1_000, "{pushes_checked}");
     }
+
+    #[test]
+    fn a_device_with_two_sessions_is_indexed_once_and_falls_back_to_the_remaining_one() {
+        let mut c = core();
+        c.issue_credential("u", "d", 60, 1_000).unwrap();
+        c.set_user("u", Some(vec!["g".into()]), None);
+        let mut conns = Vec::new();
+        for n in ["n0", "n1"] {
+            let q = Arc::new(LinkQueue::new(1 << 10));
+            let h = Hello { node_id: n.into(), link_version: 1, cores: 1, public_addr: "a".into() };
+            conns.push((n, c.node_hello(&h, q.clone()), q));
+        }
+        let on = |s| {
+            vec![PresenceChange::Online(Online {
+                user: "u".into(),
+                device: "d".into(),
+                session_id: s,
+                resume: vec![],
+            })]
+        };
+        let off = |s| {
+            vec![PresenceChange::Offline(herald_protocol::link::Offline {
+                user: "u".into(),
+                device: "d".into(),
+                session_id: s,
+                code: 0,
+            })]
+        };
+        c.presence_changes("n0", conns[0].1, on(1), 1_000_000);
+        let first = push(&mut c, TargetSpec::Group("g".into()), 60);
+        assert_eq!(c.push_status(first, 1_000_001).unwrap().awaiting_ack, 1);
+        // A second session on n1 before n0 reported the first one gone: indexed on n1 only.
+        c.presence_changes("n1", conns[1].1, on(2), 1_000_000);
+        check_counts(&c);
+        let st = c.push_status(first, 1_000_001).unwrap();
+        assert_eq!((st.awaiting_ack, st.pending_offline), (1, 0), "its backlog flies on the new session");
+        c.presence_changes("n0", conns[0].1, off(1), 1_000_000);
+        check_counts(&c);
+        assert_eq!(c.online[&("u".into(), "d".into())].node, "n1");
+        let second = push(&mut c, TargetSpec::Group("g".into()), 60);
+        assert_eq!(c.push_status(second, 1_000_001).unwrap().awaiting_ack, 1);
+        // n1 disconnects: nothing online, both pushes pending offline.
+        c.node_gone("n1", conns[1].1);
+        check_counts(&c);
+        for id in [first, second] {
+            let st = c.push_status(id, 1_000_001).unwrap();
+            assert_eq!((st.awaiting_ack, st.pending_offline), (0, 1));
+        }
+        assert!(c.online.is_empty() && c.online_idx.is_empty());
+        // Leaving the group while online stops the live copy from counting.
+        c.presence_changes("n0", conns[0].1, on(3), 1_000_000);
+        let third = push(&mut c, TargetSpec::Group("g".into()), 60);
+        assert_eq!(c.push_status(third, 1_000_001).unwrap().awaiting_ack, 1);
+        c.set_user("u", Some(vec![]), None);
+        check_counts(&c);
+        let st = c.push_status(third, 1_000_001).unwrap();
+        assert_eq!((st.targeted, st.awaiting_ack, st.pending_offline), (1, 0, 1));
+        assert_eq!(c.live[&third].count, 0);
+    }
 }
