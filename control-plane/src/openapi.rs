@@ -163,7 +163,7 @@ fn paths_and_components() -> Value {
                     "sent": { "type": "integer", "description": "Frames the gateways queued to connections, redeliveries included" },
                     "delivered": { "type": "integer", "description": "Targeted devices that acknowledged the push" },
                     "awaiting_ack": { "type": "integer", "description": "While the TTL runs: targeted devices that are online and hold a copy (sent live, as login backlog or as a resync) but have not acknowledged yet" },
-                    "pending_offline": { "type": "integer", "description": "While the TTL runs: targeted devices with no copy in flight: not online when the push was dispatched, went offline before acknowledging, or on a gateway node that fell behind until it is resynced. They receive it at their next login." },
+                    "pending_offline": { "type": "integer", "description": "While the TTL runs: targeted devices with no copy in flight: not online when the push was dispatched, went offline before acknowledging, or on a gateway node that fell behind until it is resynced (they receive it at their next login); also devices whose user left the group or topic before acknowledging (no longer owed it)." },
                     "expired": { "type": "integer", "description": "Targeted devices that had not acknowledged when the TTL passed" },
                     "dropped": { "type": "integer", "description": "Recipients skipped by backpressure: by the gateways, and TTL-0 recipients on a node whose link queue was full" },
                     "collapsed": { "type": "integer", "description": "Targeted devices that never got it because a newer push with the same collapse key replaced it" },
