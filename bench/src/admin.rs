@@ -58,6 +58,24 @@ impl Admin {
         }
     }
 
+    /// The control plane's Prometheus text (`GET /metrics`, admin key required).
+    pub fn metrics_text(&self) -> anyhow::Result<String> {
+        let r = self
+            .agent
+            .get(&format!("{}/metrics", self.base))
+            .set("Authorization", &format!("Bearer {}", self.key))
+            .timeout(Duration::from_secs(5))
+            .call()?;
+        Ok(r.into_string()?)
+    }
+
+    /// Control-plane counters that explain missing deliveries: TTL-0 recipients dropped because
+    /// their node was behind, and times a node's link queue was full. `None` if unreadable.
+    pub fn cp_counters(&self) -> Option<(f64, f64)> {
+        let t = self.metrics_text().ok()?;
+        Some((sum_metric(&t, M_CP_FNF_DROPPED), sum_metric(&t, M_CP_LINK_QUEUE_FULL)))
+    }
+
     /// Whether `GET /healthz` answers 200.
     pub fn healthy(&self) -> bool {
         self.agent.get(&format!("{}/healthz", self.base)).timeout(Duration::from_millis(500)).call().is_ok()
@@ -133,6 +151,9 @@ pub const M_DELIVERIES: &str = "herald_deliveries_total";
 pub const M_PUSHES: &str = "herald_pushes_total";
 pub const M_FANOUT_SUM: &str = "herald_fanout_latency_us_sum";
 pub const M_FANOUT_COUNT: &str = "herald_fanout_latency_us_count";
+/// Control-plane counters (admin `/metrics`).
+pub const M_CP_FNF_DROPPED: &str = "herald_cp_fire_and_forget_dropped_total";
+pub const M_CP_LINK_QUEUE_FULL: &str = "herald_cp_link_queue_full_total";
 
 /// Sums every sample of the Prometheus text of the metric named exactly `name`, over all its
 /// labels (`core`, `reason`, ...).

@@ -92,7 +92,17 @@ impl Report {
             if let (Some(d), Some(e)) = (s.deliveries, s.expected_deliveries)
                 && d < e
             {
-                out.push_str(&format!("{}: {} of {} deliveries arrived\n", s.scenario, d, e));
+                out.push_str(&format!("{}: {} of {} deliveries arrived", s.scenario, d, e));
+                if let Some(x) = s.params["cp_fire_and_forget_dropped"].as_f64().filter(|x| *x > 0.0) {
+                    out.push_str(&format!(" (control plane dropped {x} TTL-0 recipients: node behind)"));
+                }
+                if let Some(x) = s.params["gateway_drops_by_reason"].as_object() {
+                    let n: f64 = x.values().filter_map(serde_json::Value::as_f64).sum();
+                    if n > 0.0 {
+                        out.push_str(&format!(" (gateways dropped {n} frames)"));
+                    }
+                }
+                out.push('\n');
             }
         }
         out.push_str("storm: 'last ms' is the time until every terminal was back and logged in\n");

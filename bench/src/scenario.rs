@@ -401,6 +401,7 @@ impl Session {
         let n = self.ready()?;
         let repeats = self.knobs.repeats.max(1);
         self.pool.merged(true)?;
+        let cp0 = self.target.admin.cp_counters();
         let mut all = hist::new_us();
         let (mut firsts, mut lasts) = (Vec::new(), Vec::new());
         let mut got = 0;
@@ -425,7 +426,11 @@ impl Session {
             last_delivery_ms: median(&lasts),
             deliveries: Some(got),
             expected_deliveries: Some(n as u64 * u64::from(repeats)),
-            params: json!({"repeats": repeats, "first_delivery_ms_each": firsts, "last_delivery_ms_each": lasts, "ttl_secs": self.knobs.ttl_secs}),
+            params: json!({
+                "repeats": repeats, "first_delivery_ms_each": firsts, "last_delivery_ms_each": lasts,
+                "ttl_secs": self.knobs.ttl_secs,
+                "cp_fire_and_forget_dropped": self.target.admin.cp_counters().zip(cp0).map(|(a, b)| a.0 - b.0),
+            }),
             ..Default::default()
         };
         fill_latency(&mut res, &all);
@@ -449,6 +454,7 @@ impl Session {
         let k = self.knobs.clone();
         let before = self.pool.merged(true)?;
         let counters0 = self.target.counters();
+        let cp0 = self.target.admin.cp_counters();
         let cpu0 = self.target.gateway_cpu_us();
         let rss0 = self.target.gateway_rss();
         let peak = Arc::new(AtomicU64::new(rss0));
@@ -491,6 +497,7 @@ impl Session {
         let _ = sampler.join();
         let cpu_us = self.target.gateway_cpu_us().saturating_sub(cpu0);
         let counters = self.target.counters().zip(counters0).map(|(a, b)| a.since(&b));
+        let cp = self.target.admin.cp_counters().zip(cp0).map(|(a, b)| (a.0 - b.0, a.1 - b.1));
         let window = m.last_recv_ns.saturating_sub(m.first_recv_ns);
         let mut res = ScenarioResult {
             scenario: "burst".into(),
@@ -512,6 +519,8 @@ impl Session {
                 "gateway_drops_by_reason": counters.as_ref().map(|c| &c.drops),
                 "gateway_closes_by_reason": counters.as_ref().map(|c| &c.closes),
                 "terminal_disconnects": m.disconnects - before.disconnects,
+                "cp_fire_and_forget_dropped": cp.map(|c| c.0),
+                "cp_link_queue_full": cp.map(|c| c.1),
                 "gateway_cpu_ms": cpu_us as f64 / 1e3,
                 "gateway_cpu_us_per_delivery": (m.deliveries > 0).then(|| cpu_us as f64 / m.deliveries as f64),
                 "gateway_fanout_mean_us_per_push_per_core": counters.as_ref().filter(|c| c.fanout_count > 0.0).map(|c| c.fanout_us_sum / c.fanout_count),

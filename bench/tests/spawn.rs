@@ -19,6 +19,26 @@ fn herald_binary() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args(["build", "-p", "herald-gateway", "--bin", "herald"]).env("CARGO_TARGET_DIR", target_dir);
+    // Cargo gives this test its package's variables (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...).
+    // Build scripts such as ring's rerun when those change, so passing them on would rebuild
+    // ring and everything above it here, and again in the next plain `cargo` run.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        let per_package = ["CARGO_PKG_", "CARGO_BIN_", "CARGO_CFG_"].iter().any(|p| k.starts_with(p))
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_MANIFEST_LINKS",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+            ]
+            .contains(&k.as_ref());
+        if per_package {
+            cmd.env_remove(k.as_ref());
+        }
+    }
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }

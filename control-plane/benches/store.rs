@@ -6,7 +6,8 @@
 //!    validation + sequencing + group commit, no HTTP;
 //! 4. `POST /v1/pushes` over loopback HTTP/1.1 keep-alive, 32 connections, push to one user;
 //! 5. the admin router in process, 256 concurrent callers, push to a group of 20,000 offline
-//!    members (one device each): what counting `targeted` costs per group push.
+//!    members (one device each): accepting and dispatching a group push, which reads maintained
+//!    counts (O(nodes)) rather than walking the members.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -90,6 +90,61 @@ struct Stream {
 struct User {
     rec: UserRecord,
     effective: BTreeSet<String>,
+    /// The group and topic streams (`g:NAME`, `t:NAME`) the user is counted in: its groups and
+    /// effective topics, as last applied to the counts (`stream_devices`, `online_idx`).
+    streams: BTreeSet<String>,
+}
+
+/// The device session indexed in `online_idx` (one per device: its latest login).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OnlineState {
+    node: String,
+    session: u64,
+    /// The last push published when it logged in: live group/topic pushes above it were
+    /// counted for it (see [`Live`]).
+    login_gen: u64,
+}
+
+/// Online devices of one (stream, node), by the position they are owed messages from
+/// (`max(registered_pos, since)`): a push `p` is owed to those with a key below `p`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct NodeCount {
+    total: u64,
+    by_from: BTreeMap<u64, u64>,
+}
+
+impl NodeCount {
+    fn add(&mut self, from: u64) {
+        self.total += 1;
+        *self.by_from.entry(from).or_default() += 1;
+    }
+
+    fn remove(&mut self, from: u64) {
+        if let Some(n) = self.by_from.get_mut(&from) {
+            *n -= 1;
+            self.total -= 1;
+            if *n == 0 {
+                self.by_from.remove(&from);
+            }
+        }
+    }
+
+    /// Devices owed push `id`: everything but the (few) that subscribed or registered after
+    /// it was accepted.
+    fn owed(&self, id: u64) -> u64 {
+        self.total - self.by_from.range(id..).map(|(_, n)| n).sum::<u64>()
+    }
+}
+
+/// Copies of a stored group/topic push sent live and not yet acknowledged, as a count: set at
+/// dispatch from `online_idx` (O(nodes)), decremented when one of those devices acks it, goes
+/// offline or leaves the stream. A device counts for push `p` iff it is still online in the
+/// session it had at dispatch (`login_gen < p`), owed `p`, and its node is not in `skipped`.
+#[derive(Debug, Default)]
+struct Live {
+    count: u64,
+    /// Nodes that were behind at dispatch (no copy queued; the resync sends it per device).
+    skipped: Vec<String>,
 }
 
 /// A push accepted but not yet durable: what publishing it needs.
@@ -128,6 +183,7 @@ pub struct PushStatus {
     pub targeted: u64,
     pub sent: u64,
     pub delivered: u64,
+    pub awaiting_ack: u64,
     pub pending_offline: u64,
     pub expired: u64,
     pub dropped: u64,
@@ -186,6 +242,21 @@ pub(crate) struct Core {
     /// `retention_ms`.
     prunes: BTreeMap<u64, Vec<u64>>,
     retention_ms: u64,
+    /// Online devices holding an unacknowledged copy of a push (queued live or as backlog),
+    /// both ways round; dropped when the device goes offline, acks, or the message leaves.
+    flight_by_device: HashMap<(String, String), BTreeSet<u64>>,
+    flight_by_push: HashMap<u64, BTreeSet<(String, String)>>,
+    /// Live group/topic copies in flight, per push (see [`Live`]).
+    live: HashMap<u64, Live>,
+    /// Known devices per group/topic stream: `targeted` of a group/topic push (TTL > 0).
+    stream_devices: HashMap<String, u64>,
+    /// Online devices per (group/topic stream, node): routing, TTL-0 `targeted` and the
+    /// live in-flight count of a group/topic push.
+    online_idx: HashMap<String, BTreeMap<String, NodeCount>>,
+    /// Each online device's indexed session.
+    online: HashMap<(String, String), OnlineState>,
+    /// The newest push published (publishing follows push id order).
+    last_published: u64,
     nodes: HashMap<String, Node>,
     presence: BTreeMap<String, Vec<Conn>>,
     next_conn: u64,
@@ -255,6 +326,13 @@ impl Core {
             expiries: BTreeMap::new(),
             prunes: BTreeMap::new(),
             retention_ms,
+            flight_by_device: HashMap::new(),
+            flight_by_push: HashMap::new(),
+            live: HashMap::new(),
+            stream_devices: HashMap::new(),
+            online_idx: HashMap::new(),
+            online: HashMap::new(),
+            last_published: 0,
             nodes: HashMap::new(),
             presence: BTreeMap::new(),
             next_conn: 1,
@@ -300,13 +378,19 @@ impl Core {
             for g in &rec.groups {
                 core.group_members.entry(g.clone()).or_default().insert(name.clone());
             }
-            let mut user = User { rec, effective: BTreeSet::new() };
+            let mut user = User { rec, effective: BTreeSet::new(), streams: BTreeSet::new() };
             user.effective = core.effective_topics(&user.rec);
             for t in &user.effective {
                 core.topic_subs.entry(t.clone()).or_default().insert(name.clone());
             }
+            user.streams = user_streams(&user.rec, &user.effective);
+            let n = user.rec.devices.len() as u64;
+            for s in &user.streams {
+                *core.stream_devices.entry(s.clone()).or_default() += n;
+            }
             core.users.insert(name, user);
         }
+        core.last_published = core.last_push_id;
         if !core.keys.values().any(|k| k.current) {
             let id = core.keys.keys().next_back().map_or(1, |id| id + 1);
             let rec = KeyRecord {
@@ -408,6 +492,9 @@ impl Core {
             return;
         }
         u.rec.devices.insert(device.to_owned(), DeviceRecord { registered_pos: pos, offline_pos: pos });
+        for s in &u.streams {
+            *self.stream_devices.entry(s.clone()).or_default() += 1;
+        }
         self.save_user(user);
     }
 
@@ -550,12 +637,57 @@ impl Core {
         })
     }
 
-    /// Recomputes a user's effective topics and subscription start positions after a change.
+    /// Recomputes a user's effective topics and subscription start positions after a change,
+    /// and moves the user's devices in the per-stream counts.
     fn refresh_user(&mut self, name: &str) {
         let Some(u) = self.users.get(name) else {
             return;
         };
         let eff = self.effective_topics(&u.rec);
+        let wanted = user_streams(&u.rec, &eff);
+        let removed: Vec<String> = u.streams.difference(&wanted).cloned().collect();
+        let mut added: Vec<String> = wanted.difference(&u.streams).cloned().collect();
+        // Kept streams whose start position is missing (a record from before `since` was
+        // kept for it) get one now: re-index them around the change.
+        let unstarted: Vec<String> =
+            u.streams.intersection(&wanted).filter(|s| !u.rec.since.contains_key(*s)).cloned().collect();
+        let n_dev = u.rec.devices.len() as u64;
+        let online = self.online_of_user(name);
+        for s in &unstarted {
+            for d in &online {
+                self.index_entry(name, d, s, false);
+            }
+        }
+        // Leaving streams: un-count live copies and index entries while `since` still holds.
+        for s in &removed {
+            let sid = self.stream_ids.get(s).copied();
+            for d in &online {
+                self.unfly_live_stream(name, d, s);
+                self.index_entry(name, d, s, false);
+                // Its backlog copies of the stream will not be acknowledged either.
+                let key = (name.to_owned(), d.clone());
+                let held: Vec<u64> = self
+                    .flight_by_device
+                    .get(&key)
+                    .map(|ids| {
+                        ids.iter()
+                            .copied()
+                            .filter(|id| {
+                                self.pushes
+                                    .get(id)
+                                    .is_some_and(|p| p.messages.iter().any(|m| Some(m.0) == sid))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for id in held {
+                    self.land(name, d, id);
+                }
+            }
+            if let Some(c) = self.stream_devices.get_mut(s) {
+                *c = c.saturating_sub(n_dev);
+            }
+        }
         let pos = self.last_push_id;
         let old = self.users.get_mut(name).map(|u| std::mem::take(&mut u.effective)).unwrap_or_default();
         for t in old.difference(&eff) {
@@ -569,18 +701,144 @@ impl Core {
         let Some(u) = self.users.get_mut(name) else {
             return;
         };
-        let wanted: BTreeSet<String> = u
-            .rec
-            .groups
-            .iter()
-            .map(|g| stream_name_group(g))
-            .chain(eff.iter().map(|t| stream_name_topic(t)))
-            .collect();
         u.rec.since.retain(|k, _| wanted.contains(k));
-        for k in wanted {
-            u.rec.since.entry(k).or_insert(pos);
+        for k in &wanted {
+            u.rec.since.entry(k.clone()).or_insert(pos);
         }
         u.effective = eff;
+        u.streams = wanted;
+        for s in &added {
+            *self.stream_devices.entry(s.clone()).or_default() += n_dev;
+        }
+        added.extend(unstarted);
+        for s in &added {
+            for d in &online {
+                self.index_entry(name, d, s, true);
+            }
+        }
+    }
+
+    /// Devices of `user` indexed as online.
+    fn online_of_user(&self, user: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .presence
+            .get(user)
+            .map(|cs| cs.iter().map(|c| c.device.clone()).collect())
+            .unwrap_or_default();
+        out.sort();
+        out.dedup();
+        out.retain(|d| self.online.contains_key(&(user.to_owned(), d.clone())));
+        out
+    }
+
+    /// Where `device` is owed messages of stream `s` from: `max(registered_pos, since)`.
+    fn owed_from(&self, user: &str, device: &str, s: &str) -> u64 {
+        let Some(u) = self.users.get(user) else {
+            return u64::MAX;
+        };
+        let reg = u.rec.devices.get(device).map_or(u64::MAX, |d| d.registered_pos);
+        reg.max(u.rec.since.get(s).copied().unwrap_or(u64::MAX))
+    }
+
+    /// Adds (or removes) the online `device`'s entry for stream `s` in `online_idx`.
+    fn index_entry(&mut self, user: &str, device: &str, s: &str, add: bool) {
+        let Some(node) = self.online.get(&(user.to_owned(), device.to_owned())).map(|o| o.node.clone())
+        else {
+            return;
+        };
+        let from = self.owed_from(user, device, s);
+        if add {
+            self.online_idx.entry(s.to_owned()).or_default().entry(node).or_default().add(from);
+        } else if let Some(by_node) = self.online_idx.get_mut(s) {
+            if let Some(nc) = by_node.get_mut(&node) {
+                nc.remove(from);
+                if nc.total == 0 {
+                    by_node.remove(&node);
+                }
+            }
+            if by_node.is_empty() {
+                self.online_idx.remove(s);
+            }
+        }
+    }
+
+    /// Whether push `m` on group/topic stream `s` was counted live for `device` (see [`Live`]).
+    fn live_counted(&self, user: &str, device: &str, s: &str, m: &MessageRecord) -> bool {
+        let Some(on) = self.online.get(&(user.to_owned(), device.to_owned())) else {
+            return false;
+        };
+        m.push_id > on.login_gen
+            && self.live.get(&m.push_id).is_some_and(|l| !l.skipped.contains(&on.node))
+            && self.owed(user, device, s, m)
+    }
+
+    /// Un-counts the live copies of stream `s` that `device` holds and has not acknowledged.
+    /// Walks the stored messages above its cursor: the device's own backlog, not the members.
+    fn unfly_live_stream(&mut self, user: &str, device: &str, s: &str) {
+        if !(s.starts_with("g:") || s.starts_with("t:")) {
+            return;
+        }
+        let Some(st) = self.stream_ids.get(s).and_then(|id| self.streams.get(id).map(|st| (id, st))) else {
+            return;
+        };
+        let (sid, st) = st;
+        let cur = self
+            .cursors
+            .get(&(user.to_owned(), device.to_owned()))
+            .and_then(|m| m.get(sid))
+            .cloned()
+            .unwrap_or_default();
+        let ids: Vec<u64> = st
+            .messages
+            .range(cur.cursor.saturating_add(1)..)
+            .filter(|(seq, m)| cur.above.binary_search(seq).is_err() && self.live_counted(user, device, s, m))
+            .map(|(_, m)| m.push_id)
+            .collect();
+        for id in ids {
+            if let Some(l) = self.live.get_mut(&id) {
+                l.count = l.count.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Indexes `device` as online on `node` in session `session`, counted for live pushes
+    /// published from now on.
+    fn index_online(&mut self, user: &str, device: &str, node: &str, session: u64) {
+        let key = (user.to_owned(), device.to_owned());
+        self.online
+            .insert(key, OnlineState { node: node.to_owned(), session, login_gen: self.last_published });
+        let streams: Vec<String> =
+            self.users.get(user).map(|u| u.streams.iter().cloned().collect()).unwrap_or_default();
+        for s in streams {
+            self.index_entry(user, device, &s, true);
+        }
+    }
+
+    /// Removes `device`'s indexed session (if it is on `node`, and in `session` if given):
+    /// its live copies are un-counted. If the device is still present elsewhere (a second
+    /// session), that one is indexed instead.
+    fn index_offline(&mut self, user: &str, device: &str, node: &str, session: Option<u64>, fallback: bool) {
+        let key = (user.to_owned(), device.to_owned());
+        let Some(on) = self.online.get(&key) else {
+            return;
+        };
+        if on.node != node || session.is_some_and(|s| s != on.session) {
+            return;
+        }
+        let streams: Vec<String> =
+            self.users.get(user).map(|u| u.streams.iter().cloned().collect()).unwrap_or_default();
+        for s in &streams {
+            self.unfly_live_stream(user, device, s);
+            self.index_entry(user, device, s, false);
+        }
+        self.online.remove(&key);
+        if fallback
+            && let Some(c) =
+                self.presence.get(user).and_then(|cs| cs.iter().rev().find(|c| c.device == device))
+        {
+            let (n, sess) = (c.node.clone(), c.session);
+            self.index_online(user, device, &n, sess);
+        }
     }
 
     /// Sets the topics a group's members follow.
@@ -727,11 +985,28 @@ impl Core {
         };
         self.last_push_id += 1;
         let push_id = self.last_push_id;
-        let users = self.target_users(&req.target, cond.as_deref());
-        let targeted: u64 = if req.ttl_secs == 0 {
-            users.iter().map(|u| self.presence.get(u).map_or(0, |c| c.len() as u64)).sum()
-        } else {
-            users.iter().map(|u| self.users.get(u).map_or(0, |u| u.rec.devices.len() as u64)).sum()
+        let targeted: u64 = match &req.target {
+            // From the maintained counts: independent of the number of members.
+            TargetSpec::Group(_) | TargetSpec::Topic(_) => {
+                let s = match &req.target {
+                    TargetSpec::Group(g) => stream_name_group(g),
+                    TargetSpec::Topic(t) => stream_name_topic(t),
+                    _ => unreachable!(),
+                };
+                if req.ttl_secs == 0 {
+                    self.online_idx.get(&s).map_or(0, |by_node| by_node.values().map(|c| c.total).sum())
+                } else {
+                    self.stream_devices.get(&s).copied().unwrap_or(0)
+                }
+            }
+            _ => {
+                let users = self.target_users(&req.target, cond.as_deref());
+                if req.ttl_secs == 0 {
+                    users.iter().map(|u| self.presence.get(u).map_or(0, |c| c.len() as u64)).sum()
+                } else {
+                    users.iter().map(|u| self.users.get(u).map_or(0, |u| u.rec.devices.len() as u64)).sum()
+                }
+            }
         };
         let stream_names: Vec<String> = match &req.target {
             TargetSpec::User(u) => vec![stream_name_user(u)],
@@ -784,6 +1059,8 @@ impl Core {
                     && let Some(old) = st.collapse.insert(key.clone(), seq)
                 {
                     if let Some(m) = st.messages.remove(&old) {
+                        self.flight_by_push.remove(&m.push_id);
+                        self.live.remove(&m.push_id);
                         collapsed_pushes.push(m.push_id);
                     } else if let Some((&pid, _)) = self
                         .pending
@@ -844,6 +1121,7 @@ impl Core {
             let Some(pending) = self.pending.remove(&id) else {
                 continue;
             };
+            self.last_published = self.last_published.max(id);
             let Some(p) = self.pushes.get(&id) else {
                 continue;
             };
@@ -880,12 +1158,10 @@ impl Core {
                 }
             }
             TargetSpec::Group(g) => {
-                let online = self.online_of(self.group_members.get(g));
-                orders.push((Target::Group(g.clone()), msgs[0], online));
+                return self.dispatch_stream(id, Target::Group(g.clone()), &stream_name_group(g), msgs[0], m);
             }
             TargetSpec::Topic(t) => {
-                let online = self.online_of(self.topic_subs.get(t));
-                orders.push((Target::Topic(t.clone()), msgs[0], online));
+                return self.dispatch_stream(id, Target::Topic(t.clone()), &stream_name_topic(t), msgs[0], m);
             }
             TargetSpec::Condition(text) => {
                 let cond = match self.conditions.get(&id) {
@@ -906,6 +1182,7 @@ impl Core {
             }
         }
         let mut dropped = 0u64;
+        let mut flown: Vec<(u32, String, String)> = Vec::new();
         for (target, (stream, seq), online) in orders {
             let mut by_node: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
             for o in online {
@@ -927,6 +1204,9 @@ impl Core {
                 };
                 if n.behind.is_none() && n.queue.try_push(LinkMessage::Push(order)) {
                     self.metrics.push_orders_sent.inc();
+                    if m.ttl_secs > 0 {
+                        flown.extend(devices.into_iter().map(|(u, d)| (stream, u, d)));
+                    }
                     continue;
                 }
                 let behind = n.behind.get_or_insert_with(|| {
@@ -940,6 +1220,68 @@ impl Core {
                     dropped += devices.len() as u64;
                 }
             }
+        }
+        for (stream, user, device) in flown {
+            let owed = self.streams.get(&stream).is_some_and(|st| self.owed(&user, &device, &st.rec.name, m));
+            if owed {
+                self.fly(user, device, id);
+            }
+        }
+        if dropped > 0
+            && let Some(p) = self.pushes.get_mut(&id)
+        {
+            p.dropped += dropped;
+            self.ops.push(Op::Push(p.clone()));
+            self.metrics.fire_and_forget_dropped.add(dropped);
+        }
+    }
+
+    /// Sends a group/topic push to every node holding an interested online device, from the
+    /// per-(stream, node) counts: O(nodes), whatever the number of members. A stored push
+    /// records how many owed devices got a live copy ([`Live`]).
+    fn dispatch_stream(&mut self, id: u64, target: Target, sname: &str, pos: (u32, u32), m: &MessageRecord) {
+        let (stream, seq) = pos;
+        let mut live = Live::default();
+        let mut dropped = 0u64;
+        let empty = BTreeMap::new();
+        let by_node = self.online_idx.get(sname).unwrap_or(&empty);
+        for (node, nc) in by_node {
+            if nc.total == 0 {
+                continue;
+            }
+            let Some(n) = self.nodes.get_mut(node) else {
+                continue;
+            };
+            let order = PushOrder {
+                push_id: id,
+                target: target.clone(),
+                stream,
+                seq,
+                flags: m.flags,
+                ttl_secs: m.ttl_secs,
+                payload: m.payload.clone(),
+                origin: None,
+            };
+            if n.behind.is_none() && n.queue.try_push(LinkMessage::Push(order)) {
+                self.metrics.push_orders_sent.inc();
+                live.count += nc.owed(id);
+                continue;
+            }
+            let behind = n.behind.get_or_insert_with(|| {
+                n.queue.set_behind(true);
+                self.metrics.link_queue_full.inc();
+                Behind::default()
+            });
+            if m.ttl_secs > 0 {
+                behind.skipped_from.get_or_insert(id);
+                live.skipped.push(node.clone());
+            } else {
+                dropped += nc.total;
+            }
+        }
+        let stored = self.streams.get(&stream).is_some_and(|st| st.messages.contains_key(&seq));
+        if m.ttl_secs > 0 && stored {
+            self.live.insert(id, live);
         }
         if dropped > 0
             && let Some(p) = self.pushes.get_mut(&id)
@@ -959,19 +1301,6 @@ impl Core {
             }
         }
         out
-    }
-
-    /// The online devices of a set of users, walking whichever side is smaller: the set or
-    /// the online users.
-    fn online_of(&self, users: Option<&BTreeSet<String>>) -> Vec<OnlineDevice> {
-        let Some(users) = users else {
-            return Vec::new();
-        };
-        if users.len() <= self.presence.len() {
-            self.online_devices(users.iter())
-        } else {
-            self.online_devices(self.presence.keys().filter(|u| users.contains(*u)))
-        }
     }
 
     /// The id of the newest push accepted.
@@ -995,13 +1324,20 @@ impl Core {
         } else {
             ("pending", owed, 0, 0)
         };
+        let awaiting = match pending {
+            0 => 0,
+            _ => (self.flight_by_push.get(&id).map_or(0, |s| s.len() as u64)
+                + self.live.get(&id).map_or(0, |l| l.count))
+            .min(pending),
+        };
         Some(PushStatus {
             push_id: id,
             state,
             targeted: p.targeted,
             sent: p.sent,
             delivered: p.delivered,
-            pending_offline: pending,
+            awaiting_ack: awaiting,
+            pending_offline: pending - awaiting,
             expired,
             dropped: p.dropped,
             collapsed,
@@ -1052,7 +1388,7 @@ impl Core {
         if lo <= last {
             for (&seq, m) in st.messages.range(lo..=last) {
                 if cur.above.binary_search(&seq).is_err() && self.owed(user, device, name, m) {
-                    newly.push(m.push_id);
+                    newly.push((m.push_id, seq));
                     if first != 0 {
                         let at = cur.above.partition_point(|&s| s < seq);
                         cur.above.insert(at, seq);
@@ -1085,7 +1421,20 @@ impl Core {
         let cursor = cur.cursor;
         cur.above.retain(|&s| s > cursor);
         let mut done = Vec::new();
-        for pid in newly {
+        let name = name.to_owned();
+        for &(pid, seq) in &newly {
+            if !self.land(user, device, pid)
+                && self
+                    .streams
+                    .get(&stream)
+                    .and_then(|st| st.messages.get(&seq))
+                    .is_some_and(|m| self.live_counted(user, device, &name, m))
+                && let Some(l) = self.live.get_mut(&pid)
+            {
+                l.count = l.count.saturating_sub(1);
+            }
+        }
+        for (pid, _) in newly {
             if let Some(p) = self.pushes.get_mut(&pid) {
                 p.delivered += 1;
                 self.ops.push(Op::Push(p.clone()));
@@ -1135,7 +1484,11 @@ impl Core {
         match &mut n.behind {
             None if fits => {
                 self.metrics.backlog_pushes_sent.add(orders.len() as u64);
+                let ids: Vec<u64> = orders.iter().map(|o| o.push_id).collect();
                 n.queue.force(orders.into_iter().map(LinkMessage::Push));
+                for id in ids {
+                    self.fly(user.to_owned(), device.to_owned(), id);
+                }
             }
             None => {
                 let mut b = Behind::default();
@@ -1177,6 +1530,11 @@ impl Core {
         }
         self.metrics.link_resyncs.inc();
         self.metrics.backlog_pushes_sent.add(orders.len() as u64);
+        for o in &orders {
+            if let Target::Device { user, device } = &o.target {
+                self.fly(user.clone(), device.clone(), o.push_id);
+            }
+        }
         if let Some(n) = self.nodes.get(node) {
             n.queue.set_behind(false);
             n.queue.force(orders.into_iter().map(LinkMessage::Push));
@@ -1269,11 +1627,13 @@ impl Core {
         }
         self.presence.retain(|_, cs| !cs.is_empty());
         for (u, d) in gone {
+            self.index_offline(&u, &d, node, None, true);
             self.mark_offline(&u, &d, pos);
         }
     }
 
     fn mark_offline(&mut self, user: &str, device: &str, pos: u64) {
+        self.ground_device(user, device);
         if let Some(d) = self.users.get_mut(user).and_then(|u| u.rec.devices.get_mut(device)) {
             d.offline_pos = pos;
             self.save_user(user);
@@ -1307,6 +1667,11 @@ impl Core {
             match ch {
                 PresenceChange::Online(on) => {
                     self.register_device(&on.user, &on.device);
+                    // A new session starts with nothing in flight; its backlog flies again.
+                    if let Some(prev) = self.online.get(&(on.user.clone(), on.device.clone())).cloned() {
+                        self.index_offline(&on.user, &on.device, &prev.node, None, false);
+                    }
+                    self.ground_device(&on.user, &on.device);
                     let cs = self.presence.entry(on.user.clone()).or_default();
                     cs.retain(|c| !(c.node == node && c.device == on.device));
                     cs.push(Conn {
@@ -1314,6 +1679,7 @@ impl Core {
                         node: node.to_owned(),
                         session: on.session_id,
                     });
+                    self.index_online(&on.user, &on.device, node, on.session_id);
                     let subs = self.subscriptions_of(&on.user);
                     self.send_to(node, LinkMessage::Subscriptions(vec![subs]));
                     self.login_backlog(node, &on.user, &on.device, &on.resume, now_ms);
@@ -1331,6 +1697,7 @@ impl Core {
                         }
                     }
                     if removed {
+                        self.index_offline(&off.user, &off.device, node, Some(off.session_id), true);
                         let pos = self.last_push_id;
                         self.mark_offline(&off.user, &off.device, pos);
                     }
@@ -1416,7 +1783,59 @@ impl Core {
         }
         self.conditions.remove(&m.push_id);
         self.ops.push(Op::Message(stream, seq, None));
+        self.ground_push(m.push_id);
         Some(m)
+    }
+
+    /// `device` now holds an unacknowledged copy of push `id`.
+    fn fly(&mut self, user: String, device: String, id: u64) {
+        self.flight_by_push.entry(id).or_default().insert((user.clone(), device.clone()));
+        self.flight_by_device.entry((user, device)).or_default().insert(id);
+    }
+
+    /// `device` acknowledged push `id`; whether it held a per-device copy.
+    fn land(&mut self, user: &str, device: &str, id: u64) -> bool {
+        let key = (user.to_owned(), device.to_owned());
+        let mut held = false;
+        if let Some(ids) = self.flight_by_device.get_mut(&key) {
+            held = ids.remove(&id);
+            if ids.is_empty() {
+                self.flight_by_device.remove(&key);
+            }
+        }
+        if let Some(ds) = self.flight_by_push.get_mut(&id) {
+            ds.remove(&key);
+            if ds.is_empty() {
+                self.flight_by_push.remove(&id);
+            }
+        }
+        held
+    }
+
+    /// `device` went offline (or started a new session): its copies no longer count.
+    fn ground_device(&mut self, user: &str, device: &str) {
+        let key = (user.to_owned(), device.to_owned());
+        for id in self.flight_by_device.remove(&key).unwrap_or_default() {
+            if let Some(ds) = self.flight_by_push.get_mut(&id) {
+                ds.remove(&key);
+                if ds.is_empty() {
+                    self.flight_by_push.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Push `id`'s message left (expired, collapsed, delivered, pruned).
+    fn ground_push(&mut self, id: u64) {
+        self.live.remove(&id);
+        for key in self.flight_by_push.remove(&id).unwrap_or_default() {
+            if let Some(ids) = self.flight_by_device.get_mut(&key) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.flight_by_device.remove(&key);
+                }
+            }
+        }
     }
 
     /// Deletes the push records (and idempotency keys) whose retention after expiry is over.
@@ -1473,6 +1892,15 @@ fn revocation_entry(user: &str, r: &RevocationRecord) -> RevocationEntry {
         all_before: r.all_before,
         devices: r.devices.iter().map(|(d, &t)| (d.clone(), t)).collect(),
     }
+}
+
+/// The group and topic streams a user is counted in.
+fn user_streams(rec: &UserRecord, effective: &BTreeSet<String>) -> BTreeSet<String> {
+    rec.groups
+        .iter()
+        .map(|g| stream_name_group(g))
+        .chain(effective.iter().map(|t| stream_name_topic(t)))
+        .collect()
 }
 
 fn dedup(mut v: Vec<String>) -> Vec<String> {
@@ -1640,6 +2068,43 @@ mod tests {
     }
 
     #[test]
+    fn status_splits_devices_awaiting_an_ack_from_those_pending_offline() {
+        let mut c = core();
+        c.issue_credential("u", "d1", 60, 1_000).unwrap();
+        c.issue_credential("u", "d2", 60, 1_000).unwrap();
+        let queue = Arc::new(LinkQueue::new(16));
+        let hello = Hello { node_id: "n".into(), link_version: 1, cores: 1, public_addr: "a".into() };
+        let conn = c.node_hello(&hello, queue.clone());
+        let on = |s| {
+            vec![PresenceChange::Online(Online {
+                user: "u".into(),
+                device: "d1".into(),
+                session_id: s,
+                resume: vec![],
+            })]
+        };
+        c.presence_changes("n", conn, on(1), 1_000_000);
+        let id = push(&mut c, TargetSpec::User("u".into()), 60);
+        let split = |c: &Core| {
+            let s = c.push_status(id, 1_000_001).unwrap();
+            (s.delivered, s.awaiting_ack, s.pending_offline)
+        };
+        assert_eq!(split(&c), (0, 1, 1), "d1 online when dispatched, d2 offline");
+        let off =
+            herald_protocol::link::Offline { user: "u".into(), device: "d1".into(), session_id: 1, code: 0 };
+        c.presence_changes("n", conn, vec![PresenceChange::Offline(off)], 1_000_001);
+        assert_eq!(split(&c), (0, 0, 2), "went offline before acking");
+        c.presence_changes("n", conn, on(2), 1_000_001);
+        assert_eq!(split(&c), (0, 1, 1), "its backlog is in flight again");
+        let stream = c.stream_ids["u:u"];
+        c.ack("u", "d1", stream, 0, 1);
+        assert_eq!(split(&c), (1, 0, 1));
+        assert!(c.flight_by_device.is_empty() && c.flight_by_push.is_empty());
+        let st = c.push_status(id, 1_060_000).unwrap();
+        assert_eq!((st.state, st.expired, st.awaiting_ack, st.pending_offline), ("expired", 1, 0, 0));
+    }
+
+    #[test]
     fn resume_positions_count_as_acks_and_presence_follows_nodes() {
         let mut c = core();
         c.issue_credential("u", "d", 60, 1_000).unwrap();
@@ -1674,5 +2139,355 @@ mod tests {
         assert_eq!(c.user_view("u").unwrap().presence.len(), 1);
         c.node_gone("n", conn);
         assert!(c.user_view("u").unwrap().presence.is_empty());
+    }
+
+    /// Brute-force recomputation of the maintained counts from the tables and presence.
+    fn check_counts(c: &Core) {
+        let mut devices: BTreeMap<String, u64> = BTreeMap::new();
+        for (g, members) in &c.group_members {
+            for m in members {
+                *devices.entry(stream_name_group(g)).or_default() += c.users[m].rec.devices.len() as u64;
+            }
+        }
+        for (t, subs) in &c.topic_subs {
+            for m in subs {
+                *devices.entry(stream_name_topic(t)).or_default() += c.users[m].rec.devices.len() as u64;
+            }
+        }
+        devices.retain(|_, n| *n > 0);
+        let have: BTreeMap<String, u64> =
+            c.stream_devices.iter().filter(|(_, n)| **n > 0).map(|(k, n)| (k.clone(), *n)).collect();
+        assert_eq!(have, devices, "devices per group/topic stream");
+        // Online index: each present device on the node of its latest connection.
+        let mut idx: BTreeMap<String, BTreeMap<String, NodeCount>> = BTreeMap::new();
+        for (u, cs) in &c.presence {
+            let mut latest: BTreeMap<&str, &Conn> = BTreeMap::new();
+            for conn in cs {
+                latest.insert(&conn.device, conn);
+            }
+            let user = &c.users[u];
+            let streams = user_streams(&user.rec, &user.effective);
+            for (d, conn) in latest {
+                let reg = user.rec.devices[d].registered_pos;
+                for s in &streams {
+                    let from = reg.max(user.rec.since[s]);
+                    idx.entry(s.clone()).or_default().entry(conn.node.clone()).or_default().add(from);
+                }
+                let on = &c.online[&(u.clone(), d.to_owned())];
+                assert_eq!((on.node.as_str(), on.session), (conn.node.as_str(), conn.session));
+            }
+        }
+        let online_n: usize = c
+            .presence
+            .values()
+            .map(|cs| cs.iter().map(|c| c.device.as_str()).collect::<BTreeSet<_>>().len())
+            .sum();
+        assert_eq!(c.online.len(), online_n, "one indexed session per present device");
+        let mine: BTreeMap<String, BTreeMap<String, NodeCount>> =
+            c.online_idx.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        assert_eq!(mine, idx, "online devices per (stream, node)");
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+        fn subset(&mut self, prefix: &str, n: usize) -> Vec<String> {
+            (0..n).filter(|_| self.below(2) == 0).map(|i| format!("{prefix}{i}")).collect()
+        }
+    }
+
+    /// Random group changes, logins, logouts, acks, node disconnects and restarts; after every
+    /// step the maintained counts equal a brute-force recomputation, `targeted` of each new
+    /// group/topic push equals the members' devices (TTL 0: their online devices), the push
+    /// reaches exactly the nodes holding an interested device, and `awaiting_ack` equals a
+    /// per-device model of the copies in flight (the bookkeeping this replaced).
+    #[test]
+    fn group_and_topic_counts_match_a_brute_force_recomputation() {
+        const NODES: usize = 3;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::RedbStore::open(dir.path()).unwrap();
+        let load = |store: &crate::store::RedbStore| {
+            use crate::store::Store as _;
+            Core::load(store.load().unwrap(), Arc::new(Metrics::default()), 1, 1_000, [1; 32], 60_000)
+        };
+        let commit = |c: &mut Core, store: &crate::store::RedbStore| {
+            use crate::store::Store as _;
+            store.commit(&c.take_ops()).unwrap();
+        };
+        let mut c = load(&store);
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut conns: BTreeMap<String, (u64, Arc<LinkQueue>)> = BTreeMap::new();
+        let hello = |c: &mut Core, conns: &mut BTreeMap<String, (u64, Arc<LinkQueue>)>, n: usize| {
+            let q = Arc::new(LinkQueue::new(1 << 20));
+            let h = Hello { node_id: format!("n{n}"), link_version: 1, cores: 1, public_addr: "a".into() };
+            let conn = c.node_hello(&h, q.clone());
+            conns.insert(format!("n{n}"), (conn, q));
+        };
+        for n in 0..NODES {
+            hello(&mut c, &mut conns, n);
+        }
+        // Model: per stored group/topic push, the devices holding an unacknowledged copy.
+        let mut flights: BTreeMap<u64, BTreeSet<(String, String)>> = BTreeMap::new();
+        let mut sessions: BTreeMap<(String, String), (String, u64)> = BTreeMap::new();
+        let mut next_session = 1u64;
+        let now = 1_000_000u64;
+        let mut pushes_checked = 0;
+        for step in 0..3_000 {
+            let u = format!("u{}", rng.below(6));
+            let d = format!("d{}", rng.below(2));
+            let key = (u.clone(), d.clone());
+            match rng.below(14) {
+                0 => {
+                    c.issue_credential(&u, &d, 60, 1_000).unwrap();
+                }
+                1 => {
+                    let gs = rng.subset("g", 3);
+                    c.set_user(&u, Some(gs), None);
+                }
+                2 => {
+                    let ts = rng.subset("t", 3);
+                    c.set_user(&u, None, Some(ts));
+                }
+                3 => {
+                    let g = format!("g{}", rng.below(3));
+                    let ts = rng.subset("t", 3);
+                    c.set_group(&g, ts);
+                }
+                4 | 5 if !sessions.contains_key(&key) => {
+                    let node = format!("n{}", rng.below(NODES));
+                    if !conns.contains_key(&node) {
+                        continue;
+                    }
+                    let on = Online {
+                        user: u.clone(),
+                        device: d.clone(),
+                        session_id: next_session,
+                        resume: vec![],
+                    };
+                    c.presence_changes(&node, conns[&node].0, vec![PresenceChange::Online(on)], now);
+                    for ids in flights.values_mut() {
+                        ids.remove(&key);
+                    }
+                    for m in conns[&node].1.take_all() {
+                        if let LinkMessage::Push(o) = m
+                            && matches!(&o.target, Target::Device { user, device } if *user == u && *device == d)
+                            && flights.contains_key(&o.push_id)
+                        {
+                            flights.get_mut(&o.push_id).unwrap().insert(key.clone());
+                        }
+                    }
+                    sessions.insert(key.clone(), (node, next_session));
+                    next_session += 1;
+                }
+                6 if sessions.contains_key(&key) => {
+                    let (node, session) = sessions.remove(&key).unwrap();
+                    let off = herald_protocol::link::Offline {
+                        user: u.clone(),
+                        device: d.clone(),
+                        session_id: session,
+                        code: 0,
+                    };
+                    c.presence_changes(&node, conns[&node].0, vec![PresenceChange::Offline(off)], now);
+                    for ids in flights.values_mut() {
+                        ids.remove(&key);
+                    }
+                }
+                7 | 8 if sessions.contains_key(&key) => {
+                    let streams: Vec<String> = c.users[&u].streams.iter().cloned().collect();
+                    if streams.is_empty() {
+                        continue;
+                    }
+                    let s = &streams[rng.below(streams.len())];
+                    let sid = c.stream_ids.get(s).copied();
+                    let Some(sid) = sid else { continue };
+                    let published = c.streams[&sid].published;
+                    let last = rng.below(published as usize + 1) as u32;
+                    c.ack(&u, &d, sid, 0, last);
+                    for (&pid, ids) in flights.iter_mut() {
+                        let (psid, pseq) = c.pushes[&pid].messages[0];
+                        if psid == sid && pseq <= last {
+                            ids.remove(&key);
+                        }
+                    }
+                }
+                9..=11 => {
+                    let ttl = if rng.below(5) == 0 { 0 } else { 3600 };
+                    let (target, members) = if rng.below(2) == 0 {
+                        let g = format!("g{}", rng.below(3));
+                        (TargetSpec::Group(g.clone()), c.group_members.get(&g).cloned().unwrap_or_default())
+                    } else {
+                        let t = format!("t{}", rng.below(3));
+                        (TargetSpec::Topic(t.clone()), c.topic_subs.get(&t).cloned().unwrap_or_default())
+                    };
+                    let want_targeted: u64 = if ttl == 0 {
+                        members
+                            .iter()
+                            .map(|m| {
+                                c.presence.get(m).map_or(0, |cs| {
+                                    cs.iter().map(|c| &c.device).collect::<BTreeSet<_>>().len() as u64
+                                })
+                            })
+                            .sum()
+                    } else {
+                        members.iter().map(|m| c.users[m].rec.devices.len() as u64).sum()
+                    };
+                    let want_nodes: BTreeSet<String> = members
+                        .iter()
+                        .flat_map(|m| c.presence.get(m).into_iter().flatten().map(|cn| cn.node.clone()))
+                        .collect();
+                    let id = push(&mut c, target, ttl);
+                    assert_eq!(c.pushes[&id].targeted, want_targeted, "targeted of push {id} at step {step}");
+                    let mut got_nodes = BTreeSet::new();
+                    for (node, (_, q)) in &conns {
+                        for m in q.take_all() {
+                            if matches!(&m, LinkMessage::Push(o) if o.push_id == id) {
+                                got_nodes.insert(node.clone());
+                            }
+                        }
+                    }
+                    assert_eq!(got_nodes, want_nodes, "routing of push {id}");
+                    if ttl > 0 {
+                        let (sid, seq) = c.pushes[&id].messages[0];
+                        let name = c.streams[&sid].rec.name.clone();
+                        let m = c.streams[&sid].messages[&seq].clone();
+                        let inflight: BTreeSet<(String, String)> =
+                            sessions.keys().filter(|(u, d)| c.owed(u, d, &name, &m)).cloned().collect();
+                        flights.insert(id, inflight);
+                    }
+                }
+                12 => {
+                    let n = rng.below(NODES);
+                    let node = format!("n{n}");
+                    if let Some((conn, _)) = conns.remove(&node) {
+                        c.node_gone(&node, conn);
+                    }
+                    sessions.retain(|k, (sn, _)| {
+                        let gone = *sn == node;
+                        if gone {
+                            for ids in flights.values_mut() {
+                                ids.remove(k);
+                            }
+                        }
+                        !gone
+                    });
+                    if rng.below(2) == 0 {
+                        hello(&mut c, &mut conns, n);
+                    }
+                }
+                13 if rng.below(10) == 0 => {
+                    commit(&mut c, &store);
+                    c = load(&store);
+                    conns.clear();
+                    sessions.clear();
+                    flights.values_mut().for_each(BTreeSet::clear);
+                    for n in 0..NODES {
+                        hello(&mut c, &mut conns, n);
+                    }
+                }
+                _ => {}
+            }
+            for n in 0..NODES {
+                if !conns.contains_key(&format!("n{n}")) && rng.below(20) == 0 {
+                    hello(&mut c, &mut conns, n);
+                }
+            }
+            for (_, q) in conns.values() {
+                q.take_all();
+            }
+            // Unsubscribed devices are no longer owed: they hold no copy that counts.
+            flights.retain(|id, _| {
+                c.pushes.get(id).is_some_and(|p| {
+                    c.streams
+                        .get(&p.messages[0].0)
+                        .is_some_and(|st| st.messages.contains_key(&p.messages[0].1))
+                })
+            });
+            for (&id, ids) in flights.iter_mut() {
+                let (sid, seq) = c.pushes[&id].messages[0];
+                let name = c.streams[&sid].rec.name.clone();
+                let m = c.streams[&sid].messages[&seq].clone();
+                ids.retain(|(u, d)| c.owed(u, d, &name, &m));
+            }
+            check_counts(&c);
+            for (&id, ids) in &flights {
+                let st = c.push_status(id, now).unwrap();
+                assert_eq!(
+                    st.targeted,
+                    st.delivered + st.awaiting_ack + st.pending_offline + st.expired + st.collapsed
+                );
+                let pending = st.targeted - st.delivered;
+                assert_eq!(
+                    st.awaiting_ack,
+                    (ids.len() as u64).min(pending),
+                    "awaiting_ack of {id} at step {step}"
+                );
+                pushes_checked += 1;
+            }
+        }
+        assert!(pushes_checked > 1_000, "{pushes_checked}");
+    }
+
+    #[test]
+    fn a_device_with_two_sessions_is_indexed_once_and_falls_back_to_the_remaining_one() {
+        let mut c = core();
+        c.issue_credential("u", "d", 60, 1_000).unwrap();
+        c.set_user("u", Some(vec!["g".into()]), None);
+        let mut conns = Vec::new();
+        for n in ["n0", "n1"] {
+            let q = Arc::new(LinkQueue::new(1 << 10));
+            let h = Hello { node_id: n.into(), link_version: 1, cores: 1, public_addr: "a".into() };
+            conns.push((n, c.node_hello(&h, q.clone()), q));
+        }
+        let on = |s| {
+            vec![PresenceChange::Online(Online {
+                user: "u".into(),
+                device: "d".into(),
+                session_id: s,
+                resume: vec![],
+            })]
+        };
+        let off = |s| {
+            vec![PresenceChange::Offline(herald_protocol::link::Offline {
+                user: "u".into(),
+                device: "d".into(),
+                session_id: s,
+                code: 0,
+            })]
+        };
+        c.presence_changes("n0", conns[0].1, on(1), 1_000_000);
+        let first = push(&mut c, TargetSpec::Group("g".into()), 60);
+        assert_eq!(c.push_status(first, 1_000_001).unwrap().awaiting_ack, 1);
+        // A second session on n1 before n0 reported the first one gone: indexed on n1 only.
+        c.presence_changes("n1", conns[1].1, on(2), 1_000_000);
+        check_counts(&c);
+        let st = c.push_status(first, 1_000_001).unwrap();
+        assert_eq!((st.awaiting_ack, st.pending_offline), (1, 0), "its backlog flies on the new session");
+        c.presence_changes("n0", conns[0].1, off(1), 1_000_000);
+        check_counts(&c);
+        assert_eq!(c.online[&("u".into(), "d".into())].node, "n1");
+        let second = push(&mut c, TargetSpec::Group("g".into()), 60);
+        assert_eq!(c.push_status(second, 1_000_001).unwrap().awaiting_ack, 1);
+        // n1 disconnects: nothing online, both pushes pending offline.
+        c.node_gone("n1", conns[1].1);
+        check_counts(&c);
+        for id in [first, second] {
+            let st = c.push_status(id, 1_000_001).unwrap();
+            assert_eq!((st.awaiting_ack, st.pending_offline), (0, 1));
+        }
+        assert!(c.online.is_empty() && c.online_idx.is_empty());
+        // Leaving the group while online stops the live copy from counting.
+        c.presence_changes("n0", conns[0].1, on(3), 1_000_000);
+        let third = push(&mut c, TargetSpec::Group("g".into()), 60);
+        assert_eq!(c.push_status(third, 1_000_001).unwrap().awaiting_ack, 1);
+        c.set_user("u", Some(vec![]), None);
+        check_counts(&c);
+        let st = c.push_status(third, 1_000_001).unwrap();
+        assert_eq!((st.targeted, st.awaiting_ack, st.pending_offline), (1, 0, 1));
+        assert_eq!(c.live[&third].count, 0);
     }
 }

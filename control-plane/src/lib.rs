@@ -43,11 +43,36 @@
 //! **Push status** (`GET /v1/pushes/{id}`): `targeted` = the devices the push was for when it
 //! was accepted (TTL > 0: every known device of every target user; TTL 0: the interested devices
 //! online then); `sent` / `dropped` = sums of the nodes' reports (frames queued to connections,
-//! redeliveries included; recipients skipped by backpressure); `delivered` = devices that
-//! acknowledged it; `pending_offline` = targeted devices that have not acknowledged yet while the
-//! TTL runs (offline ones waiting for their next login, and online ones whose ack is in flight);
-//! `expired` = targeted devices that never acknowledged before the TTL passed; `collapsed` =
-//! those that never got it because a newer message replaced it.
+//! redeliveries included; recipients skipped by backpressure — the gateways', and TTL-0
+//! recipients on a node that was behind); `delivered` = targeted devices that acknowledged it;
+//! while the TTL runs, every other targeted device is either `awaiting_ack` (online, with a copy
+//! queued to its node — live, as login backlog or as a resync — and no ack yet) or
+//! `pending_offline` (no copy in flight: it was not online when the push was dispatched, went
+//! offline before acknowledging, or sits on a node that is behind until the resync sends it);
+//! `expired` = targeted devices that had not acknowledged when the TTL passed (both kinds);
+//! `collapsed` = those that never got it because a newer message replaced it. So for a stored
+//! push `targeted = delivered + awaiting_ack + pending_offline + expired + collapsed` (for every
+//! target kind; `awaiting_ack` is capped at `targeted - delivered`, and `pending_offline` is
+//! the rest). A device whose user left the group/topic before acknowledging is no longer owed
+//! the push: it counts as `pending_offline` until the TTL passes. In-flight copies are tracked
+//! in memory only: after a restart every device counts as pending_offline until its node
+//! reconnects and resends it.
+//!
+//! **What a push costs.** A group or topic push costs O(nodes), whatever the number of
+//! members: nothing is walked per member. The control plane keeps counts, updated where they
+//! change rather than per push: known devices per group/topic stream (when a user's groups or
+//! topics change, when a group's topics change, when a device registers) give `targeted`;
+//! online devices per (group/topic stream, node), keyed by the position each is owed messages
+//! from (updated on login, logout, node loss and subscription changes), give the nodes a push
+//! is routed to, the TTL-0 `targeted` and the number of live copies in flight. That number is
+//! set at dispatch and decremented per device only where the device acts: when it
+//! acknowledges, logs out or starts a new session, or leaves the stream (each walks that
+//! device's own unacknowledged stored messages, as a login's backlog does). Login backlogs,
+//! resyncs and direct (`user`/`users`) pushes track copies per device. An online device is
+//! indexed once, on the node of its latest login. Condition pushes are not indexed: accepting
+//! one walks the subscribers of the smallest covering set of positively named topics (all
+//! users if the condition has none), and dispatching one walks the online users and evaluates
+//! the condition on each, tracking copies per device.
 //!
 //! **Retention.** A stored message leaves memory and the store when its TTL passes (the
 //! sweeper, every 250 ms, removes every message due in one committer job, so one transaction
@@ -73,7 +98,8 @@
 //! counts in the push's `dropped` and in `herald_cp_fire_and_forget_dropped_total`.
 //!
 //! **Routing**: the control plane knows each node's online devices (presence) and each user's
-//! subscriptions, and sends a push only to nodes holding at least one interested connection.
+//! subscriptions, and sends a push only to nodes holding at least one interested connection
+//! (group/topic pushes: from the per-(stream, node) online counts above).
 //!
 //! # Layout
 //! `store.rs` (trait, records, redb backend), `committer.rs` (group commit), `core.rs` (state and

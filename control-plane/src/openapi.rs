@@ -159,10 +159,14 @@ fn paths_and_components() -> Value {
                 "PushStatus": { "type": "object", "properties": {
                     "push_id": { "type": "integer" },
                     "state": { "type": "string", "enum": ["pending", "delivered", "expired", "collapsed", "fire_and_forget", "no_recipients"] },
-                    "targeted": { "type": "integer" }, "sent": { "type": "integer" },
-                    "delivered": { "type": "integer" }, "pending_offline": { "type": "integer" },
-                    "expired": { "type": "integer" }, "dropped": { "type": "integer" },
-                    "collapsed": { "type": "integer" },
+                    "targeted": { "type": "integer", "description": "Devices the push was for when accepted (TTL > 0: every known device of every target user; TTL 0: the interested devices online then). For a stored push, targeted = delivered + awaiting_ack + pending_offline + expired + collapsed." },
+                    "sent": { "type": "integer", "description": "Frames the gateways queued to connections, redeliveries included" },
+                    "delivered": { "type": "integer", "description": "Targeted devices that acknowledged the push" },
+                    "awaiting_ack": { "type": "integer", "description": "While the TTL runs: targeted devices that are online and hold a copy (sent live, as login backlog or as a resync) but have not acknowledged yet" },
+                    "pending_offline": { "type": "integer", "description": "While the TTL runs: targeted devices with no copy in flight: not online when the push was dispatched, went offline before acknowledging, or on a gateway node that fell behind until it is resynced (they receive it at their next login); also devices whose user left the group or topic before acknowledging (no longer owed it)." },
+                    "expired": { "type": "integer", "description": "Targeted devices that had not acknowledged when the TTL passed" },
+                    "dropped": { "type": "integer", "description": "Recipients skipped by backpressure: by the gateways, and TTL-0 recipients on a node whose link queue was full" },
+                    "collapsed": { "type": "integer", "description": "Targeted devices that never got it because a newer push with the same collapse key replaced it" },
                     "created_ms": { "type": "integer" }, "expires_ms": { "type": "integer" } } }
             }
         }
