@@ -118,8 +118,7 @@ pub fn main() -> i32 {
 fn run(c: Common, which: &[Which]) -> anyhow::Result<()> {
     let logs = c.out.as_ref().map(|d| d.join("logs"));
     let s = Session::open(&c.target, &c.knobs, logs.as_deref())?;
-    let (report, outcome) = run_session(s, which, c.out.as_deref())?;
-    drop(report);
+    let (_report, outcome) = run_session(s, which, c.out.as_deref())?;
     outcome
 }
 
@@ -201,8 +200,12 @@ fn compare(c: CompareArgs) -> anyhow::Result<()> {
             "mosquitto": mosquitto.json(),
         });
         std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&json)? + "\n")?;
-        std::fs::write(dir.join("compare.md"), cmp.markdown(&json["command"].as_str().unwrap_or_default().to_string()))?;
-        println!("results: {} (section for RESULTS.md: {})", dir.join("results.json").display(), dir.join("compare.md").display());
+        std::fs::write(dir.join("compare.md"), cmp.markdown(json["command"].as_str().unwrap_or_default()))?;
+        println!(
+            "results: {} (section for RESULTS.md: {})",
+            dir.join("results.json").display(),
+            dir.join("compare.md").display()
+        );
     }
     Ok(())
 }

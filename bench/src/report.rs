@@ -181,12 +181,20 @@ impl Comparison {
             r.scenarios.iter().find(|s| s.scenario == scenario).and_then(f)
         };
         type Pick = fn(&ScenarioResult) -> Option<f64>;
-        // (figure, scenario, field, target text, target ratio, lower is better)
-        let specs: [(&str, &str, Pick, &str, Option<f64>, bool); 7] = [
+        /// (figure, scenario, field, target text, target ratio, lower is better)
+        type Spec = (&'static str, &'static str, Pick, &'static str, Option<f64>, bool);
+        let specs: [Spec; 7] = [
             ("RSS per idle connection, B", "hold", |s| s.rss_bytes_per_conn, "≤ 0.7×", Some(0.7), true),
             ("CPU per keep-alive (PINGREQ), µs", "hold", |s| s.cpu_us_per_heartbeat, "", None, true),
             ("connects/s (CONNECT+SUBSCRIBE)", "hold", |s| s.logins_per_s, "", None, false),
-            ("one push → all, last delivery, ms", "fanout", |s| s.last_delivery_ms, "≤ 0.5×", Some(0.5), true),
+            (
+                "one push → all, last delivery, ms",
+                "fanout",
+                |s| s.last_delivery_ms,
+                "≤ 0.5×",
+                Some(0.5),
+                true,
+            ),
             ("one push → all, p50, ms", "fanout", |s| s.p50_ms, "", None, true),
             ("burst deliveries/s", "burst", |s| s.deliveries_per_s, "≥ 10×", Some(10.0), false),
             ("burst p99, ms", "burst", |s| s.p99_ms, "", None, true),

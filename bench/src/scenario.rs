@@ -15,9 +15,9 @@ use crate::admin::{ALL_TOPIC, user_name};
 use crate::clock::now_ns;
 use crate::floor::{self, Floor};
 use crate::hist;
+use crate::mqtt;
 use crate::pool::{Merged, Pool};
 use crate::procfs::KernelMem;
-use crate::mqtt;
 use crate::target::{Counters, Listeners, Target, TargetArgs};
 use crate::wire::{Cmd, Cred, Proto, TIMELINE_BUCKET_NS, Transport};
 use crate::worker::T_NS_KEY;
@@ -218,7 +218,9 @@ impl Session {
         };
         let provision_s = t.elapsed().as_secs_f64();
         let (addr, mut extra) = match (knobs.proto, knobs.transport) {
-            (Proto::Mqtt, _) => (target.mqtt.context("no MQTT address")?, vec!["--proto".to_string(), "mqtt".into()]),
+            (Proto::Mqtt, _) => {
+                (target.mqtt.context("no MQTT address")?, vec!["--proto".to_string(), "mqtt".into()])
+            }
             (Proto::Herald, Transport::Quic) => {
                 let ca = target.ca.as_ref().context("no certificate for QUIC")?;
                 (
@@ -338,7 +340,10 @@ impl Session {
             res.notes.push("QUIC: logins_per_s is handshakes (TLS 1.3 + LOGIN on a new stream) per second; kernel_bytes_per_conn is the slab delta halved as for TCP, but a QUIC connection has no socket of its own (shared UDP sockets), so it is mostly noise".into());
         }
         if k.proto == Proto::Mqtt {
-            res.notes.push("MQTT: logins_per_s counts CONNECT→CONNACK→SUBSCRIBE→SUBACK; heartbeats are PINGREQ/PINGRESP".into());
+            res.notes.push(
+                "MQTT: logins_per_s counts CONNECT→CONNACK→SUBSCRIBE→SUBACK; heartbeats are PINGREQ/PINGRESP"
+                    .into(),
+            );
         }
         Ok(res)
     }
@@ -586,7 +591,9 @@ impl Session {
                         let to = json!({"user": user_name(i as usize % n)});
                         let payload = match k.proto {
                             Proto::Herald => json!({"data": {T_NS_KEY: t.to_string()}}),
-                            Proto::Mqtt => json!({"body": mqtt::stamped_body(t, 0), "data": {T_NS_KEY: t.to_string()}}),
+                            Proto::Mqtt => {
+                                json!({"body": mqtt::stamped_body(t, 0), "data": {T_NS_KEY: t.to_string()}})
+                            }
                         };
                         match admin.push(to, payload, k.ttl_secs) {
                             Ok(_) => sent.fetch_add(1, Ordering::Relaxed),

@@ -187,7 +187,9 @@ impl Target {
             bail!("--proto mqtt against a running Herald needs --mqtt ADDR (or use --spawn)");
         }
         if need.quic && (args.quic.is_none() || args.ca.is_none()) {
-            bail!("--transport quic against a running Herald needs --quic ADDR and --ca CERT (or use --spawn)");
+            bail!(
+                "--transport quic against a running Herald needs --quic ADDR and --ca CERT (or use --spawn)"
+            );
         }
         Ok(Target {
             tcp: args.tcp,
@@ -232,9 +234,7 @@ impl Target {
             .arg("-h")
             .output()
             .ok()
-            .and_then(|o| {
-                String::from_utf8_lossy(&o.stdout).lines().next().map(|l| l.trim().to_string())
-            })
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(|l| l.trim().to_string()))
             .unwrap_or_else(|| "unknown".into());
         let log = File::create(logs.join("mosquitto.log"))?;
         let child = Command::new(bin)
@@ -286,8 +286,14 @@ impl Target {
         std::fs::create_dir_all(&logs)?;
         let tcp = SocketAddrV4::new([127, 0, 0, 1].into(), free_port()?);
         let admin_addr = format!("127.0.0.1:{}", free_port()?);
-        let mqtt = need.mqtt.then(|| free_port().map(|p| SocketAddrV4::new([127, 0, 0, 1].into(), p))).transpose()?;
-        let quic = need.quic.then(|| free_port().map(|p| SocketAddrV4::new([127, 0, 0, 1].into(), p))).transpose()?;
+        let mqtt = need
+            .mqtt
+            .then(|| free_port().map(|p| SocketAddrV4::new([127, 0, 0, 1].into(), p)))
+            .transpose()?;
+        let quic = need
+            .quic
+            .then(|| free_port().map(|p| SocketAddrV4::new([127, 0, 0, 1].into(), p)))
+            .transpose()?;
         let mut t = Target {
             tcp,
             mqtt,
@@ -326,7 +332,8 @@ impl Target {
                 bail!("--transport quic with --spawn runs one `herald serve` (no --nodes)");
             }
             listener_args.extend(["--quic".to_string(), q.to_string()]);
-            t.ca = Some(args.ca.clone().unwrap_or_else(|| data.path().join("store").join("quic-dev-cert.pem")));
+            t.ca =
+                Some(args.ca.clone().unwrap_or_else(|| data.path().join("store").join("quic-dev-cert.pem")));
         }
         if args.nodes == 0 {
             let metrics = format!("127.0.0.1:{}", free_port()?);

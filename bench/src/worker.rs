@@ -255,18 +255,20 @@ impl Worker {
                 self.logins = match self.cfg.proto {
                     Proto::Mqtt => creds
                         .iter()
-                        .map(|c| Bytes::from(mqtt::connect(&c.device, &c.user, &c.token, mqtt::KEEP_ALIVE_SECS)))
+                        .map(|c| {
+                            Bytes::from(mqtt::connect(&c.device, &c.user, &c.token, mqtt::KEEP_ALIVE_SECS))
+                        })
                         .collect(),
                     Proto::Herald => creds
-                    .iter()
-                    .map(|c| {
-                        let mut b = BytesMut::new();
-                        Login::new(Bytes::from(c.token.clone()), Bytes::from(c.device.clone()), &[])
-                            .encode(&mut b)
-                            .map(|()| b.freeze())
-                    })
-                    .collect::<Result<_, _>>()
-                    .context("encoding a login")?,
+                        .iter()
+                        .map(|c| {
+                            let mut b = BytesMut::new();
+                            Login::new(Bytes::from(c.token.clone()), Bytes::from(c.device.clone()), &[])
+                                .encode(&mut b)
+                                .map(|()| b.freeze())
+                        })
+                        .collect::<Result<_, _>>()
+                        .context("encoding a login")?,
                 };
                 self.conns = creds.iter().map(|_| Conn::new(false)).collect();
                 self.creds = creds;
