@@ -65,10 +65,29 @@ pub(crate) enum Upstream {
     },
 }
 
+/// A session in the resync mirror: the core's own name strings, shared, not copied.
+#[derive(Debug)]
+struct Live {
+    user: Arc<str>,
+    device: Arc<str>,
+    resume: Box<[StreamSeq]>,
+}
+
+impl Live {
+    fn online(&self, session_id: u64) -> Online {
+        Online {
+            user: self.user.to_string(),
+            device: self.device.to_string(),
+            session_id,
+            resume: self.resume.to_vec(),
+        }
+    }
+}
+
 /// What waits to go up, and who is online (for resync).
 #[derive(Debug, Default)]
 struct UpState {
-    online: HashMap<u64, Online>,
+    online: HashMap<u64, Live>,
     presence: Vec<PresenceChange>,
     receipts: Vec<Receipt>,
     /// push id → (sent, dropped, cores that reported).
@@ -80,9 +99,9 @@ impl UpState {
     fn absorb(&mut self, ev: Upstream, cores: usize) {
         match ev {
             Upstream::Online { user, device, session_id, resume } => {
-                let o = Online { user: user.to_string(), device: device.to_string(), session_id, resume };
-                self.presence.push(PresenceChange::Online(o.clone()));
-                self.online.insert(session_id, o);
+                let s = Live { user, device, resume: resume.into_boxed_slice() };
+                self.presence.push(PresenceChange::Online(s.online(session_id)));
+                self.online.insert(session_id, s);
             }
             Upstream::Offline { user, device, session_id, code } => {
                 self.online.remove(&session_id);
@@ -199,7 +218,9 @@ fn session(node: &Arc<Node>, stream: TcpStream, up: &Receiver<Upstream>, state: 
         cores: cores as u16,
         public_addr: node.tcp_addr.to_string(),
     });
-    let online = LinkMessage::Presence(state.online.values().cloned().map(PresenceChange::Online).collect());
+    let online = LinkMessage::Presence(
+        state.online.iter().map(|(&id, s)| PresenceChange::Online(s.online(id))).collect(),
+    );
     let mut ok = w.send(&hello).and_then(|()| w.send(&online)).is_ok();
     let mut last_stats = Instant::now();
     let mut finished_node = false;
