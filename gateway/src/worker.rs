@@ -107,7 +107,7 @@ struct Auth {
     device: Arc<str>,
     session_id: u64,
     /// The user's id in the core's index.
-    uid: usize,
+    uid: u32,
 }
 
 /// What carries a connection's frames.
@@ -726,7 +726,7 @@ impl Worker {
     fn replace(&mut self, user: &str, device: &str, session_id: u64) {
         let mut old = std::mem::take(&mut self.scratch);
         old.clear();
-        old.extend(self.index.user_conns(user).iter().copied().filter(|&s| {
+        old.extend(self.index.user_conns(user).iter().map(|&s| s as usize).filter(|&s| {
             self.conns[s].auth.as_ref().is_some_and(|a| &*a.device == device && a.session_id < session_id)
         }));
         for &s in &old {
@@ -873,7 +873,7 @@ impl Worker {
         }
         self.m.queued_frames.sub(c.out.clear() as u64);
         if let Some(a) = c.auth {
-            self.index.remove_conn(a.uid, slot);
+            self.index.remove_conn(&a.user, a.uid, slot);
             let code = c.closing.unwrap_or(CloseCode::NORMAL).0;
             let _ = self.node.upstream.send(Upstream::Offline {
                 user: a.user,
@@ -926,7 +926,7 @@ impl Worker {
             CoreCmd::Kick(k) => {
                 let mut slots = std::mem::take(&mut self.scratch);
                 slots.clear();
-                slots.extend(self.index.user_conns(&k.user).iter().copied().filter(|&s| {
+                slots.extend(self.index.user_conns(&k.user).iter().map(|&s| s as usize).filter(|&s| {
                     k.device
                         .as_deref()
                         .is_none_or(|d| self.conns[s].auth.as_ref().is_some_and(|a| &*a.device == d))
