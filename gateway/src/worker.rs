@@ -37,7 +37,7 @@ use monoio::net::{TcpListener, TcpStream};
 use slab::Slab;
 
 use crate::index::{Index, Plan};
-use crate::link::Upstream;
+use crate::link::{LiveSession, Upstream};
 use crate::mailbox::Mailbox;
 use crate::metrics::{CoreMetrics, DropReason as DropWhy};
 use crate::mqtt::{MqttConn, MqttPush};
@@ -65,6 +65,8 @@ pub(crate) enum CoreCmd {
         device: Arc<str>,
         session_id: u64,
     },
+    /// The link (re)connected: answer with `Upstream::Live`.
+    Resync,
     /// A datagram another core read for one of this core's QUIC connections.
     Quic(Box<crate::quic::Datagram>),
     Drain,
@@ -718,7 +720,13 @@ impl Worker {
         c.last_seen_ms = now;
         c.auth = Some(Auth { user: user.clone(), device: device.clone(), session_id, uid });
         self.m.logins_ok.inc();
-        let _ = self.node.upstream.send(Upstream::Online { user: user.clone(), device, session_id, resume });
+        let _ = self.node.upstream.send(Upstream::Online {
+            core: self.n,
+            user: user.clone(),
+            device,
+            session_id,
+            resume,
+        });
         (session_id, user)
     }
 
@@ -876,6 +884,7 @@ impl Worker {
             self.index.remove_conn(&a.user, a.uid, slot);
             let code = c.closing.unwrap_or(CloseCode::NORMAL).0;
             let _ = self.node.upstream.send(Upstream::Offline {
+                core: self.n,
                 user: a.user,
                 device: a.device,
                 session_id: a.session_id,
@@ -941,6 +950,17 @@ impl Worker {
                 if let Some(q) = &mut self.quic {
                     q.forwarded(Instant::now(), *d);
                 }
+            }
+            CoreCmd::Resync => {
+                let sessions = (self.conns.iter())
+                    .filter_map(|(_, c)| c.auth.as_ref())
+                    .map(|a| LiveSession {
+                        user: a.user.clone(),
+                        device: a.device.clone(),
+                        session_id: a.session_id,
+                    })
+                    .collect();
+                let _ = self.node.upstream.send(Upstream::Live { core: self.n, sessions });
             }
             CoreCmd::Drain => self.begin_drain(),
         }
