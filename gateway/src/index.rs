@@ -2,8 +2,12 @@
 //! directly, or are members of a group. Owned by one core, so no locks; effective topics of a
 //! connection are its user's direct topics plus the topics of its groups in the current tables
 //! snapshot, so a group's topic change reaches the next push without touching the index.
+//!
+//! Memory is per connection, so it is kept compact: group and topic names are interned once per
+//! core (a user holds `u32` ids), a name's followers are a `Vec<u32>` of user ids, and a user's
+//! connection slots are inline while it has one (most users have one device).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use herald_protocol::condition::Condition;
@@ -11,14 +15,51 @@ use slab::Slab;
 
 use crate::tables::Snapshot;
 
+/// A user's connection slots on this core: one inline, more on the heap.
+#[derive(Debug)]
+enum Slots {
+    One([u32; 1]),
+    Many(Vec<u32>),
+}
+
+impl Slots {
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Slots::One(s) => s,
+            Slots::Many(v) => v,
+        }
+    }
+
+    fn push(&mut self, slot: u32) {
+        match self {
+            Slots::One([s]) => *self = Slots::Many(vec![*s, slot]),
+            Slots::Many(v) => v.push(slot),
+        }
+    }
+
+    /// Removes `slot`; true when none is left.
+    fn remove(&mut self, slot: u32) -> bool {
+        match self {
+            Slots::One([s]) => *s == slot,
+            Slots::Many(v) => {
+                v.retain(|&s| s != slot);
+                if let [only] = v[..] {
+                    *self = Slots::One([only]);
+                    return false;
+                }
+                v.is_empty()
+            }
+        }
+    }
+}
+
 /// A user with at least one connection on this core.
 #[derive(Debug)]
 struct LocalUser {
-    name: Arc<str>,
-    /// Slots of the user's connections on this core.
-    conns: Vec<usize>,
-    groups: Vec<Box<str>>,
-    topics: Vec<Box<str>>,
+    conns: Slots,
+    /// Interned ids: the first `n_groups` are groups, the rest direct topics.
+    follows: Box<[u32]>,
+    n_groups: u32,
     /// The control plane's subscriptions for the user have arrived since it joined this core.
     synced: bool,
     /// Fan-out pass that last visited this user (dedupes users reached along several paths).
@@ -26,17 +67,105 @@ struct LocalUser {
 }
 
 impl LocalUser {
-    fn follows(&self, topic: &str, snap: &Snapshot) -> bool {
-        self.topics.iter().any(|t| &**t == topic) || self.groups.iter().any(|g| snap.group_has(g, topic))
+    fn groups(&self) -> &[u32] {
+        &self.follows[..self.n_groups as usize]
+    }
+
+    fn topics(&self) -> &[u32] {
+        &self.follows[self.n_groups as usize..]
+    }
+
+    fn follows(&self, topic: &str, groups: &Names, topics: &Names, snap: &Snapshot) -> bool {
+        self.topics().iter().any(|&t| topics.name(t) == topic)
+            || self.groups().iter().any(|&g| snap.group_has(groups.name(g), topic))
+    }
+}
+
+/// Group or topic names followed by this core's users, each held once, with its followers.
+#[derive(Debug, Default)]
+struct Names {
+    ids: HashMap<Box<str>, u32>,
+    /// By id; a freed id has no name and no users until reused.
+    entries: Vec<NameEntry>,
+    free: Vec<u32>,
+}
+
+#[derive(Debug, Default)]
+struct NameEntry {
+    name: Box<str>,
+    /// Local ids of the users following the name.
+    users: Vec<u32>,
+}
+
+impl Names {
+    fn name(&self, id: u32) -> &str {
+        &self.entries[id as usize].name
+    }
+
+    fn users(&self, name: &str) -> &[u32] {
+        self.ids.get(name).map_or(&[], |&id| &self.entries[id as usize].users)
+    }
+
+    /// The id of `name`, interned now if no local user follows it yet.
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let entry = NameEntry { name: name.into(), users: Vec::new() };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.entries[id as usize] = entry;
+                id
+            }
+            None => {
+                self.entries.push(entry);
+                (self.entries.len() - 1) as u32
+            }
+        };
+        self.ids.insert(name.into(), id);
+        id
+    }
+
+    fn join(&mut self, id: u32, uid: u32) {
+        self.entries[id as usize].users.push(uid);
+    }
+
+    /// `uid` stops following `id`; the name is forgotten with its last follower.
+    fn leave(&mut self, id: u32, uid: u32) {
+        let e = &mut self.entries[id as usize];
+        if let Some(i) = e.users.iter().position(|&u| u == uid) {
+            e.users.swap_remove(i);
+        }
+        if e.users.is_empty() {
+            let e = std::mem::take(e);
+            self.ids.remove(&e.name);
+            self.free.push(id);
+        }
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.ids.is_empty()
     }
 }
 
 /// What a user follows, as the control plane last said.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Follows<'a> {
-    pub(crate) groups: &'a [Box<str>],
+    user: &'a LocalUser,
+    groups: &'a Names,
+    topics: &'a Names,
+}
+
+impl<'a> Follows<'a> {
+    pub(crate) fn groups(self) -> impl Iterator<Item = &'a str> {
+        self.user.groups().iter().map(move |&g| self.groups.name(g))
+    }
+
     /// Direct topics.
-    pub(crate) topics: &'a [Box<str>],
+    pub(crate) fn topics(self) -> impl Iterator<Item = &'a str> {
+        self.user.topics().iter().map(move |&t| self.topics.name(t))
+    }
 }
 
 /// Who a push is for, prepared once per push per node.
@@ -58,99 +187,101 @@ pub(crate) enum Plan {
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     users: Slab<LocalUser>,
-    by_name: HashMap<Arc<str>, usize>,
-    topic_users: HashMap<Box<str>, HashSet<usize>>,
-    group_users: HashMap<Box<str>, HashSet<usize>>,
+    by_name: HashMap<Arc<str>, u32>,
+    topics: Names,
+    groups: Names,
     pass: u64,
 }
 
 impl Index {
     /// Registers a logged-in connection; returns its user's local id.
-    pub(crate) fn add_conn(&mut self, user: &Arc<str>, slot: usize) -> usize {
+    pub(crate) fn add_conn(&mut self, user: &Arc<str>, slot: usize) -> u32 {
+        let slot = slot as u32;
         if let Some(&uid) = self.by_name.get(user) {
-            self.users[uid].conns.push(slot);
+            self.users[uid as usize].conns.push(slot);
             return uid;
         }
         let uid = self.users.insert(LocalUser {
-            name: user.clone(),
-            conns: vec![slot],
-            groups: Vec::new(),
-            topics: Vec::new(),
+            conns: Slots::One([slot]),
+            follows: Box::default(),
+            n_groups: 0,
             synced: false,
             mark: 0,
-        });
+        }) as u32;
         self.by_name.insert(user.clone(), uid);
         uid
     }
 
-    /// Unregisters a connection; the user leaves the index with its last connection.
-    pub(crate) fn remove_conn(&mut self, uid: usize, slot: usize) {
-        let Some(u) = self.users.get_mut(uid) else { return };
-        u.conns.retain(|&s| s != slot);
-        if !u.conns.is_empty() {
+    /// Unregisters a connection of `user` (local id `uid`); the user leaves the index with its
+    /// last connection.
+    pub(crate) fn remove_conn(&mut self, user: &str, uid: u32, slot: usize) {
+        let Some(u) = self.users.get_mut(uid as usize) else { return };
+        if !u.conns.remove(slot as u32) {
             return;
         }
         self.unindex(uid);
-        let u = self.users.remove(uid);
-        self.by_name.remove(&u.name);
+        self.users.remove(uid as usize);
+        self.by_name.remove(user);
     }
 
-    /// The user's local id and connection slots, if it has connections here.
-    pub(crate) fn user_conns(&self, user: &str) -> &[usize] {
-        self.by_name.get(user).map_or(&[], |&uid| self.users[uid].conns.as_slice())
+    /// The user's connection slots, if it has connections here.
+    pub(crate) fn user_conns(&self, user: &str) -> &[u32] {
+        self.by_name.get(user).map_or(&[], |&uid| self.users[uid as usize].conns.as_slice())
     }
 
     /// A user's groups and direct topics; `None` until the control plane has sent them for its
     /// connections here (or when it has none).
     pub(crate) fn subscriptions(&self, user: &str) -> Option<Follows<'_>> {
-        let u = &self.users[*self.by_name.get(user)?];
-        u.synced.then_some(Follows { groups: &u.groups, topics: &u.topics })
+        let u = &self.users[*self.by_name.get(user)? as usize];
+        u.synced.then_some(Follows { user: u, groups: &self.groups, topics: &self.topics })
     }
 
     /// Replaces a user's groups and direct topics (no-op when it has no connection here).
     pub(crate) fn set_subscriptions(&mut self, user: &str, groups: &[String], topics: &[String]) {
         let Some(&uid) = self.by_name.get(user) else { return };
         self.unindex(uid);
-        let u = &mut self.users[uid];
+        let mut ids: Vec<u32> = groups.iter().map(|g| self.groups.intern(g)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let n_groups = ids.len();
+        ids.extend(topics.iter().map(|t| self.topics.intern(t)));
+        ids[n_groups..].sort_unstable();
+        let mut n = n_groups;
+        for i in n_groups..ids.len() {
+            if n == n_groups || ids[n - 1] != ids[i] {
+                ids[n] = ids[i];
+                n += 1;
+            }
+        }
+        ids.truncate(n);
+        for &g in &ids[..n_groups] {
+            self.groups.join(g, uid);
+        }
+        for &t in &ids[n_groups..] {
+            self.topics.join(t, uid);
+        }
+        let u = &mut self.users[uid as usize];
         u.synced = true;
-        u.groups = groups.iter().map(|g| g.as_str().into()).collect();
-        u.topics = topics.iter().map(|t| t.as_str().into()).collect();
-        for g in &u.groups {
-            self.group_users.entry(g.clone()).or_default().insert(uid);
-        }
-        for t in &u.topics {
-            self.topic_users.entry(t.clone()).or_default().insert(uid);
-        }
+        u.n_groups = n_groups as u32;
+        u.follows = ids.into_boxed_slice();
     }
 
-    fn unindex(&mut self, uid: usize) {
-        let u = &self.users[uid];
-        for g in &u.groups {
-            if let Some(set) = self.group_users.get_mut(g) {
-                set.remove(&uid);
-                if set.is_empty() {
-                    self.group_users.remove(g);
-                }
-            }
+    fn unindex(&mut self, uid: u32) {
+        let u = &mut self.users[uid as usize];
+        let follows = std::mem::take(&mut u.follows);
+        let n_groups = std::mem::take(&mut u.n_groups) as usize;
+        for &g in &follows[..n_groups] {
+            self.groups.leave(g, uid);
         }
-        for t in &u.topics {
-            if let Some(set) = self.topic_users.get_mut(t) {
-                set.remove(&uid);
-                if set.is_empty() {
-                    self.topic_users.remove(t);
-                }
-            }
+        for &t in &follows[n_groups..] {
+            self.topics.leave(t, uid);
         }
     }
 
     /// Local users following `topic`, directly or through a group.
     fn local_count(&self, topic: &str, snap: &Snapshot) -> usize {
-        self.topic_users.get(topic).map_or(0, HashSet::len)
-            + snap
-                .groups_of(topic)
-                .iter()
-                .map(|g| self.group_users.get(g).map_or(0, HashSet::len))
-                .sum::<usize>()
+        self.topics.users(topic).len()
+            + snap.groups_of(topic).iter().map(|g| self.groups.users(g).len()).sum::<usize>()
     }
 
     /// Appends to `out` the connection slots `plan` reaches on this core (each slot once).
@@ -158,12 +289,12 @@ impl Index {
     pub(crate) fn collect(&mut self, plan: &Plan, snap: &Snapshot, out: &mut Vec<usize>) {
         self.pass += 1;
         let pass = self.pass;
-        let Index { users, by_name, topic_users, group_users, .. } = self;
-        let mut visit = |uid: usize, out: &mut Vec<usize>| {
-            let u = &mut users[uid];
+        let Index { users, by_name, topics, groups, .. } = self;
+        let mut visit = |uid: u32, out: &mut Vec<usize>| {
+            let u = &mut users[uid as usize];
             if u.mark != pass {
                 u.mark = pass;
-                out.extend_from_slice(&u.conns);
+                out.extend(u.conns.as_slice().iter().map(|&s| s as usize));
             }
         };
         match plan {
@@ -180,16 +311,16 @@ impl Index {
                 }
             }
             Plan::Group(g) => {
-                for &uid in group_users.get(g).into_iter().flatten() {
+                for &uid in groups.users(g) {
                     visit(uid, out);
                 }
             }
             Plan::Topic(t) => {
-                for &uid in topic_users.get(t).into_iter().flatten() {
+                for &uid in topics.users(t) {
                     visit(uid, out);
                 }
                 for g in snap.groups_of(t) {
-                    for &uid in group_users.get(g).into_iter().flatten() {
+                    for &uid in groups.users(g) {
                         visit(uid, out);
                     }
                 }
@@ -203,36 +334,34 @@ impl Index {
         let names = c.topics();
         let cover = c.cover(&|i| self.local_count(&names[i], snap));
         let pass = self.pass;
-        let Index { users, topic_users, group_users, .. } = self;
+        let Index { users, topics, groups, .. } = self;
+        let mut check = |u: &mut LocalUser| {
+            if u.mark == pass {
+                return;
+            }
+            u.mark = pass;
+            if c.eval(&mut |i| u.follows(&names[i], groups, topics, snap)) {
+                out.extend(u.conns.as_slice().iter().map(|&s| s as usize));
+            }
+        };
         match cover {
-            Some(topics) => {
-                for i in topics {
+            Some(cover) => {
+                for i in cover {
                     let t = names[i].as_str();
-                    let via_groups = snap.groups_of(t).iter().filter_map(|g| group_users.get(g));
-                    for set in topic_users.get(t).into_iter().chain(via_groups) {
+                    let via_groups = snap.groups_of(t).iter().map(|g| groups.users(g));
+                    for set in std::iter::once(topics.users(t)).chain(via_groups) {
                         for &uid in set {
-                            check_condition(&mut users[uid], pass, c, snap, out);
+                            check(&mut users[uid as usize]);
                         }
                     }
                 }
             }
             None => {
                 for (_, u) in users.iter_mut() {
-                    check_condition(u, pass, c, snap, out);
+                    check(u);
                 }
             }
         }
-    }
-}
-
-fn check_condition(u: &mut LocalUser, pass: u64, c: &Condition, snap: &Snapshot, out: &mut Vec<usize>) {
-    if u.mark == pass {
-        return;
-    }
-    u.mark = pass;
-    let names = c.topics();
-    if c.eval(&mut |i| u.follows(&names[i], snap)) {
-        out.extend_from_slice(&u.conns);
     }
 }
 
@@ -330,9 +459,17 @@ mod tests {
         let a: Arc<str> = "a".into();
         let uid = index.add_conn(&a, 3);
         index.set_subscriptions("a", &[], &["t".to_string()]);
-        index.remove_conn(uid, 3);
+        index.remove_conn("a", uid, 3);
         let mut out = Vec::new();
         index.collect(&Plan::Topic("t".into()), &snap, &mut out);
-        assert!(out.is_empty() && index.by_name.is_empty() && index.topic_users.is_empty());
+        assert!(out.is_empty() && index.by_name.is_empty() && index.topics.is_empty());
+        // The freed name id is reused.
+        let uid = index.add_conn(&a, 4);
+        index.set_subscriptions("a", &[], &["u".to_string(), "u".to_string()]);
+        index.collect(&Plan::Topic("u".into()), &snap, &mut out);
+        assert_eq!(out, [4]);
+        assert_eq!(index.topics.entries.len(), 1);
+        index.remove_conn("a", uid, 4);
+        assert!(index.users.is_empty() && index.topics.is_empty());
     }
 }

@@ -5,9 +5,9 @@
 //! Down: tables become snapshots; subscriptions, pushes and kicks go to every core's mailbox (a
 //! push is encoded into its frame once, here). Up: cores send [`Upstream`] events on one channel;
 //! this thread batches them into `Presence`, `Receipts` and `Reports` messages, sums each push's
-//! per-core reports into one per node, and keeps a mirror of who is online so that after a
-//! reconnect it can resync (`Hello`, then `Online` for every connection). Terminals stay connected
-//! while the link is down.
+//! per-core reports into one per node. After a (re)connect it resyncs: `Hello`, then `Online` for
+//! every session, which it asks the cores for ([`CoreCmd::Resync`]) instead of mirroring them.
+//! Terminals stay connected while the link is down.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -39,16 +39,24 @@ const STATS_EVERY: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub(crate) enum Upstream {
     Online {
+        core: usize,
         user: Arc<str>,
         device: Arc<str>,
         session_id: u64,
         resume: Vec<StreamSeq>,
     },
     Offline {
+        core: usize,
         user: Arc<str>,
         device: Arc<str>,
         session_id: u64,
         code: u16,
+    },
+    /// A core's logged-in sessions, its answer to [`CoreCmd::Resync`]. It follows the core's
+    /// earlier presence events on this channel, so it covers them.
+    Live {
+        core: usize,
+        sessions: Vec<LiveSession>,
     },
     Receipt {
         user: Arc<str>,
@@ -65,10 +73,26 @@ pub(crate) enum Upstream {
     },
 }
 
-/// What waits to go up, and who is online (for resync).
+/// A logged-in session, as a core lists it for a resync.
+#[derive(Debug)]
+pub(crate) struct LiveSession {
+    pub(crate) user: Arc<str>,
+    pub(crate) device: Arc<str>,
+    pub(crate) session_id: u64,
+}
+
+/// What waits to go up. The link keeps no mirror of who is online: after a (re)connect it asks
+/// every core for its live sessions (resyncs are rare; the cores own that information).
 #[derive(Debug, Default)]
 struct UpState {
-    online: HashMap<u64, Online>,
+    /// A link is up and has said Hello.
+    connected: bool,
+    /// Per core: its `Live` answer has not arrived yet, so its presence events are dropped (the
+    /// answer covers them).
+    awaiting: Vec<bool>,
+    /// Resume positions of logins the control plane has not heard of yet (made while the link
+    /// was down or before their core answered), for the resync's `Online`.
+    unsent_resume: HashMap<u64, Vec<StreamSeq>>,
     presence: Vec<PresenceChange>,
     receipts: Vec<Receipt>,
     /// push id → (sent, dropped, cores that reported).
@@ -77,21 +101,67 @@ struct UpState {
 }
 
 impl UpState {
+    /// Whether `core`'s presence events go up now (else a resync will cover them).
+    fn live(&self, core: usize) -> bool {
+        self.connected && !self.awaiting.get(core).copied().unwrap_or(false)
+    }
+
+    /// A link is up: forget queued presence and ask every core for its sessions.
+    fn begin_resync(&mut self, node: &Node) {
+        self.connected = true;
+        self.presence.clear();
+        self.awaiting = vec![true; node.cores.len()];
+        for c in &node.cores {
+            c.send(CoreCmd::Resync);
+        }
+    }
+
     fn absorb(&mut self, ev: Upstream, cores: usize) {
         match ev {
-            Upstream::Online { user, device, session_id, resume } => {
-                let o = Online { user: user.to_string(), device: device.to_string(), session_id, resume };
-                self.presence.push(PresenceChange::Online(o.clone()));
-                self.online.insert(session_id, o);
+            Upstream::Online { core, user, device, session_id, resume } => {
+                if !self.live(core) {
+                    if !resume.is_empty() {
+                        self.unsent_resume.insert(session_id, resume);
+                    }
+                    return;
+                }
+                self.presence.push(PresenceChange::Online(Online {
+                    user: user.to_string(),
+                    device: device.to_string(),
+                    session_id,
+                    resume,
+                }));
             }
-            Upstream::Offline { user, device, session_id, code } => {
-                self.online.remove(&session_id);
+            Upstream::Offline { core, user, device, session_id, code } => {
+                if !self.live(core) {
+                    self.unsent_resume.remove(&session_id);
+                    return;
+                }
                 self.presence.push(PresenceChange::Offline(Offline {
                     user: user.to_string(),
                     device: device.to_string(),
                     session_id,
                     code,
                 }));
+            }
+            Upstream::Live { core, sessions } => {
+                // Only the first answer after Hello counts: a later one (to an older request)
+                // is already covered by the events that followed the first.
+                if !self.connected || !self.awaiting.get(core).copied().unwrap_or(false) {
+                    return;
+                }
+                self.awaiting[core] = false;
+                for s in sessions {
+                    self.presence.push(PresenceChange::Online(Online {
+                        user: s.user.to_string(),
+                        device: s.device.to_string(),
+                        session_id: s.session_id,
+                        resume: self.unsent_resume.remove(&s.session_id).unwrap_or_default(),
+                    }));
+                }
+                if !self.awaiting.contains(&true) {
+                    self.unsent_resume = HashMap::new();
+                }
             }
             Upstream::Receipt { user, device, stream, first, last } => {
                 self.receipts.push(Receipt {
@@ -132,6 +202,7 @@ pub(crate) fn run(node: Arc<Node>, up: Receiver<Upstream>) {
                 node.metrics.link_connects.fetch_add(1, Ordering::Relaxed);
                 node.metrics.link_connected.store(1, Ordering::Relaxed);
                 let done = session(&node, s, &up, &mut state);
+                state.connected = false;
                 node.metrics.link_connected.store(0, Ordering::Relaxed);
                 if done {
                     return;
@@ -140,7 +211,7 @@ pub(crate) fn run(node: Arc<Node>, up: Receiver<Upstream>) {
             }
             Err(e) => tracing::debug!(error = %e, "control plane unreachable"),
         }
-        // Keep absorbing events while disconnected, so the resync is current.
+        // Keep absorbing events while disconnected (receipts, reports, resume positions).
         let until = Instant::now() + backoff;
         while let Some(left) = until.checked_duration_since(Instant::now()) {
             match up.recv_timeout(left) {
@@ -191,16 +262,15 @@ fn session(node: &Arc<Node>, stream: TcpStream, up: &Receiver<Upstream>, state: 
     while let Ok(ev) = up.try_recv() {
         state.absorb(ev, cores);
     }
-    // The resync snapshot replaces every presence change queued while the link was down.
-    state.presence.clear();
     let hello = LinkMessage::Hello(Hello {
         node_id: node.config.node_id.clone(),
         link_version: LINK_VERSION,
         cores: cores as u16,
         public_addr: node.tcp_addr.to_string(),
     });
-    let online = LinkMessage::Presence(state.online.values().cloned().map(PresenceChange::Online).collect());
-    let mut ok = w.send(&hello).and_then(|()| w.send(&online)).is_ok();
+    let mut ok = w.send(&hello).is_ok();
+    // The cores' answers replace every presence change queued while the link was down.
+    state.begin_resync(node);
     let mut last_stats = Instant::now();
     let mut finished_node = false;
     while ok && !closed.load(Ordering::SeqCst) {

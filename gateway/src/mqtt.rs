@@ -280,15 +280,14 @@ pub(crate) fn permitted(
     follows: crate::index::Follows<'_>,
     snap: &crate::tables::Snapshot,
 ) -> bool {
-    let crate::index::Follows { groups, topics } = follows;
     if filter.matches(inbox) || filter.matches(CONDITION_TOPIC) {
         return true;
     }
-    if topics.iter().any(|t| filter.matches(t)) {
+    if follows.topics().any(|t| filter.matches(t)) {
         return true;
     }
     let mut name = String::new();
-    groups.iter().any(|g| {
+    follows.groups().any(|g| {
         name.clear();
         let _ = write!(name, "groups/{g}");
         filter.matches(&name)

@@ -124,11 +124,40 @@ impl Outbound {
         });
     }
 
-    /// Forgets every queued frame; returns how many were dropped.
+    /// Forgets every queued frame (and the queue's memory); returns how many were dropped.
     pub(crate) fn clear(&mut self) -> usize {
         let n = self.q.len();
-        self.q.clear();
+        self.q = VecDeque::new();
         n
+    }
+
+    /// Writes a control frame at once when nothing is queued ahead of it (a PONG or a login
+    /// reply: one `send`, no queue memory), queueing what the socket does not take; otherwise
+    /// queues it behind the rest. Returns the bytes written now, or `None` when the write failed
+    /// (the peer is gone).
+    pub(crate) fn send_control(&mut self, mut to: impl WriteVectored, bytes: Bytes) -> Option<usize> {
+        if !self.q.is_empty() {
+            self.push_control(bytes);
+            return Some(0);
+        }
+        let iov = [libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() }];
+        let n = loop {
+            // The iovec points into `bytes`, alive until the write returns.
+            match to.write_iov(&iov) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break 0,
+                Err(_) => return None,
+            }
+        };
+        self.offset += n as u64;
+        if n < bytes.len() {
+            self.push_control(bytes);
+            if let Some(e) = self.q.front_mut() {
+                e.written = n as u32;
+            }
+        }
+        Some(n)
     }
 
     /// Writes as much as `to` takes with one vectored write per round. Returns the outcome and
@@ -196,9 +225,8 @@ impl Outbound {
                 return (Flushed::Blocked, total);
             }
         }
-        if self.q.capacity() > 64 {
-            self.q.shrink_to(8);
-        }
+        // An idle connection holds no queue memory.
+        self.q = VecDeque::new();
         (Flushed::Empty, total)
     }
 }
@@ -217,6 +245,26 @@ mod tests {
         assert_eq!(o.push(f(4), true, false, 2), Queued::DroppedNew);
         assert_eq!(o.push(f(5), true, true, 2), Queued::Full);
         assert_eq!(o.len(), 2);
+    }
+
+    #[test]
+    fn control_frames_go_straight_out_and_an_idle_queue_holds_no_memory() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        use std::os::fd::AsRawFd;
+        let mut o = Outbound::default();
+        assert_eq!(o.send_control(a.as_raw_fd(), Bytes::from_static(&[0x02, 7])), Some(2));
+        assert!(o.is_empty() && o.q.capacity() == 0);
+        o.push(Bytes::from_static(&[0x12; 16]), true, false, 8);
+        // Behind a queued push: queued, then written in order with the push's padding.
+        assert_eq!(o.send_control(a.as_raw_fd(), Bytes::from_static(&[0x02, 8])), Some(0));
+        assert_eq!(o.flush(a.as_raw_fd()), (Flushed::Empty, 14 + 16 + 2));
+        assert_eq!(o.q.capacity(), 0);
+        let mut got = [0u8; 34];
+        use std::io::Read;
+        (&b).read_exact(&mut got).unwrap();
+        assert_eq!(&got[..2], &[0x02, 7]);
+        assert_eq!(got[16], 0x12);
+        assert_eq!(&got[32..], &[0x02, 8]);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use monoio::net::{TcpListener, TcpStream};
 use slab::Slab;
 
 use crate::index::{Index, Plan};
-use crate::link::Upstream;
+use crate::link::{LiveSession, Upstream};
 use crate::mailbox::Mailbox;
 use crate::metrics::{CoreMetrics, DropReason as DropWhy};
 use crate::mqtt::{MqttConn, MqttPush};
@@ -65,6 +65,8 @@ pub(crate) enum CoreCmd {
         device: Arc<str>,
         session_id: u64,
     },
+    /// The link (re)connected: answer with `Upstream::Live`.
+    Resync,
     /// A datagram another core read for one of this core's QUIC connections.
     Quic(Box<crate::quic::Datagram>),
     Drain,
@@ -107,7 +109,7 @@ struct Auth {
     device: Arc<str>,
     session_id: u64,
     /// The user's id in the core's index.
-    uid: usize,
+    uid: u32,
 }
 
 /// What carries a connection's frames.
@@ -146,8 +148,9 @@ struct Conn {
     writer: bool,
     /// Being closed with this code; no more frames are read from it.
     closing: Option<CloseCode>,
-    /// A partial frame carried over between reads (only while one is in flight).
-    partial: Option<BytesMut>,
+    /// A partial frame carried over between reads (only while one is in flight; boxed, so an
+    /// idle connection pays one pointer for it).
+    partial: Option<Box<BytesMut>>,
 }
 
 /// Why a frame ends a connection or that the peer ended it.
@@ -507,7 +510,7 @@ impl Worker {
         }
         c.last_seen_ms = now;
         let (mut buf, from_core) = match c.partial.take() {
-            Some(p) => (p, false),
+            Some(p) => (*p, false),
             None => (std::mem::take(&mut self.rbuf), true),
         };
         let mut eof = false;
@@ -612,7 +615,8 @@ impl Worker {
             && !buf.is_empty()
             && let Some(c) = self.conns.get_mut(slot)
         {
-            c.partial = Some(if from_core { BytesMut::from(&buf[..]) } else { std::mem::take(&mut buf) });
+            c.partial =
+                Some(Box::new(if from_core { BytesMut::from(&buf[..]) } else { std::mem::take(&mut buf) }));
         }
         if from_core {
             buf.clear();
@@ -716,7 +720,13 @@ impl Worker {
         c.last_seen_ms = now;
         c.auth = Some(Auth { user: user.clone(), device: device.clone(), session_id, uid });
         self.m.logins_ok.inc();
-        let _ = self.node.upstream.send(Upstream::Online { user: user.clone(), device, session_id, resume });
+        let _ = self.node.upstream.send(Upstream::Online {
+            core: self.n,
+            user: user.clone(),
+            device,
+            session_id,
+            resume,
+        });
         (session_id, user)
     }
 
@@ -724,7 +734,7 @@ impl Worker {
     fn replace(&mut self, user: &str, device: &str, session_id: u64) {
         let mut old = std::mem::take(&mut self.scratch);
         old.clear();
-        old.extend(self.index.user_conns(user).iter().copied().filter(|&s| {
+        old.extend(self.index.user_conns(user).iter().map(|&s| s as usize).filter(|&s| {
             self.conns[s].auth.as_ref().is_some_and(|a| &*a.device == device && a.session_id < session_id)
         }));
         for &s in &old {
@@ -733,10 +743,31 @@ impl Worker {
         self.scratch = old;
     }
 
+    /// Sends a control frame (reply, PONG, GOAWAY, CLOSE): straight to an idle TCP socket (one
+    /// `send`, no queue memory), else behind what is queued.
     fn queue_control(&mut self, slot: usize, frame: Bytes) {
         let c = &mut self.conns[slot];
-        c.out.push_control(frame);
         self.m.frames_out.inc();
+        if let Transport::Tcp { fd, .. } = c.transport
+            && !c.writer
+            && c.out.is_empty()
+        {
+            let len = frame.len();
+            match c.out.send_control(fd, frame) {
+                Some(n) => {
+                    self.m.bytes_out.add(n as u64);
+                    if n == len {
+                        return;
+                    }
+                }
+                None => {
+                    shutdown(fd, libc::SHUT_RDWR);
+                    return;
+                }
+            }
+        } else {
+            c.out.push_control(frame);
+        }
         self.m.queued_frames.inc();
         if !c.dirty {
             c.dirty = true;
@@ -850,9 +881,10 @@ impl Worker {
         }
         self.m.queued_frames.sub(c.out.clear() as u64);
         if let Some(a) = c.auth {
-            self.index.remove_conn(a.uid, slot);
+            self.index.remove_conn(&a.user, a.uid, slot);
             let code = c.closing.unwrap_or(CloseCode::NORMAL).0;
             let _ = self.node.upstream.send(Upstream::Offline {
+                core: self.n,
                 user: a.user,
                 device: a.device,
                 session_id: a.session_id,
@@ -903,7 +935,7 @@ impl Worker {
             CoreCmd::Kick(k) => {
                 let mut slots = std::mem::take(&mut self.scratch);
                 slots.clear();
-                slots.extend(self.index.user_conns(&k.user).iter().copied().filter(|&s| {
+                slots.extend(self.index.user_conns(&k.user).iter().map(|&s| s as usize).filter(|&s| {
                     k.device
                         .as_deref()
                         .is_none_or(|d| self.conns[s].auth.as_ref().is_some_and(|a| &*a.device == d))
@@ -918,6 +950,17 @@ impl Worker {
                 if let Some(q) = &mut self.quic {
                     q.forwarded(Instant::now(), *d);
                 }
+            }
+            CoreCmd::Resync => {
+                let sessions = (self.conns.iter())
+                    .filter_map(|(_, c)| c.auth.as_ref())
+                    .map(|a| LiveSession {
+                        user: a.user.clone(),
+                        device: a.device.clone(),
+                        session_id: a.session_id,
+                    })
+                    .collect();
+                let _ = self.node.upstream.send(Upstream::Live { core: self.n, sessions });
             }
             CoreCmd::Drain => self.begin_drain(),
         }
@@ -1042,5 +1085,17 @@ fn discard_input(fd: RawFd) -> bool {
         if n < 0 {
             return std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every connection pays for these in its slab slot; an idle one pays nothing else here.
+    #[test]
+    fn connection_state_stays_small() {
+        assert!(size_of::<Conn>() <= 160, "Conn is {} bytes", size_of::<Conn>());
+        assert!(size_of::<Outbound>() <= 40, "Outbound is {} bytes", size_of::<Outbound>());
     }
 }

@@ -26,20 +26,38 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 /// The admin key every test process is started with.
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 
-/// Path of the `herald` binary of this workspace, built if missing.
+/// Path of the `herald` binary of this workspace's target dir, (re)built once per test process
+/// so a test never runs a stale binary (`cargo build` is a no-op when it is current).
 pub fn herald_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> → target/<profile>/herald
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = profile_dir.join("herald");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--bin", "herald"])
-            .status()
-            .expect("cargo build --bin herald");
-        assert!(status.success(), "building the herald binary failed");
-    }
-    bin
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current exe");
+        // target/<profile>/deps/<test> → target/<profile>/herald
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+        let target_dir = profile_dir.parent().expect("target dir");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "herald-gateway", "--bin", "herald"]).env("CARGO_TARGET_DIR", target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        // Cargo hands this test its package's variables; build scripts (ring's) rerun when those
+        // change, so passing them on would rebuild half the tree here and in the next cargo run.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            let per_package = ["CARGO_PKG_", "CARGO_BIN_", "CARGO_CFG_"].iter().any(|p| k.starts_with(p))
+                || ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_MANIFEST_LINKS", "CARGO_CRATE_NAME"]
+                    .contains(&k.as_ref())
+                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&k.as_ref());
+            if per_package {
+                cmd.env_remove(k.as_ref());
+            }
+        }
+        assert!(cmd.status().expect("cargo build --bin herald").success(), "building herald failed");
+        let bin = profile_dir.join("herald");
+        assert!(bin.is_file(), "no herald binary at {}", bin.display());
+        bin
+    })
+    .clone()
 }
 
 /// A running `herald` process whose stdout lines are collected.

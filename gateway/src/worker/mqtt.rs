@@ -247,7 +247,7 @@ impl Worker {
     pub(super) fn resume_parked(&mut self, user: &str) {
         let mut slots = std::mem::take(&mut self.scratch);
         slots.clear();
-        slots.extend(self.index.user_conns(user).iter().copied());
+        slots.extend(self.index.user_conns(user).iter().map(|&s| s as usize));
         for &slot in &slots {
             let parked = match mqtt_mut(&mut self.conns[slot].proto) {
                 Some(m) if !m.parked.is_empty() => std::mem::take(&mut m.parked),

@@ -149,7 +149,7 @@ impl Worker {
         }
         c.last_seen_ms = now;
         let (mut buf, from_core) = match c.partial.take() {
-            Some(p) => (p, false),
+            Some(p) => (*p, false),
             None => (std::mem::take(&mut self.rbuf), true),
         };
         buf.extend_from_slice(data);
