@@ -6,8 +6,11 @@
 //! that more connections can be held than one process may open; the parent provisions users,
 //! drives the scenarios, reads the gateway's figures and writes the report.
 //!
-//! Layout: `cli` (arguments and dispatch), `target` (spawning or addressing Herald), `admin`
-//! (the HTTP client), `worker` (the epoll client loop of a worker process), `pool` (the parent's
+//! Layout: `cli` (arguments and dispatch), `target` (spawning or addressing Herald, or starting
+//! Mosquitto for `compare`), `admin` (the HTTP client), `worker` (the epoll client loop of a
+//! worker process, Herald frames or MQTT over TCP), `mqtt` (the minimal MQTT 3.1.1 client codec
+//! and the publisher `compare` uses for a broker), `quic_worker` (the worker for
+//! `--transport quic`: quinn client endpoints on tokio), `pool` (the parent's
 //! side of the workers), `scenario` (hold, storm, fanout, burst, latency), `floor` (the bare
 //! `send(2)` baseline), `procfs` (gateway and kernel figures), `report` (JSON, table) and `svg`
 //! (charts).
