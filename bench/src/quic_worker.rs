@@ -93,6 +93,27 @@ pub fn client_config(ca: &std::path::Path) -> anyhow::Result<quinn::ClientConfig
     Ok(cfg)
 }
 
+/// Raises a client socket's receive buffer to `CLIENT_RCVBUF` (`SO_RCVBUFFORCE` when allowed,
+/// else as far as `net.core.rmem_max` lets `SO_RCVBUF`): with the default ~208 KiB, a burst to
+/// thousands of connections on one socket overflows it on the client side and the measurement
+/// would be of the bench's loss, not the gateway's.
+fn grow_receive_buffer(sock: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = CLIENT_RCVBUF;
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: setsockopt on a socket this function borrows, with a pointer to a live c_int of
+    // the length given.
+    unsafe {
+        let fd = sock.as_raw_fd();
+        if libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&raw const size).cast(), len) != 0 {
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&raw const size).cast(), len);
+        }
+    }
+}
+
+/// Receive buffer of a client endpoint's UDP socket, bytes.
+const CLIENT_RCVBUF: libc::c_int = 16 << 20;
+
 /// Runs a QUIC worker until stdin closes or `Quit` arrives.
 pub fn run(cfg: WorkerConfig) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -120,8 +141,15 @@ async fn main_loop(cfg: WorkerConfig) -> anyhow::Result<()> {
     let client = client_config(ca)?;
     let mut endpoints = Vec::new();
     for _ in 0..cfg.endpoints.max(1) {
-        let mut ep = quinn::Endpoint::client(SocketAddr::new(cfg.source.into(), 0))
+        let sock = std::net::UdpSocket::bind(SocketAddr::new(cfg.source.into(), 0))
             .with_context(|| format!("binding a QUIC client endpoint on {}", cfg.source))?;
+        grow_receive_buffer(&sock);
+        let mut ep = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            sock,
+            Arc::new(quinn::TokioRuntime),
+        )?;
         ep.set_default_client_config(client.clone());
         endpoints.push(ep);
     }
