@@ -70,6 +70,7 @@ impl WriteVectored for RawFd {
 #[derive(Debug, Default)]
 pub(crate) struct Outbound {
     /// Boxed and absent while empty: an idle connection pays one pointer for its queue.
+    #[expect(clippy::box_collection, reason = "a VecDeque is four words in every connection's slot")]
     q: Option<Box<VecDeque<Entry>>>,
     /// Bytes written on this connection so far (the stream offset of the next byte).
     offset: u64,

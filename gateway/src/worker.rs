@@ -666,7 +666,7 @@ impl Worker {
         }
         let resume = login.resume().map(|p| StreamSeq { stream: p.stream, seq: p.seq }).collect();
         let cfg = &self.node.config;
-        let grace_ms = u32::from(cfg.heartbeat_grace_secs).saturating_mul(1000);
+        let grace_ms = cfg.heartbeat_grace_secs.saturating_mul(1000);
         let (session_id, _) = self.admit(slot, claims, resume, now, grace_ms);
         let cfg = &self.node.config;
         let mut ok = BytesMut::with_capacity(28);

@@ -184,7 +184,7 @@ impl Worker {
         let device = claims.device.clone();
         let cfg = &self.node.config;
         let grace_ms = match c.keep_alive_secs {
-            0 => u32::from(cfg.heartbeat_grace_secs).saturating_mul(1000),
+            0 => cfg.heartbeat_grace_secs.saturating_mul(1000),
             k => u32::from(k) * 1500,
         };
         let max_packet_bytes = cfg.max_frame_bytes as u32;
