@@ -43,8 +43,9 @@
 //! control plane; `--no-default-features` builds the gateway library alone.
 //!
 //! # Layout
-//! - `worker`: one core's world: accept loop, connections (slab), login, heartbeats (deadline
-//!   heap swept by one timer per core), subscriber index, fan-out and outbound queues.
+//! - `worker`: one core's world: accept loop, connections (slab), login, heartbeats (each
+//!   connection's `herald_protocol::server::Liveness`, due times in a heap swept by one timer
+//!   per core), subscriber index, fan-out and outbound queues.
 //!   Its `worker::mqtt` turns MQTT packets into the same session calls.
 //! - `quic`: the QUIC listener (ALPN `herald/1`, [`GatewayConfig::quic_addr`]): one
 //!   `quinn-proto` endpoint per core on its own `SO_REUSEPORT` UDP socket, connection IDs that
@@ -52,10 +53,12 @@
 //!   development certificate ([`quic_dev_certificate`]). Sessions are the same as over TCP.
 //! - `mqtt`: the MQTT adapter's policies (topics, QoS, payload, sessions, reason codes), and the
 //!   PUBLISH form of a push, prepared once per node by the link thread.
-//! - `index`: a core's `user / topic / group → local connections` index.
+//! - `index`: a core's `user / topic / group → local connections` index (names interned per
+//!   core, users hold `u32` ids).
 //! - `outbound`: a connection's bounded outbound queue, coalesced into one `writev`.
 //! - `link`: the control-plane client: tables, subscriptions, pushes and kicks down; presence,
-//!   receipts and push reports up, batched.
+//!   receipts (every ACK range, as received) and push reports up, batched; after a reconnect it
+//!   asks the cores for their live sessions to resync presence.
 //! - `tables`: immutable snapshots of keys, revocations and group → topics, swapped atomically.
 //! - `mailbox`: the per-core queue other threads use to reach a core.
 //! - `metrics`: per-core single-writer counters and the HTTP endpoint.

@@ -69,18 +69,20 @@ impl WriteVectored for RawFd {
 
 #[derive(Debug, Default)]
 pub(crate) struct Outbound {
-    q: VecDeque<Entry>,
+    /// Boxed and absent while empty: an idle connection pays one pointer for its queue.
+    #[expect(clippy::box_collection, reason = "a VecDeque is four words in every connection's slot")]
+    q: Option<Box<VecDeque<Entry>>>,
     /// Bytes written on this connection so far (the stream offset of the next byte).
     offset: u64,
 }
 
 impl Outbound {
     pub(crate) fn len(&self) -> usize {
-        self.q.len()
+        self.q.as_ref().map_or(0, |q| q.len())
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.q.is_empty()
+        self.q.as_ref().is_none_or(|q| q.is_empty())
     }
 
     /// Queues a frame under the limit `max` (frames), applying the drop policy.
@@ -98,23 +100,24 @@ impl Outbound {
         max: usize,
     ) -> Queued {
         let mut outcome = Queued::Yes;
-        if self.q.len() >= max {
-            match self.q.iter().position(|e| !e.persistent && e.written == 0) {
+        let q = self.q.get_or_insert_default();
+        if q.len() >= max {
+            match q.iter().position(|e| !e.persistent && e.written == 0) {
                 Some(i) => {
-                    self.q.remove(i);
+                    q.remove(i);
                     outcome = Queued::DroppedOldest;
                 }
                 None if !persistent => return Queued::DroppedNew,
                 None => return Queued::Full,
             }
         }
-        self.q.push_back(Entry { bytes, tail, aligned, persistent, pad: 0, written: 0 });
+        q.push_back(Entry { bytes, tail, aligned, persistent, pad: 0, written: 0 });
         outcome
     }
 
     /// Queues a control frame regardless of the limit (login reply, pong, goaway, close).
     pub(crate) fn push_control(&mut self, bytes: Bytes) {
-        self.q.push_back(Entry {
+        self.q.get_or_insert_default().push_back(Entry {
             bytes,
             tail: Bytes::new(),
             aligned: false,
@@ -126,9 +129,7 @@ impl Outbound {
 
     /// Forgets every queued frame (and the queue's memory); returns how many were dropped.
     pub(crate) fn clear(&mut self) -> usize {
-        let n = self.q.len();
-        self.q = VecDeque::new();
-        n
+        self.q.take().map_or(0, |q| q.len())
     }
 
     /// Writes a control frame at once when nothing is queued ahead of it (a PONG or a login
@@ -136,7 +137,7 @@ impl Outbound {
     /// queues it behind the rest. Returns the bytes written now, or `None` when the write failed
     /// (the peer is gone).
     pub(crate) fn send_control(&mut self, mut to: impl WriteVectored, bytes: Bytes) -> Option<usize> {
-        if !self.q.is_empty() {
+        if !self.is_empty() {
             self.push_control(bytes);
             return Some(0);
         }
@@ -153,7 +154,7 @@ impl Outbound {
         self.offset += n as u64;
         if n < bytes.len() {
             self.push_control(bytes);
-            if let Some(e) = self.q.front_mut() {
+            if let Some(e) = self.q.as_mut().and_then(|q| q.front_mut()) {
                 e.written = n as u32;
             }
         }
@@ -164,11 +165,12 @@ impl Outbound {
     /// the number of bytes written.
     pub(crate) fn flush(&mut self, mut to: impl WriteVectored) -> (Flushed, usize) {
         let mut total = 0;
-        while !self.q.is_empty() {
+        let Some(q) = self.q.as_mut() else { return (Flushed::Empty, 0) };
+        while !q.is_empty() {
             let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV * 3];
             let mut n_iov = 0;
             let mut off = self.offset;
-            for e in self.q.iter_mut() {
+            for e in q.iter_mut() {
                 if n_iov + 3 > iov.len() {
                     break;
                 }
@@ -196,7 +198,7 @@ impl Outbound {
                 off += (pad + e.bytes.len() + e.tail.len() - done) as u64;
             }
             // Every iovec points into a static padding buffer or into a `Bytes` held by
-            // `self.q`, which is not touched until the write returns.
+            // `q`, which is not touched until the write returns.
             let mut n = match to.write_iov(&iov[..n_iov]) {
                 Ok(n) => n,
                 Err(err) => {
@@ -210,23 +212,23 @@ impl Outbound {
             total += n;
             self.offset += n as u64;
             while n > 0 {
-                let Some(e) = self.q.front_mut() else { break };
+                let Some(e) = q.front_mut() else { break };
                 let left = usize::from(e.pad) + e.bytes.len() + e.tail.len() - e.written as usize;
                 if n >= left {
                     n -= left;
-                    self.q.pop_front();
+                    q.pop_front();
                 } else {
                     e.written += n as u32;
                     n = 0;
                 }
             }
-            if !self.q.is_empty() && (self.q.front().is_some_and(|e| e.written > 0)) {
+            if q.front().is_some_and(|e| e.written > 0) {
                 // Short write: the socket buffer is full.
                 return (Flushed::Blocked, total);
             }
         }
         // An idle connection holds no queue memory.
-        self.q = VecDeque::new();
+        self.q = None;
         (Flushed::Empty, total)
     }
 }
@@ -253,12 +255,12 @@ mod tests {
         use std::os::fd::AsRawFd;
         let mut o = Outbound::default();
         assert_eq!(o.send_control(a.as_raw_fd(), Bytes::from_static(&[0x02, 7])), Some(2));
-        assert!(o.is_empty() && o.q.capacity() == 0);
+        assert!(o.is_empty() && o.q.is_none());
         o.push(Bytes::from_static(&[0x12; 16]), true, false, 8);
         // Behind a queued push: queued, then written in order with the push's padding.
         assert_eq!(o.send_control(a.as_raw_fd(), Bytes::from_static(&[0x02, 8])), Some(0));
         assert_eq!(o.flush(a.as_raw_fd()), (Flushed::Empty, 14 + 16 + 2));
-        assert_eq!(o.q.capacity(), 0);
+        assert!(o.q.is_none());
         let mut got = [0u8; 34];
         use std::io::Read;
         (&b).read_exact(&mut got).unwrap();

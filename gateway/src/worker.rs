@@ -33,6 +33,7 @@ use bytes::{Bytes, BytesMut};
 use herald_protocol::CloseCode;
 use herald_protocol::frame::{Close, Decoder, Frame, GoAway, Login, LoginOk, PROTOCOL_VERSION};
 use herald_protocol::link::{Kick, StreamSeq, UserSubscriptions};
+use herald_protocol::server::{Liveness, Tick, pong};
 use monoio::net::{TcpListener, TcpStream};
 use slab::Slab;
 
@@ -92,10 +93,10 @@ pub(crate) struct PushJob {
 }
 
 const fn pong_table() -> [[u8; 2]; 256] {
-    let mut t = [[herald_protocol::frame::T_PONG, 0]; 256];
+    let mut t = [[0; 2]; 256];
     let mut i = 0;
     while i < 256 {
-        t[i][1] = i as u8;
+        t[i] = pong(i as u8);
         i += 1;
     }
     t
@@ -137,10 +138,8 @@ struct Conn {
     generation: u32,
     proto: Proto,
     auth: Option<Auth>,
-    accepted_ms: u64,
-    last_seen_ms: u64,
-    /// Silence after which a logged-in connection is closed (`HEARTBEAT_TIMEOUT`).
-    grace_ms: u64,
+    /// Login deadline, then heartbeat grace.
+    live: Liveness,
     out: Outbound,
     /// Queued since the last flush of the core's batch.
     dirty: bool,
@@ -473,23 +472,20 @@ impl Worker {
         let now = self.now_ms();
         self.next_gen = self.next_gen.wrapping_add(1);
         let generation = self.next_gen;
-        let cfg = &self.node.config;
-        let grace_ms = u64::from(cfg.heartbeat_grace_secs) * 1000;
+        let login_ms = self.node.config.login_timeout_ms;
         let slot = self.conns.insert(Conn {
             transport,
             generation,
             proto,
             auth: None,
-            accepted_ms: now,
-            last_seen_ms: now,
-            grace_ms,
+            live: Liveness::accepted(Tick::from_millis(now), login_ms.min(u64::from(u32::MAX)) as u32),
             out: Outbound::default(),
             dirty: false,
             writer: false,
             closing: None,
             partial: None,
         });
-        let due = now + self.node.config.login_timeout_ms;
+        let due = now + login_ms;
         self.deadlines.push(Reverse((due, slot as u32, generation)));
         self.m.accepted.inc();
         self.m.connections.inc();
@@ -508,7 +504,7 @@ impl Worker {
             }
             return discard_input(fd);
         }
-        c.last_seen_ms = now;
+        c.live.touch(Tick::from_millis(now));
         let (mut buf, from_core) = match c.partial.take() {
             Some(p) => (*p, false),
             None => (std::mem::take(&mut self.rbuf), true),
@@ -669,7 +665,9 @@ impl Worker {
             return refuse(&self.m, CloseCode::DEVICE_MISMATCH);
         }
         let resume = login.resume().map(|p| StreamSeq { stream: p.stream, seq: p.seq }).collect();
-        let (session_id, _) = self.admit(slot, claims, resume, now);
+        let cfg = &self.node.config;
+        let grace_ms = cfg.heartbeat_grace_secs.saturating_mul(1000);
+        let (session_id, _) = self.admit(slot, claims, resume, now, grace_ms);
         let cfg = &self.node.config;
         let mut ok = BytesMut::with_capacity(28);
         LoginOk {
@@ -705,6 +703,7 @@ impl Worker {
         claims: herald_protocol::credential::Claims,
         resume: Vec<StreamSeq>,
         now: u64,
+        grace_ms: u32,
     ) -> (u64, Arc<str>) {
         let session_id = self.node.next_session_id();
         let user: Arc<str> = claims.user.into();
@@ -717,7 +716,7 @@ impl Worker {
         }
         let uid = self.index.add_conn(&user, slot);
         let c = &mut self.conns[slot];
-        c.last_seen_ms = now;
+        c.live.logged_in(Tick::from_millis(now), grace_ms);
         c.auth = Some(Auth { user: user.clone(), device: device.clone(), session_id, uid });
         self.m.logins_ok.inc();
         let _ = self.node.upstream.send(Upstream::Online {
@@ -896,7 +895,6 @@ impl Worker {
     /// Closes connections whose login deadline or heartbeat grace has passed.
     fn sweep(&mut self) {
         let now = self.now_ms();
-        let login_ms = self.node.config.login_timeout_ms;
         while let Some(&Reverse((due, slot, generation))) = self.deadlines.peek() {
             if due > now {
                 break;
@@ -907,17 +905,17 @@ impl Worker {
             if c.closing.is_some() {
                 continue;
             }
-            let (next, code) = match c.auth {
-                None => (c.accepted_ms + login_ms, CloseCode::LOGIN_TIMEOUT),
-                Some(_) => (c.last_seen_ms + c.grace_ms, CloseCode::HEARTBEAT_TIMEOUT),
-            };
-            if now >= next {
-                if code == CloseCode::LOGIN_TIMEOUT {
-                    self.m.login_failed(code);
+            match c.live.check(Tick::from_millis(now)) {
+                Ok(left) => {
+                    let next = now + u64::from(left.max(1));
+                    self.deadlines.push(Reverse((next, slot as u32, generation)));
                 }
-                self.close_conn(slot, code, false, false);
-            } else {
-                self.deadlines.push(Reverse((next, slot as u32, generation)));
+                Err(code) => {
+                    if code == CloseCode::LOGIN_TIMEOUT {
+                        self.m.login_failed(code);
+                    }
+                    self.close_conn(slot, code, false, false);
+                }
             }
         }
         self.flush_dirty();
@@ -1095,7 +1093,7 @@ mod tests {
     /// Every connection pays for these in its slab slot; an idle one pays nothing else here.
     #[test]
     fn connection_state_stays_small() {
-        assert!(size_of::<Conn>() <= 160, "Conn is {} bytes", size_of::<Conn>());
-        assert!(size_of::<Outbound>() <= 40, "Outbound is {} bytes", size_of::<Outbound>());
+        assert!(size_of::<Conn>() <= 120, "Conn is {} bytes", size_of::<Conn>());
+        assert!(size_of::<Outbound>() <= 16, "Outbound is {} bytes", size_of::<Outbound>());
     }
 }

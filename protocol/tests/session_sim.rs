@@ -1,5 +1,6 @@
-//! A client `Session` against a small in-test server built from `ServerConn` and the frame codec,
-//! on a virtual clock (a fixed base `Instant` plus offsets): no sockets, no sleeps.
+//! A client `Session` against a small in-test server built from the frame codec and the
+//! gateway's `Liveness` deadline, on a virtual clock (a fixed base `Instant` plus offsets): no
+//! sockets, no sleeps.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -11,11 +12,60 @@ use herald_protocol::frame::{
     self, AckRange, Close, Decoder, Frame, GoAway, LoginOk, PushFlags, PushHeader, StreamPos,
 };
 use herald_protocol::payload::PushPayload;
-use herald_protocol::server::{ServerConn, Tick};
+use herald_protocol::server::{Liveness, Tick};
 use herald_protocol::session::{Event, Session, SessionConfig, backoff_ceiling};
 
 const UNIX_BASE_SECS: u64 = 1_700_000_000;
 const HEARTBEAT_SECS: u16 = 30;
+
+/// The test server's connection: its deadline, stream offset and the ACK_REQUIRED pushes sent and
+/// not yet acknowledged (so each receipt is counted once).
+struct SimConn {
+    live: Liveness,
+    logged_in: bool,
+    tx: u64,
+    outstanding: BTreeSet<(u32, u32)>,
+}
+
+impl SimConn {
+    fn accepted(now: Tick, login_timeout_ms: u32) -> Self {
+        SimConn {
+            live: Liveness::accepted(now, login_timeout_ms),
+            logged_in: false,
+            tx: 0,
+            outstanding: BTreeSet::new(),
+        }
+    }
+
+    fn padding(&self) -> &'static [u8] {
+        frame::padding_for(self.tx)
+    }
+
+    fn note_sent(&mut self, n: usize) {
+        self.tx += n as u64;
+    }
+
+    fn answer_ping(&mut self, nonce: u8, out: &mut BytesMut) {
+        frame::encode_pong(nonce, out);
+        self.note_sent(2);
+    }
+
+    fn track(&mut self, stream: u32, seq: u32) {
+        self.outstanding.insert((stream, seq));
+    }
+
+    fn on_ack(&mut self, r: AckRange, mut acked: impl FnMut(u32, u32)) {
+        let hit: Vec<_> = self.outstanding.range((r.stream, r.first)..=(r.stream, r.last)).copied().collect();
+        for (stream, seq) in hit {
+            self.outstanding.remove(&(stream, seq));
+            acked(stream, seq);
+        }
+    }
+
+    fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+}
 
 /// The server side: a store of messages, and at most one connection.
 struct SimServer {
@@ -26,7 +76,7 @@ struct SimServer {
     receipts: Vec<(u32, u32)>,
     /// The resume positions of every LOGIN received.
     logins: Vec<Vec<StreamPos>>,
-    conn: Option<ServerConn>,
+    conn: Option<SimConn>,
     rx: BytesMut,
     /// Resend every stored message after a login, even ones the terminal said it has.
     ignore_resume: bool,
@@ -59,12 +109,12 @@ impl SimServer {
     }
 
     fn accept(&mut self, now: Tick) {
-        self.conn = Some(ServerConn::accepted(now, 5_000));
+        self.conn = Some(SimConn::accepted(now, 5_000));
         self.rx.clear();
     }
 
     fn send_push(
-        conn: &mut ServerConn,
+        conn: &mut SimConn,
         out: &mut BytesMut,
         stream: u32,
         seq: u32,
@@ -78,7 +128,7 @@ impl SimServer {
         frame::encode_push_into(PushHeader { flags, ttl_secs: 60, stream, seq }, payload, out).unwrap();
         conn.note_sent(out.len() - before);
         if flags.contains(PushFlags::ACK_REQUIRED) {
-            conn.track(stream, seq).unwrap();
+            conn.track(stream, seq);
         }
     }
 
@@ -98,15 +148,21 @@ impl SimServer {
         let mut out = BytesMut::new();
         let Some(conn) = self.conn.as_mut() else { return out };
         self.rx.extend_from_slice(bytes);
-        conn.touch(now);
+        conn.live.touch(now);
         while let Some(f) = Decoder::default().decode(&mut self.rx).expect("client sends valid frames") {
-            conn.check_frame(&f).expect("client sends frames allowed in its state");
+            let allowed = match f {
+                Frame::Login(_) => !conn.logged_in,
+                Frame::Ping { .. } | Frame::Ack(_) => conn.logged_in,
+                _ => true,
+            };
+            assert!(allowed, "client sends frames allowed in its state: {f:?}");
             match f {
                 Frame::Login(login) => {
                     let claims = self.keys.verify(&login.credential, unix_secs).expect("valid credential");
                     assert_eq!(claims.device.as_bytes(), &login.device[..]);
                     let resume: Vec<StreamPos> = login.resume().collect();
-                    conn.logged_in(now, u32::from(HEARTBEAT_SECS) * 1000 + 10_000);
+                    conn.live.logged_in(now, u32::from(HEARTBEAT_SECS) * 1000 + 10_000);
+                    conn.logged_in = true;
                     let before = out.len();
                     LoginOk {
                         session_id: 1,
@@ -133,9 +189,7 @@ impl SimServer {
                 Frame::Ack(ack) => {
                     self.ack_frames += 1;
                     for range in ack.ranges() {
-                        conn.on_ack(range, |r: AckRange| {
-                            self.receipts.extend((r.first..=r.last).map(|s| (r.stream, s)));
-                        });
+                        conn.on_ack(range, |stream, seq| self.receipts.push((stream, seq)));
                     }
                 }
                 other => panic!("unexpected frame from the client: {other:?}"),

@@ -184,12 +184,11 @@ impl Worker {
         let device = claims.device.clone();
         let cfg = &self.node.config;
         let grace_ms = match c.keep_alive_secs {
-            0 => u64::from(cfg.heartbeat_grace_secs) * 1000,
-            k => u64::from(k) * 1500,
+            0 => cfg.heartbeat_grace_secs.saturating_mul(1000),
+            k => u32::from(k) * 1500,
         };
         let max_packet_bytes = cfg.max_frame_bytes as u32;
-        self.conns[slot].grace_ms = grace_ms;
-        let (_, user) = self.admit(slot, claims, Vec::new(), now);
+        let (_, user) = self.admit(slot, claims, Vec::new(), now, grace_ms);
         let m = self.mqtt(slot);
         m.persistent = c.session_expiry_secs() > 0;
         m.receive_max = c.receive_maximum;

@@ -147,7 +147,7 @@ impl Worker {
             }
             return;
         }
-        c.last_seen_ms = now;
+        c.live.touch(herald_protocol::server::Tick::from_millis(now));
         let (mut buf, from_core) = match c.partial.take() {
             Some(p) => (*p, false),
             None => (std::mem::take(&mut self.rbuf), true),
