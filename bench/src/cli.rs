@@ -61,6 +61,8 @@ enum Command {
         proto: Proto,
         #[arg(long, value_enum, default_value_t = Transport::Tcp)]
         transport: Transport,
+        #[arg(long, default_value_t = crate::mqtt::KEEP_ALIVE_SECS)]
+        keep_alive: u16,
         /// QUIC: the certificate to trust.
         #[arg(long)]
         ca: Option<PathBuf>,
@@ -92,9 +94,27 @@ enum Which {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Command::Worker { gateway, source, inflight, attempts, proto, transport, ca, endpoints } => {
-            worker::run(WorkerConfig { gateway, source, inflight, attempts, proto, transport, ca, endpoints })
-        }
+        Command::Worker {
+            gateway,
+            source,
+            inflight,
+            attempts,
+            proto,
+            transport,
+            keep_alive,
+            ca,
+            endpoints,
+        } => worker::run(WorkerConfig {
+            gateway,
+            source,
+            inflight,
+            attempts,
+            proto,
+            keep_alive,
+            transport,
+            ca,
+            endpoints,
+        }),
         Command::Compare(c) => compare(c),
         Command::Hold(c) => run(c, &[Which::Hold]),
         Command::Storm(c) => run(c, &[Which::Storm]),

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 pub const PINGREQ: [u8; 2] = [0xC0, 0x00];
-/// Keep-alive the bench announces in CONNECT, seconds (Herald closes a connection silent for
-/// 1.5× this; the bench pings at half of it when not told otherwise).
+/// Default keep-alive the bench announces in CONNECT, seconds (the server closes a connection
+/// silent for 1.5× this; the bench pings at half of it when not told otherwise).
 pub const KEEP_ALIVE_SECS: u16 = 60;
 
 fn put_len(out: &mut Vec<u8>, mut n: usize) {

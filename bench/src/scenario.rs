@@ -31,6 +31,9 @@ pub struct Knobs {
     /// What carries Herald's frames: TCP or QUIC (Herald's QUIC listener).
     #[arg(long, value_enum, default_value_t = Transport::Tcp)]
     pub transport: Transport,
+    /// MQTT: keep-alive the terminals announce in CONNECT, seconds (0 = none).
+    #[arg(long, default_value_t = mqtt::KEEP_ALIVE_SECS)]
+    pub mqtt_keep_alive: u16,
     /// QUIC: client endpoints (UDP sockets, each its own source port) per worker process.
     #[arg(long, default_value_t = 8)]
     pub quic_endpoints: usize,
@@ -219,7 +222,11 @@ impl Session {
         let provision_s = t.elapsed().as_secs_f64();
         let (addr, mut extra) = match (knobs.proto, knobs.transport) {
             (Proto::Mqtt, _) => {
-                (target.mqtt.context("no MQTT address")?, vec!["--proto".to_string(), "mqtt".into()])
+                let ka = knobs.mqtt_keep_alive.to_string();
+                (
+                    target.mqtt.context("no MQTT address")?,
+                    vec!["--proto".into(), "mqtt".into(), "--keep-alive".into(), ka],
+                )
             }
             (Proto::Herald, Transport::Quic) => {
                 let ca = target.ca.as_ref().context("no certificate for QUIC")?;

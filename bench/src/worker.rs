@@ -39,6 +39,8 @@ pub struct WorkerConfig {
     /// Attempts per connection in one `Connect` before it counts as failed.
     pub attempts: u32,
     pub proto: Proto,
+    /// MQTT: keep-alive announced in CONNECT, seconds.
+    pub keep_alive: u16,
     pub transport: crate::wire::Transport,
     /// QUIC: the certificate to trust.
     pub ca: Option<std::path::PathBuf>,
@@ -256,7 +258,7 @@ impl Worker {
                     Proto::Mqtt => creds
                         .iter()
                         .map(|c| {
-                            Bytes::from(mqtt::connect(&c.device, &c.user, &c.token, mqtt::KEEP_ALIVE_SECS))
+                            Bytes::from(mqtt::connect(&c.device, &c.user, &c.token, self.cfg.keep_alive))
                         })
                         .collect(),
                     Proto::Herald => creds
@@ -429,7 +431,10 @@ impl Worker {
             return;
         }
         let interval_ms = match self.hb_interval_ms {
-            0 if self.cfg.proto == Proto::Mqtt => u64::from(mqtt::KEEP_ALIVE_SECS) * 500,
+            0 if self.cfg.proto == Proto::Mqtt && self.cfg.keep_alive > 0 => {
+                u64::from(self.cfg.keep_alive) * 500
+            }
+            0 if self.cfg.proto == Proto::Mqtt => 30_000,
             0 if self.server_hb_secs > 0 => u64::from(self.server_hb_secs) * 500,
             0 => 15_000,
             ms => ms,
