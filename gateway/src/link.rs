@@ -106,14 +106,12 @@ impl UpState {
         self.connected && !self.awaiting.get(core).copied().unwrap_or(false)
     }
 
-    /// A link is up: forget queued presence and ask every core for its sessions.
-    fn begin_resync(&mut self, node: &Node) {
+    /// A link is up: forget queued presence and wait for every core's sessions (the caller
+    /// asks the cores).
+    fn begin_resync(&mut self, cores: usize) {
         self.connected = true;
         self.presence.clear();
-        self.awaiting = vec![true; node.cores.len()];
-        for c in &node.cores {
-            c.send(CoreCmd::Resync);
-        }
+        self.awaiting = vec![true; cores];
     }
 
     fn absorb(&mut self, ev: Upstream, cores: usize) {
@@ -270,7 +268,10 @@ fn session(node: &Arc<Node>, stream: TcpStream, up: &Receiver<Upstream>, state: 
     });
     let mut ok = w.send(&hello).is_ok();
     // The cores' answers replace every presence change queued while the link was down.
-    state.begin_resync(node);
+    state.begin_resync(cores);
+    for c in &node.cores {
+        c.send(CoreCmd::Resync);
+    }
     let mut last_stats = Instant::now();
     let mut finished_node = false;
     while ok && !closed.load(Ordering::SeqCst) {
@@ -424,4 +425,61 @@ fn push_job(order: PushOrder, tables: Arc<Snapshot>, mqtt: Option<crate::mqtt::M
         received,
         tables,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn online(core: usize, session_id: u64, resume: Vec<StreamSeq>) -> Upstream {
+        Upstream::Online { core, user: "u".into(), device: "d".into(), session_id, resume }
+    }
+
+    fn offline(core: usize, session_id: u64) -> Upstream {
+        Upstream::Offline { core, user: "u".into(), device: "d".into(), session_id, code: 0 }
+    }
+
+    fn live(core: usize, ids: &[u64]) -> Upstream {
+        let sessions = ids
+            .iter()
+            .map(|&session_id| LiveSession { user: "u".into(), device: "d".into(), session_id })
+            .collect();
+        Upstream::Live { core, sessions }
+    }
+
+    /// (online?, session id, resume length) of what would go up.
+    fn sent(s: &mut UpState) -> Vec<(bool, u64, usize)> {
+        std::mem::take(&mut s.presence)
+            .into_iter()
+            .map(|p| match p {
+                PresenceChange::Online(o) => (true, o.session_id, o.resume.len()),
+                PresenceChange::Offline(o) => (false, o.session_id, 0),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_resync_is_each_cores_answer_then_what_followed_it() {
+        let mut s = UpState::default();
+        let pos = StreamSeq { stream: 1, seq: 5 };
+        // While the link is down: nothing queues but the resume positions.
+        s.absorb(online(0, 1, vec![pos]), 2);
+        s.absorb(online(1, 2, vec![]), 2);
+        s.absorb(online(1, 3, vec![pos]), 2);
+        s.absorb(offline(1, 3), 2);
+        assert!(sent(&mut s).is_empty());
+        assert_eq!(s.unsent_resume.len(), 1);
+
+        s.begin_resync(2);
+        // Core 1 answers first; core 0's events before its answer are covered by it.
+        s.absorb(live(1, &[2]), 2);
+        s.absorb(offline(1, 2), 2);
+        s.absorb(online(0, 4, vec![pos]), 2);
+        s.absorb(live(0, &[1, 4]), 2);
+        s.absorb(online(0, 5, vec![]), 2);
+        // A late answer to an older request changes nothing.
+        s.absorb(live(0, &[1, 4]), 2);
+        assert_eq!(sent(&mut s), vec![(true, 2, 0), (false, 2, 0), (true, 1, 1), (true, 4, 1), (true, 5, 0)]);
+        assert!(s.unsent_resume.is_empty());
+    }
 }
