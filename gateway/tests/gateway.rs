@@ -61,7 +61,7 @@ fn login_refusals(driver: Driver) {
     let mut t = Term::connect(addr);
     t.expect_close(CloseCode::LOGIN_TIMEOUT);
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(190) && took < Duration::from_secs(2), "closed after {took:?}");
+    assert!(took >= Duration::from_millis(190) && took < Duration::from_secs(10), "closed after {took:?}");
     let m = gw.metrics_text();
     assert!(m.contains("herald_logins_failed_total{reason=\"auth_forged\"} 1"), "{m}");
     assert!(m.contains("herald_logins_failed_total{reason=\"login_timeout\"} 1"), "{m}");
@@ -275,7 +275,7 @@ fn drain_sends_goaway_and_joins(driver: Driver) {
     }
     let started = Instant::now();
     gw.join().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(started.elapsed() < Duration::from_secs(10), "drain did not finish");
     assert!(std::net::TcpStream::connect(addr).is_err(), "still accepting after drain");
     drop(pending);
 }

@@ -366,7 +366,7 @@ fn keep_alive_and_refused_publish(driver: Driver) {
         let started = Instant::now();
         c.expect_closed(0x8d);
         let waited = started.elapsed();
-        assert!(waited >= Duration::from_millis(1400) && waited < Duration::from_secs(4), "{waited:?}");
+        assert!(waited >= Duration::from_millis(1400) && waited < Duration::from_secs(10), "{waited:?}");
         assert_eq!(cp.wait_offline("kat"), CloseCode::HEARTBEAT_TIMEOUT.0);
     }
     // PUBLISH from a terminal: 5.0 QoS 1 gets PUBACK 0x87 and stays; QoS 0 is disconnected.
