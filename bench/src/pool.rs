@@ -63,6 +63,8 @@ pub struct Merged {
     pub hist: Histogram<u64>,
     pub timeline: BTreeMap<u64, u64>,
     pub close_codes: BTreeMap<u16, u64>,
+    /// Deliveries per connection → connections (QUIC workers only).
+    pub per_conn: BTreeMap<u64, u64>,
 }
 
 pub fn merge(all: &[Stats]) -> Merged {
@@ -78,6 +80,7 @@ pub fn merge(all: &[Stats]) -> Merged {
         hist: hist::new_us(),
         timeline: BTreeMap::new(),
         close_codes: BTreeMap::new(),
+        per_conn: BTreeMap::new(),
     };
     for s in all {
         m.ready += s.ready;
@@ -96,6 +99,9 @@ pub fn merge(all: &[Stats]) -> Merged {
         }
         for &(k, v) in &s.close_codes {
             *m.close_codes.entry(k).or_insert(0) += v;
+        }
+        for &(k, v) in &s.per_conn {
+            *m.per_conn.entry(k).or_insert(0) += v;
         }
     }
     m

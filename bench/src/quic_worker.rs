@@ -48,6 +48,8 @@ struct Shared {
     timeline: BTreeMap<u64, u64>,
     close_codes: BTreeMap<u16, u64>,
     state: Vec<State>,
+    /// Deliveries per connection since the last reset.
+    per_conn: Vec<u64>,
     ready: usize,
     pending: usize,
     failed: usize,
@@ -160,6 +162,7 @@ async fn main_loop(cfg: WorkerConfig) -> anyhow::Result<()> {
         timeline: BTreeMap::new(),
         close_codes: BTreeMap::new(),
         state: Vec::new(),
+        per_conn: Vec::new(),
         ready: 0,
         pending: 0,
         failed: 0,
@@ -196,6 +199,7 @@ async fn main_loop(cfg: WorkerConfig) -> anyhow::Result<()> {
                             .context("encoding a login")?;
                         let mut s = sh.borrow_mut();
                         s.state = vec![State::Down; logins.len()];
+                        s.per_conn = vec![0; logins.len()];
                         s.ready = 0;
                     }
                     Cmd::Connect => {
@@ -248,6 +252,13 @@ async fn main_loop(cfg: WorkerConfig) -> anyhow::Result<()> {
                         st.hist = hist::to_pairs(&s.histo);
                         st.timeline = s.timeline.iter().map(|(k, v)| (*k, *v)).collect();
                         st.close_codes = s.close_codes.iter().map(|(k, v)| (*k, *v)).collect();
+                        let mut per: BTreeMap<u64, u64> = BTreeMap::new();
+                        for (i, n) in s.per_conn.iter().enumerate() {
+                            if s.state[i] == State::Up {
+                                *per.entry(*n).or_insert(0) += 1;
+                            }
+                        }
+                        st.per_conn = per.into_iter().collect();
                         emit(&Msg::Stats(st));
                         if reset {
                             s.stats.deliveries = 0;
@@ -256,6 +267,7 @@ async fn main_loop(cfg: WorkerConfig) -> anyhow::Result<()> {
                             s.stats.last_recv_ns = 0;
                             s.histo.reset();
                             s.timeline.clear();
+                            s.per_conn.iter_mut().for_each(|n| *n = 0);
                         }
                     }
                     Cmd::FloorConnect { .. } => {
@@ -480,6 +492,7 @@ impl ConnTask {
             Frame::Pong { .. } => s.stats.pongs += 1,
             Frame::Push(p) => {
                 s.stats.deliveries += 1;
+                s.per_conn[self.i] += 1;
                 if s.stats.first_recv_ns == 0 {
                     s.stats.first_recv_ns = now;
                 }

@@ -531,6 +531,7 @@ impl Session {
                 "gateway_drops_by_reason": counters.as_ref().map(|c| &c.drops),
                 "gateway_closes_by_reason": counters.as_ref().map(|c| &c.closes),
                 "terminal_disconnects": m.disconnects - before.disconnects,
+                "deliveries_per_connection": (!m.per_conn.is_empty()).then(|| m.per_conn.iter().map(|(d, c)| json!({"deliveries": d, "connections": c})).collect::<Vec<_>>()),
                 "cp_fire_and_forget_dropped": cp.map(|c| c.0),
                 "cp_link_queue_full": cp.map(|c| c.1),
                 "gateway_cpu_ms": cpu_us as f64 / 1e3,

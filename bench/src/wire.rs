@@ -105,6 +105,10 @@ pub struct Stats {
     pub timeline: Vec<(u64, u64)>,
     /// Close codes the gateway sent, `(code, count)`.
     pub close_codes: Vec<(u16, u64)>,
+    /// QUIC workers: how many deliveries each logged-in connection got since the last reset,
+    /// as `(deliveries, connections)` (empty from the TCP worker).
+    #[serde(default)]
+    pub per_conn: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
