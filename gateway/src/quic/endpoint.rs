@@ -68,6 +68,12 @@ struct Conn {
     stream: Option<StreamId>,
     /// The stream has unread data (or its end) that waits for an owner.
     want_read: bool,
+    /// The owner's last write did not fit. quinn-proto reports `Writable` when stream or peer
+    /// flow control reopens, but not when acknowledgements free our own send window, so the
+    /// owner is also told after each datagram for this connection (an ack may have freed it).
+    want_write: bool,
+    /// A datagram for this connection arrived since it was last driven.
+    got_datagram: bool,
     /// The deadline this connection has in the heap.
     timer: Option<Instant>,
     /// Finished: close at this time unless the peer acknowledged everything first.
@@ -257,6 +263,7 @@ impl CoreEndpoint {
             Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
                 if let Some(Some(q)) = self.conns.get_mut(ch.0) {
                     q.conn.handle_event(ev);
+                    q.got_datagram = true;
                     self.mark(ch.0);
                 }
             }
@@ -291,6 +298,8 @@ impl CoreEndpoint {
             owner: None,
             stream: None,
             want_read: false,
+            want_write: false,
+            got_datagram: false,
             timer: None,
             linger: None,
             code: VarInt::from_u32(0),
@@ -351,6 +360,10 @@ impl CoreEndpoint {
                     break;
                 }
             }
+        }
+        let wanted: usize = iov.iter().map(|v| v.iov_len).sum();
+        if failed.is_none() && total < wanted {
+            q.want_write = true;
         }
         self.mark(c);
         match (total, failed) {
@@ -453,6 +466,13 @@ impl CoreEndpoint {
                 }
                 _ => {}
             }
+        }
+        if std::mem::take(&mut q.got_datagram)
+            && q.want_write
+            && let Some(o) = q.owner
+        {
+            q.want_write = false;
+            events.push_back(AppEvent::Writable(o));
         }
         if q.want_read
             && let (Some(o), Some(id)) = (q.owner, q.stream)
