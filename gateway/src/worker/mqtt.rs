@@ -6,7 +6,8 @@ use bytes::{Bytes, BytesMut};
 use herald_protocol::CloseCode;
 use herald_protocol::mqtt::{
     AckKind, ConnAck, ConnAckProperties, Connect, Packet, ProtocolVersion, PublishHeader, QoS, ReasonCode,
-    Reply, Subscribe, Unsubscribe, encode_ack, encode_publish_header, encode_suback, encode_unsuback,
+    Reply, Subscribe, TopicFilter, Unsubscribe, Utf8, encode_ack, encode_publish_header, encode_suback,
+    encode_unsuback,
 };
 
 use super::{Proto, PushJob, Stop, Worker};
@@ -229,7 +230,12 @@ impl Worker {
             } else if permitted(&sub.filter, &inbox, follows, &snap) {
                 let qos = sub.options.max_qos.min(QoS::AtLeastOnce);
                 m.filters.retain(|(f, _)| f != &sub.filter);
-                m.filters.push((sub.filter, qos));
+                // Keep a copy: the decoded filter is a slice of the receive buffer, and holding
+                // it would pin that whole buffer for the life of the subscription.
+                let own = Utf8::try_from_bytes(Bytes::copy_from_slice(sub.filter.as_str().as_bytes()))
+                    .and_then(TopicFilter::new)
+                    .unwrap_or(sub.filter);
+                m.filters.push((own, qos));
                 ReasonCode(qos as u8)
             } else {
                 ReasonCode::NOT_AUTHORIZED
