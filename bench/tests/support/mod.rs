@@ -3,6 +3,21 @@
 pub(crate) mod fake_herald;
 
 use std::path::Path;
+use std::process::Command;
+
+/// Runs `herald-bench ARGS --spawn --herald HERALD --out OUT` (short stall window) and fails the
+/// test if it fails.
+pub(crate) fn spawn_bench(args: &[&str], out: &Path, herald: &Path) {
+    let status = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+        .args(args)
+        .args(["--spawn", "--stall-secs", "3", "--herald"])
+        .arg(herald)
+        .arg("--out")
+        .arg(out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "herald-bench {args:?} failed; logs under {}", out.display());
+}
 
 /// Fields every scenario object carries (null where a figure does not apply).
 pub(crate) const FIELDS: &[&str] = &[
