@@ -2,10 +2,16 @@
 //! one timer), its subscriber index and the fan-out of pushes to its own connections.
 //!
 //! Everything here is `!Send` and touched only by the core's thread; other threads reach it
-//! through its [`Mailbox`] ([`CoreCmd`]). A connection is a task that waits for readiness and
-//! reads into the core's buffer, so an idle one holds no read buffer and no timer. Writes go
-//! straight to the socket with `writev` from whoever queued them; only a connection whose socket
-//! is full gets a writer task, which waits for writability.
+//! through its [`Mailbox`] ([`CoreCmd`]). A TCP connection is no task: it is a slab slot that
+//! owns its non-blocking socket, registered in the core's one epoll instance with its (slot,
+//! generation) as the event's data. One readiness task per core (`readiness_loop`) waits for the
+//! epoll descriptor itself to become readable through monoio (an io_uring poll, or the epoll
+//! driver's readiness: both drivers work), then drains `epoll_wait(.., 0)` and reads each ready
+//! connection into the core's buffer. So an idle connection holds no task, no future, no `Rc`, no
+//! read buffer and no timer: ~380 B less than a task waiting for readiness on an `Rc<TcpStream>`
+//! at 15,000 connections (see `bench/RESULTS.md`). Writes go straight to the socket with `writev`
+//! from whoever queued them; a connection whose socket is full adds `EPOLLOUT` to its
+//! registration and is flushed when the socket becomes writable.
 //!
 //! Herald-protocol and MQTT connections are the same [`Conn`] with a per-connection
 //! [`Proto`]: only decoding, the login packet and the bytes of replies differ (the MQTT side is
@@ -23,8 +29,8 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::TcpListener as StdListener;
-use std::os::fd::{AsRawFd, RawFd};
-use std::rc::{Rc, Weak};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -34,6 +40,7 @@ use herald_protocol::CloseCode;
 use herald_protocol::frame::{Close, Decoder, Frame, GoAway, Login, LoginOk, PROTOCOL_VERSION};
 use herald_protocol::link::{Kick, StreamSeq, UserSubscriptions};
 use herald_protocol::server::{Liveness, Tick, pong};
+use monoio::net::udp::UdpSocket as Watch;
 use monoio::net::{TcpListener, TcpStream};
 use slab::Slab;
 
@@ -53,6 +60,17 @@ const READ_BUDGET: usize = 256 * 1024;
 
 /// Most commands applied before the queued frames are written (latency of the first ones).
 const COMMAND_BATCH: usize = 64;
+
+/// Most readiness events handled before the core's other tasks (commands, timer, accept) run.
+const EVENT_BATCH: usize = 256;
+
+/// What a TCP connection is registered for: input and the peer's half-close. Level-triggered:
+/// a connection left unread (its read budget spent) or still closing is reported again by the
+/// next `epoll_wait`, so nothing has to remember it; and a `shutdown(SHUT_RD)` by the core makes
+/// it readable (end of stream), which is how a close from the core's side reaches `finish`.
+const READ_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+/// ... and, while its socket is full, writability.
+const WRITE_EVENTS: u32 = READ_EVENTS | libc::EPOLLOUT as u32;
 
 /// A message for a core.
 #[derive(Debug)]
@@ -116,10 +134,9 @@ struct Auth {
 /// What carries a connection's frames.
 #[derive(Debug)]
 enum Transport {
-    Tcp {
-        stream: Rc<TcpStream>,
-        fd: RawFd,
-    },
+    /// The socket itself (closed when the slot is freed); `fd` is its descriptor, for the raw
+    /// syscalls. No task and no `Rc`: the core's readiness loop reads it (see the module doc).
+    Tcp { _sock: OwnedFd, fd: RawFd },
     /// A connection of the core's QUIC endpoint; the frames travel on its one stream.
     Quic(ConnRef),
 }
@@ -143,7 +160,8 @@ struct Conn {
     out: Outbound,
     /// Queued since the last flush of the core's batch.
     dirty: bool,
-    /// A writer task is waiting for the socket to drain.
+    /// The socket is full: TCP: registered for `EPOLLOUT` too, flushed when writable; QUIC: the
+    /// stream reports writability itself.
     writer: bool,
     /// Being closed with this code; no more frames are read from it.
     closing: Option<CloseCode>,
@@ -175,7 +193,6 @@ struct Worker {
     n: usize,
     node: Arc<Node>,
     m: Arc<CoreMetrics>,
-    me: Weak<RefCell<Worker>>,
     conns: Slab<Conn>,
     index: Index,
     deadlines: BinaryHeap<Reverse<(u64, u32, u32)>>,
@@ -194,6 +211,9 @@ struct Worker {
     hdr: BytesMut,
     draining: bool,
     quic: Option<CoreEndpoint>,
+    /// The core's epoll instance for its TCP connections (owned by the readiness task's
+    /// [`Watch`]).
+    epfd: RawFd,
 }
 
 /// Runs core `n` until its drain has finished. Called on thread `herald-core-{n}`.
@@ -230,32 +250,47 @@ async fn core_main(n: usize, node: Arc<Node>, listeners: Listeners, inbox: Mailb
         }
         None => None,
     };
+    // SAFETY: plain syscall; the descriptor is owned by `watch` below.
+    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if epfd < 0 {
+        tracing::error!(core = n, error = %std::io::Error::last_os_error(), "cannot create the epoll instance");
+        return;
+    }
+    // monoio only watches the readability of the epoll descriptor (wrapped as a socket it never
+    // reads or writes): an io_uring poll, or a registration in the epoll driver.
+    // SAFETY: `epfd` is a fresh descriptor nothing else owns.
+    let watch = match Watch::from_std(unsafe { std::net::UdpSocket::from_raw_fd(epfd) }) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(core = n, error = %e, "cannot register the epoll instance");
+            return;
+        }
+    };
     let cfg = &node.config;
     let tick = Duration::from_millis((cfg.login_timeout_ms / 4).clamp(5, 250));
-    let w = Rc::new_cyclic(|me| {
-        RefCell::new(Worker {
-            n,
-            m: node.metrics.cores[n].clone(),
-            decoder: Decoder::new(cfg.max_frame_bytes),
-            node: node.clone(),
-            me: me.clone(),
-            conns: Slab::new(),
-            index: Index::default(),
-            deadlines: BinaryHeap::new(),
-            next_gen: 0,
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
-            dirty: Vec::new(),
-            scratch: Vec::new(),
-            slow: Vec::new(),
-            pending_fanout: Vec::new(),
-            epoch: Instant::now(),
-            listener_fd: listener.as_raw_fd(),
-            mqtt_listener_fd: mqtt_listener.as_ref().map(AsRawFd::as_raw_fd),
-            hdr: BytesMut::new(),
-            draining: false,
-            quic: None,
-        })
-    });
+    let w = Rc::new(RefCell::new(Worker {
+        n,
+        m: node.metrics.cores[n].clone(),
+        decoder: Decoder::new(cfg.max_frame_bytes),
+        node: node.clone(),
+        conns: Slab::new(),
+        index: Index::default(),
+        deadlines: BinaryHeap::new(),
+        next_gen: 0,
+        rbuf: BytesMut::with_capacity(READ_CHUNK),
+        dirty: Vec::new(),
+        scratch: Vec::new(),
+        slow: Vec::new(),
+        pending_fanout: Vec::new(),
+        epoch: Instant::now(),
+        listener_fd: listener.as_raw_fd(),
+        mqtt_listener_fd: mqtt_listener.as_ref().map(AsRawFd::as_raw_fd),
+        hdr: BytesMut::new(),
+        draining: false,
+        quic: None,
+        epfd,
+    }));
+    monoio::spawn(readiness_loop(w.clone(), watch));
     monoio::spawn(accept_loop(w.clone(), listener, false));
     if let Some(l) = mqtt_listener {
         monoio::spawn(accept_loop(w.clone(), l, true));
@@ -321,7 +356,7 @@ async fn drain(w: &Rc<RefCell<Worker>>) {
             shut(&c.transport, &mut wk.quic, libc::SHUT_RDWR);
         }
     }
-    // Let the connection tasks observe the shutdown and report their users offline.
+    // Let the readiness loop observe the shutdown and report the users offline.
     let deadline = Instant::now() + Duration::from_millis(200);
     while !w.borrow().conns.is_empty() && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
@@ -366,34 +401,58 @@ async fn timer_loop(w: Rc<RefCell<Worker>>, tick: Duration) {
     }
 }
 
-async fn conn_task(w: Rc<RefCell<Worker>>, stream: Rc<TcpStream>, slot: usize, generation: u32) {
+/// The core's TCP connections: waits for the epoll instance to have events, then handles them
+/// in batches (other tasks of the core run between batches) until `epoll_wait` finds none.
+async fn readiness_loop(w: Rc<RefCell<Worker>>, watch: Watch) {
+    let epfd = w.borrow().epfd;
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENT_BATCH];
     loop {
-        if stream.readable(false).await.is_err() {
-            break;
+        // SAFETY: `events` is a writable array of `EVENT_BATCH` entries; `epfd` lives as long
+        // as `watch`.
+        let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), EVENT_BATCH as i32, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                tracing::error!(error = %e, "epoll_wait failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+            continue;
         }
-        if !w.borrow_mut().on_readable(slot, generation) {
-            break;
+        if n == 0 {
+            if watch.readable(false).await.is_err() {
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+            continue;
         }
+        {
+            let mut wk = w.borrow_mut();
+            for ev in &events[..n as usize] {
+                let (bits, data) = (ev.events, ev.u64);
+                let (slot, generation) = ((data & 0xffff_ffff) as usize, (data >> 32) as u32);
+                if bits & libc::EPOLLOUT as u32 != 0 {
+                    wk.on_writable(slot, generation);
+                }
+                if bits & !(libc::EPOLLOUT as u32) != 0 && !wk.on_readable(slot, generation) {
+                    wk.finish(slot, generation);
+                }
+            }
+        }
+        yield_now().await;
     }
-    w.borrow_mut().finish(slot, generation);
 }
 
-async fn writer_task(w: Rc<RefCell<Worker>>, stream: Rc<TcpStream>, slot: usize, generation: u32) {
-    loop {
-        if stream.writable(false).await.is_err() {
-            break;
-        }
-        let mut wk = w.borrow_mut();
-        if wk.conn(slot, generation).is_none() {
-            return;
-        }
-        if wk.flush_conn(slot) != Flushed::Blocked {
-            break;
-        }
+fn epoll_key(slot: usize, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | slot as u64
+}
+
+/// `epoll_ctl` for a connection's socket.
+fn epoll_ctl(epfd: RawFd, op: libc::c_int, fd: RawFd, events: u32, key: u64) -> std::io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: key };
+    // SAFETY: `ev` is a valid event; `epfd` and `fd` are open descriptors of this core.
+    if unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) } < 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    if let Some(c) = w.borrow_mut().conn(slot, generation) {
-        c.writer = false;
-    }
+    Ok(())
 }
 
 /// `shutdown(2)` for either transport: `SHUT_RD` wakes the connection so that it finishes its
@@ -447,24 +506,45 @@ impl Worker {
         self.conns.get_mut(slot).filter(|c| c.generation == generation)
     }
 
+    /// Takes an accepted socket out of monoio (the epoll driver deregisters it) into a slot of
+    /// its own, registered in the core's epoll instance: no task per connection.
     fn on_accept(&mut self, stream: TcpStream, mqtt: bool) {
-        let fd = stream.as_raw_fd();
-        // SAFETY: plain fcntl on a socket this core just accepted. Raw reads and writes must
-        // never block the core, whichever driver accepted it.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFL);
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
         let _ = stream.set_nodelay(true);
-        let stream = Rc::new(stream);
+        // SAFETY: `into_raw_fd` hands over the sole owner of the accepted descriptor.
+        let sock = unsafe { std::net::TcpStream::from_raw_fd(stream.into_raw_fd()) };
+        // Raw reads and writes must never block the core, whichever driver accepted it.
+        if let Err(e) = sock.set_nonblocking(true) {
+            tracing::warn!(core = self.n, error = %e, "cannot make an accepted socket non-blocking");
+            return;
+        }
+        let sock = OwnedFd::from(sock);
+        let fd = sock.as_raw_fd();
         let proto = if mqtt {
             Proto::Mqtt(Box::new(MqttConn::new(self.node.config.max_frame_bytes)))
         } else {
             Proto::Herald
         };
-        let (slot, generation) = self.insert_conn(Transport::Tcp { stream: stream.clone(), fd }, proto);
-        let Some(me) = self.me.upgrade() else { return };
-        monoio::spawn(conn_task(me, stream, slot, generation));
+        let (slot, generation) = self.insert_conn(Transport::Tcp { _sock: sock, fd }, proto);
+        if let Err(e) =
+            epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, fd, READ_EVENTS, epoll_key(slot, generation))
+        {
+            tracing::warn!(core = self.n, error = %e, "cannot register an accepted socket");
+            self.finish(slot, generation);
+        }
+    }
+
+    /// A full socket became writable: flush its queue; once it is no longer full, watch only
+    /// its input again.
+    fn on_writable(&mut self, slot: usize, generation: u32) {
+        let Some(c) = self.conn(slot, generation) else { return };
+        let Transport::Tcp { fd, .. } = c.transport else { return };
+        if !c.writer {
+            return;
+        }
+        if self.flush_conn(slot) != Flushed::Blocked {
+            self.conns[slot].writer = false;
+            let _ = epoll_ctl(self.epfd, libc::EPOLL_CTL_MOD, fd, READ_EVENTS, epoll_key(slot, generation));
+        }
     }
 
     /// A new connection of either transport: a slot, a login deadline.
@@ -811,7 +891,7 @@ impl Worker {
         }
     }
 
-    /// Writes a connection's queue. A full socket gets a writer task.
+    /// Writes a connection's queue. A full TCP socket is registered for writability.
     fn flush_conn(&mut self, slot: usize) -> Flushed {
         let c = &mut self.conns[slot];
         let before = c.out.len();
@@ -831,10 +911,11 @@ impl Worker {
             Flushed::Blocked if !c.writer => {
                 // A QUIC stream reports writability itself (`AppEvent::Writable`).
                 c.writer = true;
-                if let Transport::Tcp { stream, .. } = &c.transport
-                    && let Some(me) = self.me.upgrade()
-                {
-                    monoio::spawn(writer_task(me, stream.clone(), slot, c.generation));
+                if let Transport::Tcp { fd, .. } = c.transport {
+                    let key = epoll_key(slot, c.generation);
+                    if epoll_ctl(self.epfd, libc::EPOLL_CTL_MOD, fd, WRITE_EVENTS, key).is_err() {
+                        shutdown(fd, libc::SHUT_RDWR);
+                    }
                 }
             }
             Flushed::Blocked => {}
@@ -856,7 +937,8 @@ impl Worker {
         self.dirty = dirty;
     }
 
-    /// The connection task ended: forget the connection and report it offline.
+    /// The connection is over: forget it (a TCP socket is deregistered and closed) and report it
+    /// offline.
     fn finish(&mut self, slot: usize, generation: u32) {
         if self.conn(slot, generation).is_none() {
             return;
@@ -867,9 +949,11 @@ impl Worker {
             (Transport::Tcp { fd, .. }, _) => {
                 let _ = c.out.flush(*fd);
                 discard_input(*fd);
-                // Wakes a writer task still waiting on this socket, and sends FIN after what is
-                // queued.
+                // Sends FIN after what is queued (the close below would reset the connection
+                // if input were left unread).
                 shutdown(*fd, libc::SHUT_RDWR);
+                let _ = epoll_ctl(self.epfd, libc::EPOLL_CTL_DEL, *fd, 0, 0);
+                // `c` drops below: its socket is closed.
             }
             (Transport::Quic(qc), Some(q)) => {
                 let _ = c.out.flush(q.writer(*qc));
