@@ -296,7 +296,13 @@ fn paho_persistent_session_receives_missed_qos1_messages_on_reconnect() -> anyho
     assert_eq!(c.wait("msg")?, "msg news 1 0 one");
     c.wait("bye")?;
     a.wait_status(first, "delivered", |s| s["delivered"] == 1);
-    // Missed while away.
+    // Missed while away: pushed once the control plane knows the device left (pushed before
+    // that, it would be sent to the gateway and come back as a redelivery, DUP set).
+    let end = std::time::Instant::now() + herald_tests::DEADLINE;
+    while a.call("GET", "/v1/users/pp", None).1["presence"].as_array().is_some_and(|p| !p.is_empty()) {
+        assert!(std::time::Instant::now() < end, "pp never went offline");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let missed = a.push(json!({"to": {"topic": "news"}, "payload": {"body": "two"}, "ttl_secs": 300}));
     a.wait_status(missed, "pending offline", |s| s["pending_offline"] == 1);
     let mut c = m.paho(py, "pp", &token, "dev", "3", false, 1, &["news"])?;
