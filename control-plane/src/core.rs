@@ -266,6 +266,17 @@ pub(crate) struct Core {
     metrics: Arc<Metrics>,
 }
 
+/// What became of a live push offered to one node.
+enum Offer {
+    Queued,
+    /// The node is behind; a stored push reaches it with the node's resync.
+    Skipped,
+    /// The node is behind; a TTL-0 push never reaches it.
+    Dropped,
+    /// The node is not connected.
+    NoNode,
+}
+
 fn stream_name_user(u: &str) -> String {
     format!("u:{u}")
 }
@@ -1189,35 +1200,12 @@ impl Core {
                 by_node.entry(o.node).or_default().push((o.user, o.device));
             }
             for (node, devices) in by_node {
-                let Some(n) = self.nodes.get_mut(&node) else {
-                    continue;
-                };
-                let order = PushOrder {
-                    push_id: id,
-                    target: target.clone(),
-                    stream,
-                    seq,
-                    flags: m.flags,
-                    ttl_secs: m.ttl_secs,
-                    payload: m.payload.clone(),
-                    origin: None,
-                };
-                if n.behind.is_none() && n.queue.try_push(LinkMessage::Push(order)) {
-                    self.metrics.push_orders_sent.inc();
-                    if m.ttl_secs > 0 {
+                match self.offer_live(&node, id, target.clone(), (stream, seq), m) {
+                    Offer::Queued if m.ttl_secs > 0 => {
                         flown.extend(devices.into_iter().map(|(u, d)| (stream, u, d)));
                     }
-                    continue;
-                }
-                let behind = n.behind.get_or_insert_with(|| {
-                    n.queue.set_behind(true);
-                    self.metrics.link_queue_full.inc();
-                    Behind::default()
-                });
-                if m.ttl_secs > 0 {
-                    behind.skipped_from.get_or_insert(id);
-                } else {
-                    dropped += devices.len() as u64;
+                    Offer::Queued | Offer::Skipped | Offer::NoNode => {}
+                    Offer::Dropped => dropped += devices.len() as u64,
                 }
             }
         }
@@ -1227,13 +1215,7 @@ impl Core {
                 self.fly(user, device, id);
             }
         }
-        if dropped > 0
-            && let Some(p) = self.pushes.get_mut(&id)
-        {
-            p.dropped += dropped;
-            self.ops.push(Op::Push(p.clone()));
-            self.metrics.fire_and_forget_dropped.add(dropped);
-        }
+        self.record_dropped(id, dropped);
     }
 
     /// Sends a group/topic push to every node holding an interested online device, from the
@@ -1243,46 +1225,70 @@ impl Core {
         let (stream, seq) = pos;
         let mut live = Live::default();
         let mut dropped = 0u64;
-        let empty = BTreeMap::new();
-        let by_node = self.online_idx.get(sname).unwrap_or(&empty);
-        for (node, nc) in by_node {
-            if nc.total == 0 {
-                continue;
-            }
-            let Some(n) = self.nodes.get_mut(node) else {
-                continue;
-            };
-            let order = PushOrder {
-                push_id: id,
-                target: target.clone(),
-                stream,
-                seq,
-                flags: m.flags,
-                ttl_secs: m.ttl_secs,
-                payload: m.payload.clone(),
-                origin: None,
-            };
-            if n.behind.is_none() && n.queue.try_push(LinkMessage::Push(order)) {
-                self.metrics.push_orders_sent.inc();
-                live.count += nc.owed(id);
-                continue;
-            }
-            let behind = n.behind.get_or_insert_with(|| {
-                n.queue.set_behind(true);
-                self.metrics.link_queue_full.inc();
-                Behind::default()
-            });
-            if m.ttl_secs > 0 {
-                behind.skipped_from.get_or_insert(id);
-                live.skipped.push(node.clone());
-            } else {
-                dropped += nc.total;
+        // (node, owed devices, online devices) per node with an interested device.
+        let nodes: Vec<(String, u64, u64)> = self.online_idx.get(sname).map_or_else(Vec::new, |by_node| {
+            by_node
+                .iter()
+                .filter(|(_, nc)| nc.total > 0)
+                .map(|(node, nc)| (node.clone(), nc.owed(id), nc.total))
+                .collect()
+        });
+        for (node, owed, total) in nodes {
+            match self.offer_live(&node, id, target.clone(), (stream, seq), m) {
+                Offer::Queued => live.count += owed,
+                Offer::Skipped => live.skipped.push(node),
+                Offer::Dropped => dropped += total,
+                Offer::NoNode => {}
             }
         }
         let stored = self.streams.get(&stream).is_some_and(|st| st.messages.contains_key(&seq));
         if m.ttl_secs > 0 && stored {
             self.live.insert(id, live);
         }
+        self.record_dropped(id, dropped);
+    }
+
+    /// Queues a live push for `node`. A node whose queue is full falls behind (it is resynced
+    /// from cursors once it drains): a stored push is remembered as skipped from `id`, a TTL-0
+    /// push is lost for that node.
+    fn offer_live(
+        &mut self,
+        node: &str,
+        id: u64,
+        target: Target,
+        (stream, seq): (u32, u32),
+        m: &MessageRecord,
+    ) -> Offer {
+        let Some(n) = self.nodes.get_mut(node) else { return Offer::NoNode };
+        let order = PushOrder {
+            push_id: id,
+            target,
+            stream,
+            seq,
+            flags: m.flags,
+            ttl_secs: m.ttl_secs,
+            payload: m.payload.clone(),
+            origin: None,
+        };
+        if n.behind.is_none() && n.queue.try_push(LinkMessage::Push(order)) {
+            self.metrics.push_orders_sent.inc();
+            return Offer::Queued;
+        }
+        let behind = n.behind.get_or_insert_with(|| {
+            n.queue.set_behind(true);
+            self.metrics.link_queue_full.inc();
+            Behind::default()
+        });
+        if m.ttl_secs > 0 {
+            behind.skipped_from.get_or_insert(id);
+            Offer::Skipped
+        } else {
+            Offer::Dropped
+        }
+    }
+
+    /// Counts TTL-0 copies that a behind node never got against push `id`.
+    fn record_dropped(&mut self, id: u64, dropped: u64) {
         if dropped > 0
             && let Some(p) = self.pushes.get_mut(&id)
         {
