@@ -18,6 +18,10 @@ use herald_protocol::link::{
 };
 use serde::Serialize;
 
+mod publish;
+
+pub(crate) use publish::Published;
+
 use crate::api::ApiError;
 use crate::metrics::Metrics;
 use crate::queue::LinkQueue;
@@ -264,6 +268,8 @@ pub(crate) struct Core {
     epoch: u64,
     ops: Vec<Op>,
     metrics: Arc<Metrics>,
+    /// Terminals' wills waiting for their delay (see `publish`).
+    wills: publish::Wills,
 }
 
 /// What became of a live push offered to one node.
@@ -351,6 +357,7 @@ impl Core {
             epoch,
             ops: Vec::new(),
             metrics,
+            wills: publish::Wills::default(),
         };
         for rec in snap.streams {
             core.stream_ids.insert(rec.name.clone(), rec.id);
@@ -1673,6 +1680,7 @@ impl Core {
             match ch {
                 PresenceChange::Online(on) => {
                     self.register_device(&on.user, &on.device);
+                    self.cancel_will(&on.user, &on.device);
                     // A new session starts with nothing in flight; its backlog flies again.
                     if let Some(prev) = self.online.get(&(on.user.clone(), on.device.clone())).cloned() {
                         self.index_offline(&on.user, &on.device, &prev.node, None, false);

@@ -235,22 +235,41 @@ impl Shared {
         &self,
         f: impl FnOnce(&mut Core) -> Result<(T, Vec<u64>), ApiError>,
     ) -> Result<T, ApiError> {
-        let (value, rx) = {
-            let mut core = self.lock();
-            let result = f(&mut core);
-            let ops = core.take_ops();
-            let publish = result.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
-            if ops.is_empty() && publish.is_empty() {
-                return result.map(|(v, _)| v);
-            }
-            let (tx, rx) = oneshot::channel();
-            self.committer.submit(Job { ops, publish, done: Some(tx) });
-            (result?.0, rx)
-        };
-        match rx.await {
-            Ok(true) => Ok(value),
-            _ => Err(ApiError::unavailable("the store is not accepting writes")),
+        let (value, durable) = self.submit(f)?;
+        match durable {
+            None => Ok(value),
+            Some(rx) => match rx.await {
+                Ok(true) => Ok(value),
+                _ => Err(ApiError::unavailable("the store is not accepting writes")),
+            },
         }
+    }
+
+    /// The synchronous half of [`Shared::write`]: runs `f` on the core now (so callers on one
+    /// task are applied in their order) and queues its store changes; the receiver, if any,
+    /// says when they are durable.
+    pub(crate) fn submit<T, E>(
+        &self,
+        f: impl FnOnce(&mut Core) -> Result<(T, Vec<u64>), E>,
+    ) -> Result<(T, Option<oneshot::Receiver<bool>>), E> {
+        let mut core = self.lock();
+        let result = f(&mut core);
+        let ops = core.take_ops();
+        let (value, publish) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                if !ops.is_empty() {
+                    self.committer.submit(Job { ops, publish: Vec::new(), done: None });
+                }
+                return Err(e);
+            }
+        };
+        if ops.is_empty() && publish.is_empty() {
+            return Ok((value, None));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.committer.submit(Job { ops, publish, done: Some(tx) });
+        Ok((value, Some(rx)))
     }
 
     /// Runs `f` on the core and queues its store changes without waiting (link traffic).
@@ -502,7 +521,12 @@ async fn run(
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
-                _ = tick.tick() => sweeper_shared.fire(|core| core.sweep(now_ms())),
+                _ = tick.tick() => {
+                    let now = now_ms();
+                    sweeper_shared.fire(|core| core.sweep(now));
+                    // Delayed wills become pushes; published once durable.
+                    let _ = sweeper_shared.submit(|core| Ok::<_, ()>(((), core.due_wills(now))));
+                }
                 () = stopped(&mut sweeper_stop) => break,
             }
         }

@@ -12,13 +12,16 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use herald_protocol::frame::{Decoder, Frame};
-use herald_protocol::link::{LINK_VERSION, LinkMessage, MAX_LINK_FRAME_BYTES};
+use herald_protocol::link::{
+    LINK_VERSION, LinkMessage, MAX_LINK_FRAME_BYTES, PublishOutcome, PublishResult, TerminalPublish,
+};
 use rkyv::util::AlignedVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::core::Published;
 use crate::queue::LinkQueue;
 use crate::{Shared, now_ms};
 
@@ -120,7 +123,7 @@ async fn connection(
         };
         match msg {
             Ok(Some(m)) => {
-                if !apply(&shared, &node, conn, m) {
+                if !apply(&shared, &queue, &node, conn, m) {
                     break;
                 }
             }
@@ -138,7 +141,7 @@ async fn connection(
 }
 
 /// Applies one message from a node; false ends the connection (protocol violation).
-fn apply(shared: &Shared, node: &str, conn: u64, msg: LinkMessage) -> bool {
+fn apply(shared: &Arc<Shared>, queue: &Arc<LinkQueue>, node: &str, conn: u64, msg: LinkMessage) -> bool {
     match msg {
         LinkMessage::Presence(changes) => {
             let now = now_ms();
@@ -147,12 +150,51 @@ fn apply(shared: &Shared, node: &str, conn: u64, msg: LinkMessage) -> bool {
         LinkMessage::Receipts(rs) => shared.fire(|core| core.receipts(&rs)),
         LinkMessage::Reports(rs) => shared.fire(|core| core.reports(&rs)),
         LinkMessage::Stats(s) => shared.fire(|core| core.node_stats(node, conn, s)),
+        LinkMessage::Publish(p) => terminal_publish(shared, queue, p),
         other => {
             tracing::warn!(%node, ?other, "gateway sent a control-plane message");
             return false;
         }
     }
     true
+}
+
+/// A terminal's message: accepted on the core now (so one node's messages are numbered in the
+/// order it sent them), answered once durable when the gateway asked for an answer.
+fn terminal_publish(shared: &Arc<Shared>, queue: &Arc<LinkQueue>, p: TerminalPublish) {
+    let reply = p.reply;
+    let (default_ttl, max_ttl) = (shared.config.default_ttl_secs, shared.config.max_ttl_secs);
+    let now = now_ms();
+    let answer = move |queue: &LinkQueue, outcome| {
+        if let Some(reference) = reply {
+            queue.control(LinkMessage::PublishResult(PublishResult { reference, outcome }));
+        }
+    };
+    let submitted = shared.submit(|core| {
+        Ok(match core.terminal_publish(p, default_ttl, max_ttl, now)? {
+            Published::Push(id) => (Some(id), vec![id]),
+            Published::Waiting => (None, Vec::new()),
+        })
+    });
+    match submitted {
+        Err(outcome) => answer(queue, outcome),
+        // A waiting will never asks for an answer.
+        Ok((None, _)) => {}
+        Ok((Some(push_id), durable)) => {
+            let Some(rx) = durable else {
+                answer(queue, PublishOutcome::Accepted { push_id });
+                return;
+            };
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let outcome = match rx.await {
+                    Ok(true) => PublishOutcome::Accepted { push_id },
+                    _ => PublishOutcome::Unavailable,
+                };
+                answer(&queue, outcome);
+            });
+        }
+    }
 }
 
 /// Messages taken from the queue per write (a write also stops at `WRITE_BATCH_BYTES`).

@@ -55,16 +55,21 @@ pub struct Metrics {
     pub link_queue_full: Counter,
     pub link_resyncs: Counter,
     pub fire_and_forget_dropped: Counter,
+    pub terminal_publishes: Counter,
+    pub terminal_publishes_refused: Counter,
+    pub wills_published: Counter,
+    pub wills_cancelled: Counter,
     pub nodes: Gauge,
     pub online_devices: Gauge,
     pub stored_messages: Gauge,
+    pub pending_wills: Gauge,
 }
 
 impl Metrics {
     /// The Prometheus exposition text.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
-        let counters: [(&str, &str, &Counter); 17] = [
+        let counters: [(&str, &str, &Counter); 21] = [
             ("herald_cp_pushes_accepted_total", "Pushes accepted (durable).", &self.pushes_accepted),
             (
                 "herald_cp_pushes_idempotent_total",
@@ -122,14 +127,31 @@ impl Metrics {
                 "Online recipients of TTL-0 pushes dropped because their node was behind.",
                 &self.fire_and_forget_dropped,
             ),
+            (
+                "herald_cp_terminal_publishes_total",
+                "Messages from terminals (MQTT PUBLISH, wills) accepted as pushes.",
+                &self.terminal_publishes,
+            ),
+            (
+                "herald_cp_terminal_publishes_refused_total",
+                "Messages from terminals refused: a target the user does not follow.",
+                &self.terminal_publishes_refused,
+            ),
+            ("herald_cp_wills_published_total", "Terminals' wills pushed.", &self.wills_published),
+            (
+                "herald_cp_wills_cancelled_total",
+                "Delayed wills dropped because the device logged in again in time.",
+                &self.wills_cancelled,
+            ),
         ];
         for (name, help, c) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.get());
         }
-        let gauges: [(&str, &str, &Gauge); 3] = [
+        let gauges: [(&str, &str, &Gauge); 4] = [
             ("herald_cp_nodes", "Connected gateway nodes.", &self.nodes),
             ("herald_cp_online_devices", "Devices online on some node.", &self.online_devices),
             ("herald_cp_stored_messages", "Messages held for delivery.", &self.stored_messages),
+            ("herald_cp_pending_wills", "Terminals' wills waiting for their delay.", &self.pending_wills),
         ];
         for (name, help, g) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", g.get());

@@ -9,7 +9,7 @@
 //! every session, which it asks the cores for ([`CoreCmd::Resync`]) instead of mirroring them.
 //! Terminals stay connected while the link is down.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
@@ -22,7 +22,8 @@ use herald_protocol::condition::Condition;
 use herald_protocol::frame::{Decoder, Frame, PushFlags, PushHeader, encode_push};
 use herald_protocol::link::{
     Hello, LINK_VERSION, LinkMessage, MAX_LINK_FRAME_BYTES, NodeStats, Offline, Online, PresenceChange,
-    PushOrder, PushReport, Receipt, StreamSeq, Target,
+    PublishOutcome, PublishRef, PublishResult, PushOrder, PushReport, Receipt, StreamSeq, Target,
+    TerminalPublish,
 };
 use rkyv::util::AlignedVec;
 
@@ -71,6 +72,11 @@ pub(crate) enum Upstream {
         sent: u32,
         dropped: u32,
     },
+    /// A terminal's message for the control plane (MQTT PUBLISH, will).
+    Publish(Box<TerminalPublish>),
+    /// The control plane's answer to one, from the link's reader thread: the link thread
+    /// forgets it was waiting and passes it to the core.
+    PublishResult(PublishResult),
 }
 
 /// A logged-in session, as a core lists it for a resync.
@@ -98,7 +104,20 @@ struct UpState {
     /// push id → (sent, dropped, cores that reported).
     partial_reports: HashMap<u64, (u32, u32, usize)>,
     reports: Vec<PushReport>,
+    /// Terminals' messages dropped while the link was down (QoS 0, or wills beyond the bound).
+    dropped_publishes: u64,
+    /// Terminals' messages to send; wills wait here while the link is down (up to
+    /// [`MAX_HELD_PUBLISHES`]), other messages are answered `Unavailable` or, QoS 0, dropped.
+    publishes: Vec<TerminalPublish>,
+    /// Sent messages whose answer has not come back: answered `Unavailable` if the link drops
+    /// (the terminal sends again; at least once).
+    unanswered: HashSet<PublishRef>,
+    /// Answers for the cores (delivered by [`deliver_answers`]).
+    answers: Vec<PublishResult>,
 }
+
+/// Wills held while the link is down; more are dropped (and counted).
+const MAX_HELD_PUBLISHES: usize = 65_536;
 
 impl UpState {
     /// Whether `core`'s presence events go up now (else a resync will cover them).
@@ -170,6 +189,28 @@ impl UpState {
                     last,
                 });
             }
+            Upstream::Publish(p) => {
+                let p = *p;
+                let unavailable =
+                    |reference| PublishResult { reference, outcome: PublishOutcome::Unavailable };
+                if self.connected {
+                    if let Some(r) = p.reply {
+                        self.unanswered.insert(r);
+                    }
+                    self.publishes.push(p);
+                } else if let Some(r) = p.reply {
+                    self.answers.push(unavailable(r));
+                } else if p.will_delay_secs.is_some() && self.publishes.len() < MAX_HELD_PUBLISHES {
+                    self.publishes.push(p);
+                } else {
+                    self.dropped_publishes += 1;
+                }
+            }
+            Upstream::PublishResult(r) => {
+                if self.unanswered.remove(&r.reference) {
+                    self.answers.push(r);
+                }
+            }
             Upstream::Report { push_id, sent, dropped } => {
                 let e = self.partial_reports.entry(push_id).or_insert((0, 0, 0));
                 e.0 += sent;
@@ -200,7 +241,13 @@ pub(crate) fn run(node: Arc<Node>, up: Receiver<Upstream>) {
                 node.metrics.link_connects.fetch_add(1, Ordering::Relaxed);
                 node.metrics.link_connected.store(1, Ordering::Relaxed);
                 let done = session(&node, s, &up, &mut state);
+                // Answers the reader passed on before it stopped count; the rest are lost.
+                while let Ok(ev) = up.try_recv() {
+                    state.absorb(ev, cores);
+                }
                 state.connected = false;
+                state.link_lost();
+                deliver_answers(&node, &mut state);
                 node.metrics.link_connected.store(0, Ordering::Relaxed);
                 if done {
                     return;
@@ -213,7 +260,10 @@ pub(crate) fn run(node: Arc<Node>, up: Receiver<Upstream>) {
         let until = Instant::now() + backoff;
         while let Some(left) = until.checked_duration_since(Instant::now()) {
             match up.recv_timeout(left) {
-                Ok(ev) => state.absorb(ev, cores),
+                Ok(ev) => {
+                    state.absorb(ev, cores);
+                    deliver_answers(&node, &mut state);
+                }
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -286,6 +336,7 @@ fn session(node: &Arc<Node>, stream: TcpStream, up: &Receiver<Upstream>, state: 
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => finished_node = true,
         }
+        deliver_answers(node, state);
         ok = flush_up(&mut w, state).is_ok();
         if ok && last_stats.elapsed() >= STATS_EVERY {
             last_stats = Instant::now();
@@ -317,7 +368,35 @@ fn flush_up(w: &mut LinkWriter, state: &mut UpState) -> std::io::Result<()> {
     if !state.reports.is_empty() {
         w.send(&LinkMessage::Reports(std::mem::take(&mut state.reports)))?;
     }
+    // After presence: a will follows its connection's Offline.
+    for p in state.publishes.drain(..) {
+        w.send(&LinkMessage::Publish(p))?;
+    }
     Ok(())
+}
+
+impl UpState {
+    /// The link is gone: what was sent and not answered is answered `Unavailable`.
+    fn link_lost(&mut self) {
+        let lost = self
+            .unanswered
+            .drain()
+            .map(|reference| PublishResult { reference, outcome: PublishOutcome::Unavailable });
+        self.answers.extend(lost);
+    }
+}
+
+/// Hands the control plane's answers (and the link's own) to the cores that asked.
+fn deliver_answers(node: &Node, state: &mut UpState) {
+    for r in state.answers.drain(..) {
+        if let Some(core) = node.cores.get(usize::from(r.reference.core)) {
+            core.send(CoreCmd::Published(r));
+        }
+    }
+    if state.dropped_publishes > 0 {
+        node.metrics.publishes_dropped.fetch_add(state.dropped_publishes, Ordering::Relaxed);
+        state.dropped_publishes = 0;
+    }
 }
 
 fn read_loop(node: &Arc<Node>, mut stream: TcpStream) {
@@ -386,6 +465,9 @@ fn dispatch(node: &Arc<Node>, msg: LinkMessage, scratch: &mut AlignedVec) {
             for c in &node.cores {
                 c.send(CoreCmd::Kick(k.clone()));
             }
+        }
+        LinkMessage::PublishResult(r) => {
+            let _ = node.upstream.send(Upstream::PublishResult(r));
         }
         other => tracing::warn!(message = ?std::mem::discriminant(&other), "unexpected link message"),
     }

@@ -76,6 +76,30 @@ pub(crate) struct CoreMetrics {
     pub(crate) fanout_sum_us: Cell,
     /// QUIC datagrams this core read for a connection of another core and passed on.
     pub(crate) quic_forwarded: Cell,
+    pub(crate) mqtt: MqttMetrics,
+}
+
+/// What a core's MQTT connections did (their logins, closes, heartbeats and deliveries are in
+/// the protocol-independent series too).
+#[derive(Debug, Default)]
+pub(crate) struct MqttMetrics {
+    pub(crate) connections: Cell,
+    /// PUBLISH sent to terminals.
+    pub(crate) publishes_out: Cell,
+    /// PUBACK received (each is a delivery receipt).
+    pub(crate) pubacks_in: Cell,
+    /// Pushes not sent because the connection's QoS 1 window was full or the packet was over its
+    /// maximum packet size.
+    pub(crate) window_drops: Cell,
+    /// PUBLISH received from terminals, and those refused (publishing off, a topic the user does
+    /// not follow, not UTF-8, refused by the control plane).
+    pub(crate) publishes_in: Cell,
+    pub(crate) publishes_refused: Cell,
+    /// Wills sent to the control plane.
+    pub(crate) wills: Cell,
+    /// SUBSCRIBE filters granted and refused.
+    pub(crate) filters_granted: Cell,
+    pub(crate) filters_refused: Cell,
 }
 
 impl CoreMetrics {
@@ -107,6 +131,8 @@ pub(crate) struct Registry {
     pub(crate) cores: Vec<Arc<CoreMetrics>>,
     pub(crate) link_connected: AtomicU64,
     pub(crate) link_connects: AtomicU64,
+    /// Terminals' messages dropped while the link was down (QoS 0 and wills beyond the bound).
+    pub(crate) publishes_dropped: AtomicU64,
 }
 
 impl Registry {
@@ -115,6 +141,7 @@ impl Registry {
             cores: (0..cores).map(|_| Arc::new(CoreMetrics::default())).collect(),
             link_connected: AtomicU64::new(0),
             link_connects: AtomicU64::new(0),
+            publishes_dropped: AtomicU64::new(0),
         }
     }
 
@@ -125,7 +152,7 @@ impl Registry {
     /// The Prometheus text exposition of every counter.
     pub(crate) fn render(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
-        let per_core: [PerCore; 13] = [
+        let per_core: [PerCore; 22] = [
             ("herald_connections", "gauge", "Open terminal connections.", |m| m.connections.get()),
             ("herald_accepted_total", "counter", "Accepted TCP connections.", |m| m.accepted.get()),
             ("herald_logins_ok_total", "counter", "Successful logins.", |m| m.logins_ok.get()),
@@ -146,6 +173,40 @@ impl Registry {
             }),
             ("herald_quic_forwarded_total", "counter", "QUIC datagrams passed to the owning core.", |m| {
                 m.quic_forwarded.get()
+            }),
+            ("herald_mqtt_connections", "gauge", "Open MQTT connections.", |m| m.mqtt.connections.get()),
+            ("herald_mqtt_publishes_out_total", "counter", "PUBLISH packets sent to MQTT terminals.", |m| {
+                m.mqtt.publishes_out.get()
+            }),
+            (
+                "herald_mqtt_pubacks_in_total",
+                "counter",
+                "PUBACKs (delivery receipts) from MQTT terminals.",
+                |m| m.mqtt.pubacks_in.get(),
+            ),
+            (
+                "herald_mqtt_window_drops_total",
+                "counter",
+                "Pushes not sent to an MQTT connection: QoS 1 window full or over its maximum packet size.",
+                |m| m.mqtt.window_drops.get(),
+            ),
+            (
+                "herald_mqtt_publishes_in_total",
+                "counter",
+                "PUBLISH packets received from MQTT terminals.",
+                |m| m.mqtt.publishes_in.get(),
+            ),
+            ("herald_mqtt_publishes_refused_total", "counter", "Terminal PUBLISH packets refused.", |m| {
+                m.mqtt.publishes_refused.get()
+            }),
+            ("herald_mqtt_wills_total", "counter", "Wills sent to the control plane.", |m| {
+                m.mqtt.wills.get()
+            }),
+            ("herald_mqtt_filters_granted_total", "counter", "SUBSCRIBE filters granted.", |m| {
+                m.mqtt.filters_granted.get()
+            }),
+            ("herald_mqtt_filters_refused_total", "counter", "SUBSCRIBE filters refused.", |m| {
+                m.mqtt.filters_refused.get()
             }),
         ];
         for (name, kind, help, f) in per_core {
@@ -198,6 +259,11 @@ impl Registry {
             "# TYPE herald_link_connected gauge\nherald_link_connected {}\n# TYPE herald_link_connects_total counter\nherald_link_connects_total {}",
             self.link_connected.load(Ordering::Relaxed),
             self.link_connects.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP herald_publishes_dropped_total Terminal messages dropped while the link was down.\n# TYPE herald_publishes_dropped_total counter\nherald_publishes_dropped_total {}",
+            self.publishes_dropped.load(Ordering::Relaxed)
         );
         out
     }

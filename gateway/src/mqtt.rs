@@ -11,9 +11,9 @@
 //!   for another user, gets CONNACK 0x86 (3.1.1: 0x04); a revoked one 0x87 (0x05); a client id
 //!   that is not the credential's device 0x85 (0x02); enhanced authentication 0x8C (5.0 only);
 //!   no tables from the control plane yet 0x88 (0x03). Keep-alive `k` closes a connection silent
-//!   for 1.5·k seconds (k = 0: the node's heartbeat grace). Wills are accepted and never
-//!   published; CONNACK says: maximum QoS 1, no retain, no shared subscriptions, no topic
-//!   aliases, no subscription identifiers.
+//!   for 1.5·k seconds (k = 0: the node's heartbeat grace). CONNACK says: maximum QoS 1, no
+//!   retain, no shared subscriptions, no topic aliases, no subscription identifiers, receive
+//!   maximum [`MAX_PUBLISHING`].
 //! - **Topics**: a topic push is published on the topic's name; a group push on
 //!   `groups/<group>`; a push to a user (or users, or a device) on the recipient's inbox
 //!   `users/<user>`; a condition push on `herald/conditions`. A Herald topic whose name is not a
@@ -48,10 +48,29 @@
 //!   published on, and `herald/streams/<id>` for a stream it never saw live.
 //! - **Duplicate client ids**: a newer login of the same (user, device), MQTT or Herald protocol,
 //!   on any core, replaces the older connection (5.0: DISCONNECT 0x8E).
-//! - **PUBLISH from a terminal** is refused unless `mqtt_allow_publish`: 5.0 QoS 1 gets PUBACK
-//!   0x87 and the connection stays; 5.0 QoS 0 gets DISCONNECT 0x87; 3.1.1 is closed. With
-//!   `mqtt_allow_publish`, QoS 0 is dropped and QoS 1 acknowledged and dropped. QoS 2 is always
-//!   refused (5.0 DISCONNECT 0x9B).
+//! - **PUBLISH from a terminal** is refused unless `mqtt_allow_publish` (config file or
+//!   `--mqtt-allow-publish`): 5.0 QoS 1 gets PUBACK 0x87 and the connection stays; 5.0 QoS 0
+//!   gets DISCONNECT 0x87; 3.1.1 is closed. QoS 2 is always refused (5.0 DISCONNECT 0x9B), and a
+//!   5.0 retained PUBLISH gets DISCONNECT 0x9A (3.1.1: the retain flag is ignored).
+//!   With `mqtt_allow_publish` a terminal publishes like an app server pushes, through the
+//!   control plane: `groups/<g>` is a push to group `g`, any other topic a push to that Herald
+//!   topic; the control plane accepts it if the user belongs to the group or follows the topic
+//!   (directly or through a group), and the push reaches every follower, the publisher's own
+//!   connections included. `users/...` and `herald/...` are never publishable (0x87, as above).
+//!   The payload must be UTF-8 (a push body is text): otherwise 0x99, as above. QoS 1 becomes a
+//!   stored push whose TTL is the 5.0 message expiry or the control plane's default TTL, and
+//!   PUBACK is sent once the push is durable (5.0 reason: 0x00; refused by the control plane:
+//!   0x87; too large: 0x83; control plane unreachable or link lost before the answer: 0x80,
+//!   send again — at least once); on 3.1.1, where PUBACK cannot say no, a refusal closes the
+//!   connection. QoS 0 becomes a TTL-0 push (online terminals only) and gets no answer; what
+//!   the control plane refuses is dropped and counted. At most [`MAX_PUBLISHING`] QoS 1 PUBLISH
+//!   may wait for their PUBACK (5.0: the receive maximum; more: DISCONNECT 0x93; 3.1.1: closed).
+//! - **Wills** follow the PUBLISH rules above (refused ones are dropped, counted) and are sent
+//!   when the connection ends without a normal DISCONNECT (5.0 DISCONNECT 0x04 sends it too),
+//!   except when a newer login of the same device replaced it, the node is draining (the
+//!   terminal is told to reconnect elsewhere) or the credential was revoked. A 5.0 will delay
+//!   is kept by the control plane, which drops the will if the device logs in again first; a
+//!   will reaching the control plane after the device is back online is dropped too.
 //! - **Malformed packets** close that connection only, with the codec's reply.
 
 use std::collections::VecDeque;
@@ -70,6 +89,9 @@ use rkyv::util::AlignedVec;
 pub(crate) const MAX_INFLIGHT: u16 = 1024;
 /// SUBSCRIBEs held while the user's subscriptions have not arrived from the control plane.
 pub(crate) const MAX_PARKED: usize = 16;
+/// QoS 1 PUBLISH from a terminal that may wait for the control plane's answer (the receive
+/// maximum CONNACK announces).
+pub(crate) const MAX_PUBLISHING: u16 = 64;
 
 pub(crate) const CONDITION_TOPIC: &str = "herald/conditions";
 
@@ -218,6 +240,34 @@ pub(crate) struct MqttConn {
     pub(crate) parked: Vec<Subscribe>,
     /// `users/<user>`, once logged in.
     pub(crate) inbox: Option<Arc<str>>,
+    /// The CONNECT's will, until the connection ends or a normal DISCONNECT discards it.
+    pub(crate) will: Option<Box<Will>>,
+    /// QoS 1 PUBLISH sent to the control plane and not answered yet.
+    pub(crate) publishing: u16,
+}
+
+/// A will, as CONNECT gave it.
+#[derive(Debug)]
+pub(crate) struct Will {
+    pub(crate) topic: Box<str>,
+    pub(crate) payload: Bytes,
+    pub(crate) qos1: bool,
+    pub(crate) delay_secs: u32,
+    pub(crate) expiry_secs: Option<u32>,
+}
+
+/// The Herald target of a terminal's PUBLISH on `topic`: `groups/<g>` is group `g`, any other
+/// topic the Herald topic of that name. `None` for the inbox and Herald's own topics, never
+/// publishable. Whether the user may publish there is the control plane's decision.
+pub(crate) fn publish_target(topic: &str) -> Option<Target> {
+    if topic.starts_with("users/") || topic.starts_with("herald/") {
+        return None;
+    }
+    Some(match topic.strip_prefix("groups/") {
+        Some(g) if !g.is_empty() => Target::Group(g.to_owned()),
+        Some(_) => return None,
+        None => Target::Topic(topic.to_owned()),
+    })
 }
 
 impl MqttConn {
@@ -232,6 +282,8 @@ impl MqttConn {
             filters: Vec::new(),
             parked: Vec::new(),
             inbox: None,
+            will: None,
+            publishing: 0,
         }
     }
 
@@ -380,5 +432,15 @@ mod tests {
         let p = prepare(&backlog, &mut streams, &mut scratch).unwrap();
         assert_eq!((p.topic.as_deref(), p.backlog, p.always), (Some("news/eu"), true, false));
         assert!(prepare(&order(Target::Topic("a/+".into()), 7), &mut streams, &mut scratch).is_none());
+    }
+
+    #[test]
+    fn terminals_publish_to_groups_and_topics_never_to_inboxes() {
+        assert_eq!(publish_target("groups/fleet"), Some(Target::Group("fleet".into())));
+        assert_eq!(publish_target("news/eu"), Some(Target::Topic("news/eu".into())));
+        assert_eq!(publish_target("groupsx"), Some(Target::Topic("groupsx".into())));
+        for t in ["users/alice", "herald/conditions", "groups/"] {
+            assert_eq!(publish_target(t), None, "{t}");
+        }
     }
 }

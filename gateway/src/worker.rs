@@ -88,6 +88,8 @@ pub(crate) enum CoreCmd {
     Resync,
     /// A datagram another core read for one of this core's QUIC connections.
     Quic(Box<crate::quic::Datagram>),
+    /// The control plane's answer to a terminal's message (MQTT PUBACK).
+    Published(herald_protocol::link::PublishResult),
     Drain,
 }
 
@@ -520,6 +522,7 @@ impl Worker {
         let sock = OwnedFd::from(sock);
         let fd = sock.as_raw_fd();
         let proto = if mqtt {
+            self.m.mqtt.connections.inc();
             Proto::Mqtt(Box::new(MqttConn::new(self.node.config.max_frame_bytes)))
         } else {
             Proto::Herald
@@ -963,16 +966,24 @@ impl Worker {
             (Transport::Quic(_), None) => {}
         }
         self.m.queued_frames.sub(c.out.clear() as u64);
+        if let Proto::Mqtt(_) = c.proto {
+            self.m.mqtt.connections.sub(1);
+        }
         if let Some(a) = c.auth {
             self.index.remove_conn(&a.user, a.uid, slot);
-            let code = c.closing.unwrap_or(CloseCode::NORMAL).0;
+            let code = c.closing.unwrap_or(CloseCode::NORMAL);
             let _ = self.node.upstream.send(Upstream::Offline {
                 core: self.n,
-                user: a.user,
-                device: a.device,
+                user: a.user.clone(),
+                device: a.device.clone(),
                 session_id: a.session_id,
-                code,
+                code: code.0,
             });
+            // After Offline, on the same channel: the control plane sees the will after the
+            // disconnect.
+            if let Proto::Mqtt(m) = &mut c.proto {
+                self.send_will(m, &a.user, &a.device, code);
+            }
         }
     }
 
@@ -1044,6 +1055,7 @@ impl Worker {
                     .collect();
                 let _ = self.node.upstream.send(Upstream::Live { core: self.n, sessions });
             }
+            CoreCmd::Published(r) => self.on_published(r),
             CoreCmd::Drain => self.begin_drain(),
         }
     }
@@ -1077,11 +1089,13 @@ impl Worker {
                 Proto::Mqtt(m) => match mqtt::publish_for(m, job, &mut self.hdr) {
                     mqtt::Publish::Skip => continue,
                     mqtt::Publish::Drop => {
+                        self.m.mqtt.window_drops.inc();
                         dropped += 1;
                         self.m.dropped(DropWhy::QueueFullNew, 1);
                         continue;
                     }
                     mqtt::Publish::Send { head, qos1, pid } => {
+                        self.m.mqtt.publishes_out.inc();
                         let payload = job.mqtt.as_ref().map(|p| p.payload.clone()).unwrap_or_default();
                         (c.out.push_parts(head, payload, false, qos1, max), pid)
                     }

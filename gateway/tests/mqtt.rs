@@ -14,7 +14,7 @@ use common::*;
 use herald_gateway::{Driver, Gateway};
 use herald_protocol::CloseCode;
 use herald_protocol::frame::{Frame, PushFlags};
-use herald_protocol::link::{LinkMessage, PushOrder, Target};
+use herald_protocol::link::{LinkMessage, PublishOutcome, PublishResult, PushOrder, Target, TerminalPublish};
 use herald_protocol::payload::{DataEntry, PushPayload};
 
 const V3: u8 = 4;
@@ -72,6 +72,8 @@ struct Opts<'a> {
     clean: bool,
     keep_alive: u16,
     session_expiry: u32,
+    /// (topic, payload, QoS, 5.0 will delay).
+    will: Option<(&'a str, &'a [u8], u8, u32)>,
 }
 
 impl<'a> Opts<'a> {
@@ -83,6 +85,7 @@ impl<'a> Opts<'a> {
             clean: true,
             keep_alive: 60,
             session_expiry: 0,
+            will: None,
         }
     }
 }
@@ -95,8 +98,11 @@ impl Client {
         let mut b = Vec::new();
         put_str(&mut b, b"MQTT");
         b.push(v);
-        let flags =
-            u8::from(o.clean) << 1 | u8::from(o.user.is_some()) << 7 | u8::from(o.password.is_some()) << 6;
+        let will_flags = o.will.map_or(0, |(_, _, qos, _)| 0x04 | qos << 3);
+        let flags = u8::from(o.clean) << 1
+            | u8::from(o.user.is_some()) << 7
+            | u8::from(o.password.is_some()) << 6
+            | will_flags;
         b.push(flags);
         b.extend_from_slice(&o.keep_alive.to_be_bytes());
         if v == V5 {
@@ -108,6 +114,18 @@ impl Client {
             }
         }
         put_str(&mut b, o.client_id.as_bytes());
+        if let Some((topic, payload, _, delay)) = o.will {
+            if v == V5 {
+                if delay > 0 {
+                    b.extend_from_slice(&[5, 0x18]);
+                    b.extend_from_slice(&delay.to_be_bytes());
+                } else {
+                    b.push(0);
+                }
+            }
+            put_str(&mut b, topic.as_bytes());
+            put_str(&mut b, payload);
+        }
         if let Some(u) = o.user {
             put_str(&mut b, u.as_bytes());
         }
@@ -160,7 +178,12 @@ impl Client {
                 Ok(0) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e)
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
                 Err(e) => panic!("read failed: {e}"),
             }
@@ -392,19 +415,139 @@ fn keep_alive_and_refused_publish(driver: Driver) {
     c.expect_closed(0);
 }
 
-fn allowed_publish_is_acked_and_dropped(driver: Driver) {
-    let (_gw, _cp) = gateway(driver, |c| {
+/// A terminal's PUBLISH (QoS 1 with `pid`, else QoS 0).
+fn publish_packet(v: u8, topic: &str, pid: Option<u16>, payload: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    put_str(&mut b, topic.as_bytes());
+    if let Some(pid) = pid {
+        b.extend_from_slice(&pid.to_be_bytes());
+    }
+    if v == V5 {
+        b.push(0);
+    }
+    b.extend_from_slice(payload);
+    packet(if pid.is_some() { 0x32 } else { 0x30 }, &b)
+}
+
+/// The next terminal message the gateway forwards to the control plane.
+fn forwarded(cp: &FakeCp) -> TerminalPublish {
+    cp.expect("a terminal's message", |m| match m {
+        LinkMessage::Publish(p) => Some(p.clone()),
+        _ => None,
+    })
+}
+
+fn answer(cp: &FakeCp, p: &TerminalPublish, outcome: PublishOutcome) {
+    let reference = p.reply.expect("a QoS 1 message asks for an answer");
+    cp.send(&LinkMessage::PublishResult(PublishResult { reference, outcome }));
+}
+
+/// PUBACK's packet id and (5.0) reason.
+fn puback(c: &mut Client) -> (u16, u8) {
+    let p = c.next().expect("PUBACK");
+    assert_eq!(p.first, 0x40, "expected PUBACK, got {p:?}");
+    (u16::from_be_bytes([p.body[0], p.body[1]]), p.body.get(2).copied().unwrap_or(0))
+}
+
+fn allowed_publish_goes_through_the_control_plane(driver: Driver) {
+    let (gw, cp) = gateway(driver, |c| {
         c.mqtt_addr = Some("127.0.0.1:0".parse().unwrap());
         c.mqtt_allow_publish = true;
     });
-    let addr = _gw.mqtt_addr().unwrap();
-    let mut c = Client::connect(addr, V3, "pub", "d");
-    let mut b = Vec::new();
-    put_str(&mut b, b"t");
-    b.extend_from_slice(&[0, 9]);
-    c.send(&packet(0x32, &b));
-    let p = c.next().unwrap();
-    assert_eq!((p.first, &p.body[..]), (0x40, &[0, 9][..]));
+    let addr = gw.mqtt_addr().unwrap();
+    let mut c = Client::connect(addr, V5, "pub", "d");
+    cp.wait_online("pub", "d");
+    // QoS 1: PUBACK only once the control plane has answered, with its reason.
+    c.send(&publish_packet(V5, "groups/fleet", Some(9), b"hi"));
+    let p = forwarded(&cp);
+    assert_eq!(
+        (p.user.as_str(), p.device.as_str(), &p.target, p.body.as_str(), p.ttl_secs, p.will_delay_secs),
+        ("pub", "d", &Target::Group("fleet".into()), "hi", None, None)
+    );
+    assert_eq!(p.reply.map(|r| r.packet_id), Some(9));
+    c.send(&publish_packet(V5, "news", Some(10), b"x"));
+    let q = forwarded(&cp);
+    assert_eq!(q.target, Target::Topic("news".into()));
+    // Answers may come in any order; each PUBACK carries its own packet id.
+    answer(&cp, &q, PublishOutcome::NotAuthorized);
+    assert_eq!(puback(&mut c), (10, 0x87));
+    answer(&cp, &p, PublishOutcome::Accepted { push_id: 1 });
+    assert_eq!(puback(&mut c), (9, 0));
+    // Refused here, without the control plane: an inbox, Herald's topics, a payload that is not
+    // UTF-8.
+    c.send(&publish_packet(V5, "users/bob", Some(11), b"x"));
+    assert_eq!(puback(&mut c), (11, 0x87));
+    c.send(&publish_packet(V5, "herald/conditions", Some(12), b"x"));
+    assert_eq!(puback(&mut c), (12, 0x87));
+    c.send(&publish_packet(V5, "news", Some(13), &[0xff, 0xfe]));
+    assert_eq!(puback(&mut c), (13, 0x99));
+    // QoS 0: a TTL-0 push, no answer.
+    c.send(&publish_packet(V5, "news", None, b"live"));
+    let p = forwarded(&cp);
+    assert_eq!((p.body.as_str(), p.ttl_secs, p.reply), ("live", Some(0), None));
+    // The link drops with a message unanswered: the gateway answers 0x80 (send again).
+    c.send(&publish_packet(V5, "news", Some(14), b"lost"));
+    forwarded(&cp);
+    cp.drop_link();
+    assert_eq!(puback(&mut c), (14, 0x80));
+    c.ping();
+    // 3.1.1 cannot be told no: a refusal closes the connection.
+    cp.wait_online("pub", "d");
+    let mut c3 = Client::connect(addr, V3, "pub3", "d");
+    cp.wait_online("pub3", "d");
+    c3.send(&publish_packet(V3, "news", Some(1), b"x"));
+    let p = forwarded(&cp);
+    answer(&cp, &p, PublishOutcome::Accepted { push_id: 2 });
+    assert_eq!(puback(&mut c3), (1, 0));
+    c3.send(&publish_packet(V3, "news", Some(2), b"x"));
+    let p = forwarded(&cp);
+    answer(&cp, &p, PublishOutcome::NotAuthorized);
+    c3.expect_closed(0);
+}
+
+fn wills_are_sent_when_a_connection_ends_without_disconnect(driver: Driver) {
+    let (gw, cp) = gateway(driver, |c| {
+        c.mqtt_addr = Some("127.0.0.1:0".parse().unwrap());
+        c.mqtt_allow_publish = true;
+    });
+    let addr = gw.mqtt_addr().unwrap();
+    for v in [V3, V5] {
+        let (quiet, lost) = (format!("quiet{v}"), format!("lost{v}"));
+        // A normal DISCONNECT discards the will ...
+        let o = Opts { will: Some(("status", b"quiet gone", 1, 0)), ..Opts::new(&quiet, "d") };
+        let mut a = Client::open(addr, v, &o);
+        assert_eq!(a.connack(), 0);
+        cp.wait_online(&quiet, "d");
+        a.send(&[0xe0, 0x00]);
+        assert_eq!(cp.wait_offline(&quiet), CloseCode::NORMAL.0);
+        // ... a connection that just ends sends it, after its Offline, with its delay.
+        let o = Opts { will: Some(("groups/fleet", b"lost gone", 1, 30)), ..Opts::new(&lost, "d") };
+        let mut b = Client::open(addr, v, &o);
+        assert_eq!(b.connack(), 0);
+        cp.wait_online(&lost, "d");
+        drop(b);
+        let w = forwarded(&cp);
+        assert_eq!(
+            (w.user.as_str(), &w.target, w.body.as_str(), w.reply),
+            (lost.as_str(), &Target::Group("fleet".into()), "lost gone", None)
+        );
+        // 3.1.1 has no will delay: 0.
+        assert_eq!(w.will_delay_secs, Some(if v == V5 { 30 } else { 0 }));
+    }
+    // A newer login of the same device replaces the connection: no will.
+    let o = Opts { will: Some(("status", b"replaced", 0, 0)), ..Opts::new("twice", "d") };
+    let mut first = Client::open(addr, V5, &o);
+    assert_eq!(first.connack(), 0);
+    cp.wait_online("twice", "d");
+    let mut second = Client::connect(addr, V5, "twice", "d");
+    first.expect_closed(0x8e);
+    second.ping();
+    let o = Opts { will: Some(("status", b"marker", 0, 0)), ..Opts::new("marker", "d") };
+    let mut m = Client::open(addr, V5, &o);
+    assert_eq!(m.connack(), 0);
+    cp.wait_online("marker", "d");
+    drop(m);
+    assert_eq!(forwarded(&cp).body, "marker", "the replaced connection's will was sent");
 }
 
 fn malformed_packet_closes_only_that_connection(driver: Driver) {
@@ -495,7 +638,8 @@ both_drivers!(
     connect_accepted_and_refused,
     subscribe_codes_and_deliveries,
     keep_alive_and_refused_publish,
-    allowed_publish_is_acked_and_dropped,
+    allowed_publish_goes_through_the_control_plane,
+    wills_are_sent_when_a_connection_ends_without_disconnect,
     malformed_packet_closes_only_that_connection,
     duplicate_client_id_replaces_across_protocols,
     backlog_reaches_persistent_sessions_only,

@@ -50,6 +50,11 @@ pub enum LinkMessage {
     Push(PushOrder),
     /// Close a user's connections (all devices, or one), e.g. after a revocation.
     Kick(Kick),
+    // Added after the rest, so earlier variants keep their archived discriminants.
+    /// gateway → control plane: a terminal publishes (MQTT PUBLISH, or a will).
+    Publish(TerminalPublish),
+    /// control plane → gateway: what became of a [`TerminalPublish`] that asked for an answer.
+    PublishResult(PublishResult),
 }
 
 /// A gateway node introduces itself.
@@ -223,6 +228,53 @@ pub struct Kick {
     pub code: u16,
 }
 
+/// A message a terminal sends to other terminals: pushed like an admin push to `target`, which is
+/// a `Topic` or a `Group` the user follows (the control plane checks it again).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TerminalPublish {
+    pub user: String,
+    pub device: String,
+    pub target: Target,
+    /// The push's body (UTF-8 text, as every push body).
+    pub body: String,
+    /// `None`: the control plane's default TTL. 0: delivered to online terminals only.
+    pub ttl_secs: Option<u32>,
+    /// Where the answer goes; `None`: no answer (QoS 0, wills).
+    pub reply: Option<PublishRef>,
+    /// A will: pushed after this many seconds unless the device logs in again first (`None`:
+    /// not a will).
+    pub will_delay_secs: Option<u32>,
+}
+
+/// Names the terminal's message a [`PublishResult`] answers, in the gateway's own terms.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublishRef {
+    pub core: u16,
+    pub slot: u32,
+    pub session_id: u64,
+    /// The MQTT packet id.
+    pub packet_id: u16,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishResult {
+    pub reference: PublishRef,
+    pub outcome: PublishOutcome,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// Durable (or, TTL 0, handed to the nodes) as push `push_id`.
+    Accepted { push_id: u64 },
+    /// The user may not publish to that target.
+    NotAuthorized,
+    /// Refused as an admin push would be (payload too large, bad TTL).
+    Invalid,
+    /// The control plane could not take it now (store not accepting writes, link lost); the
+    /// terminal may send it again.
+    Unavailable,
+}
+
 /// Why a link frame's payload is not a message.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -284,6 +336,19 @@ mod tests {
                 ttl_secs: 60,
                 payload: vec![1, 2, 3],
                 origin: None,
+            }),
+            LinkMessage::Publish(TerminalPublish {
+                user: "u".into(),
+                device: "d".into(),
+                target: Target::Group("g".into()),
+                body: "hello".into(),
+                ttl_secs: Some(30),
+                reply: Some(PublishRef { core: 1, slot: 9, session_id: 77, packet_id: 3 }),
+                will_delay_secs: None,
+            }),
+            LinkMessage::PublishResult(PublishResult {
+                reference: PublishRef { core: 0, slot: 1, session_id: 2, packet_id: 65535 },
+                outcome: PublishOutcome::Accepted { push_id: 12 },
             }),
             LinkMessage::Tables(Tables {
                 version: 2,

@@ -181,6 +181,10 @@ impl Serve {
             "--metrics",
             "127.0.0.1:0",
         ];
+        // `serve` listens on MQTT's port 1883 by default: tests never take a fixed port.
+        if !extra.contains(&"--mqtt") {
+            args.extend_from_slice(&["--mqtt", "off"]);
+        }
         args.extend_from_slice(extra);
         let mut proc = Proc::spawn(&args)?;
         let admin = proc.wait_addr("herald: admin API on ")?;

@@ -19,7 +19,8 @@ pub(crate) struct FileConfig {
 
     pub tcp: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
-    pub mqtt: Option<SocketAddr>,
+    pub mqtt: Option<super::Listen>,
+    pub mqtt_allow_publish: Option<bool>,
     pub quic: Option<SocketAddr>,
     pub quic_cert: Option<PathBuf>,
     pub quic_key: Option<PathBuf>,
@@ -50,6 +51,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "tcp",
             "metrics",
             "mqtt",
+            "mqtt_allow_publish",
             "quic",
             "quic_cert",
             "quic_key",
@@ -104,7 +106,8 @@ impl FileConfig {
             credential_ttl_secs: r.get("control_plane", "credential_ttl_secs"),
             tcp: r.addr("gateway", "tcp"),
             metrics: r.addr("gateway", "metrics"),
-            mqtt: r.addr("gateway", "mqtt"),
+            mqtt: r.listen("gateway", "mqtt"),
+            mqtt_allow_publish: r.get("gateway", "mqtt_allow_publish"),
             quic: r.addr("gateway", "quic"),
             quic_cert: r.get("gateway", "quic_cert"),
             quic_key: r.get("gateway", "quic_key"),
@@ -142,6 +145,17 @@ impl Reader<'_> {
         }
     }
 
+    fn listen(&mut self, section: &str, key: &str) -> Option<super::Listen> {
+        let text: String = self.get(section, key)?;
+        match text.parse() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                self.errors.push(format!("`{section}.{key}`: {e}"));
+                None
+            }
+        }
+    }
+
     fn addr(&mut self, section: &str, key: &str) -> Option<SocketAddr> {
         let text: String = self.get(section, key)?;
         match text.parse() {
@@ -167,6 +181,8 @@ mod tests {
         assert_eq!(cfg.driver.as_deref(), Some("auto"));
         assert_eq!(cfg.heartbeat_interval_secs, Some(240));
         assert_eq!(cfg.log_filter.as_deref(), Some("info"));
+        assert_eq!(cfg.mqtt, Some(super::super::Listen::At("0.0.0.0:1883".parse().unwrap())));
+        assert_eq!(cfg.mqtt_allow_publish, Some(false));
         assert_eq!((cfg.admin_key, cfg.node_id), (None, None));
     }
 
@@ -175,6 +191,8 @@ mod tests {
         let text = r#"
             [gateway]
             tcp = "nowhere"
+            mqtt = "everywhere"
+            mqtt_allow_publish = "yes"
             cores = "two"
             colour = "blue"
             [control_plane]
@@ -183,8 +201,16 @@ mod tests {
         "#;
         let ConfigErrors(errs) = FileConfig::parse(text).unwrap_err();
         let all = errs.join("\n");
-        assert_eq!(errs.len(), 5, "{all}");
-        for needle in ["gateway.tcp", "gateway.cores", "gateway.colour", "default_ttl_secs", "[extra]"] {
+        assert_eq!(errs.len(), 7, "{all}");
+        for needle in [
+            "gateway.tcp",
+            "gateway.mqtt`",
+            "gateway.mqtt_allow_publish",
+            "gateway.cores",
+            "gateway.colour",
+            "default_ttl_secs",
+            "[extra]",
+        ] {
             assert!(all.contains(needle), "{needle} missing from:\n{all}");
         }
     }

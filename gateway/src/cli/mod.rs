@@ -77,9 +77,14 @@ struct GwArgs {
     /// Prometheus metrics address [default: 127.0.0.1:9400].
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
-    /// MQTT 3.1.1/5.0 listener address (e.g. 127.0.0.1:1883) [default: off].
-    #[arg(long, value_name = "ADDR")]
-    mqtt: Option<SocketAddr>,
+    /// MQTT 3.1.1/5.0 listener address, or `off` [`herald serve` default: 0.0.0.0:1883, off
+    /// with a warning if that port is taken; `herald gateway` default: off].
+    #[arg(long, value_name = "ADDR|off")]
+    mqtt: Option<Listen>,
+    /// Let MQTT terminals publish (PUBLISH and wills become pushes to the groups and topics
+    /// they follow) [default: refused].
+    #[arg(long)]
+    mqtt_allow_publish: bool,
     /// QUIC listener address (UDP, e.g. 0.0.0.0:7402) [default: off].
     #[arg(long, value_name = "ADDR")]
     quic: Option<SocketAddr>,
@@ -238,7 +243,15 @@ fn start_gateway(
         cfg.tcp_addr = a;
     }
     cfg.metrics_addr = args.metrics.or(file.metrics).or(cfg.metrics_addr);
-    cfg.mqtt_addr = args.mqtt.or(file.mqtt);
+    cfg.mqtt_addr = match args.mqtt.or(file.mqtt) {
+        Some(Listen::At(a)) => Some(a),
+        Some(Listen::Off) => None,
+        // `herald serve` listens on MQTT's port unless told not to; a port someone else holds
+        // (another broker) only turns the default off.
+        None if dev_cert_dir.is_some() => default_mqtt(),
+        None => None,
+    };
+    cfg.mqtt_allow_publish = args.mqtt_allow_publish || file.mqtt_allow_publish.unwrap_or(false);
     cfg.quic_addr = args.quic.or(file.quic);
     cfg.quic_cert = args.quic_cert.clone().or(file.quic_cert.clone());
     cfg.quic_key = args.quic_key.clone().or(file.quic_key.clone());
@@ -319,6 +332,42 @@ fn start_gateway(
         println!("herald: metrics on http://{m}/metrics");
     }
     Ok(gw)
+}
+
+/// MQTT's registered port on every interface, if it is free.
+fn default_mqtt() -> Option<SocketAddr> {
+    let addr = SocketAddr::from(([0, 0, 0, 0], DEFAULT_MQTT_PORT));
+    match std::net::TcpListener::bind(addr) {
+        Ok(_probe) => Some(addr),
+        Err(e) => {
+            eprintln!(
+                "herald: MQTT listener off: cannot listen on {addr} ({e}); pass --mqtt ADDR to choose another"
+            );
+            None
+        }
+    }
+}
+
+const DEFAULT_MQTT_PORT: u16 = 1883;
+
+/// A listener's address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Listen {
+    Off,
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Listen, String> {
+        if s == "off" {
+            return Ok(Listen::Off);
+        }
+        s.parse()
+            .map(Listen::At)
+            .map_err(|_| format!("{s:?} is not an address like \"0.0.0.0:1883\" or `off`"))
+    }
 }
 
 fn default_node_id() -> String {

@@ -10,9 +10,11 @@ use herald_protocol::mqtt::{
     encode_unsuback,
 };
 
+use herald_protocol::link::{PublishOutcome, PublishRef, PublishResult, TerminalPublish};
+
 use super::{Proto, PushJob, Stop, Worker};
 use crate::link::Upstream;
-use crate::mqtt::{MAX_PARKED, MqttConn, inbox_topic, permitted};
+use crate::mqtt::{MAX_PARKED, MAX_PUBLISHING, MqttConn, Will, inbox_topic, permitted, publish_target};
 
 static PINGRESP: [u8; 2] = [0xd0, 0x00];
 
@@ -122,6 +124,7 @@ impl Worker {
                 Ok(())
             }
             Packet::PubAck(ack) => {
+                self.m.mqtt.pubacks_in.inc();
                 if let Some((stream, seq)) = self.mqtt(slot).release(ack.packet_id)
                     && let Some(a) = &self.conns[slot].auth
                 {
@@ -143,8 +146,13 @@ impl Worker {
                 self.on_unsubscribe(slot, &u);
                 Ok(())
             }
-            Packet::Publish(p) => self.on_publish(slot, p.qos, p.packet_id),
-            Packet::Disconnect(_) => Err(Stop::PeerClosed),
+            Packet::Publish(p) => self.on_publish(slot, p),
+            Packet::Disconnect(d) => {
+                if d.reason != ReasonCode::DISCONNECT_WITH_WILL_MESSAGE {
+                    self.mqtt(slot).will = None;
+                }
+                Err(Stop::PeerClosed)
+            }
             Packet::Auth(_) => {
                 Err(self.mqtt_refuse(slot, ReasonCode::BAD_AUTHENTICATION_METHOD, CloseCode::PROTOCOL_ERROR))
             }
@@ -167,6 +175,18 @@ impl Worker {
         };
         if c.authentication_method.is_some() {
             return refuse(self, ReasonCode::BAD_AUTHENTICATION_METHOD, CloseCode::AUTH_MALFORMED);
+        }
+        // 5.0: a will the server cannot publish as asked is refused (CONNACK says what is
+        // available); 3.1.1 has no code for it: QoS 2 is lowered to 1, retain ignored.
+        if v == ProtocolVersion::V5
+            && let Some(w) = &c.will
+        {
+            if w.qos == QoS::ExactlyOnce {
+                return refuse(self, ReasonCode::QOS_NOT_SUPPORTED, CloseCode::PROTOCOL_ERROR);
+            }
+            if w.retain {
+                return refuse(self, ReasonCode::RETAIN_NOT_SUPPORTED, CloseCode::PROTOCOL_ERROR);
+            }
         }
         let Some(password) = c.password.as_deref() else {
             return refuse(self, ReasonCode::BAD_USER_NAME_OR_PASSWORD, CloseCode::AUTH_MALFORMED);
@@ -195,8 +215,19 @@ impl Worker {
         m.receive_max = c.receive_maximum;
         m.max_packet = c.maximum_packet_size.unwrap_or(u32::MAX);
         m.inbox = Some(inbox_topic(&user));
+        m.will = c.will.map(|w| {
+            Box::new(Will {
+                topic: w.topic.as_str().into(),
+                // Its own copy: a slice would pin the whole receive buffer.
+                payload: Bytes::copy_from_slice(&w.payload),
+                qos1: w.qos != QoS::AtMostOnce,
+                delay_secs: w.delay_interval_secs,
+                expiry_secs: w.message_expiry_interval_secs,
+            })
+        });
         let mut ack = ConnAck::new(false, ReasonCode::SUCCESS);
         ack.properties = ConnAckProperties::herald(max_packet_bytes);
+        ack.properties.receive_maximum = Some(MAX_PUBLISHING);
         if assigned {
             ack.properties.assigned_client_identifier = Some(&device);
         }
@@ -240,6 +271,9 @@ impl Worker {
             } else {
                 ReasonCode::NOT_AUTHORIZED
             };
+            let granted =
+                if reason.0 < 0x80 { &self.m.mqtt.filters_granted } else { &self.m.mqtt.filters_refused };
+            granted.inc();
             reasons.push(reason);
         }
         let mut b = BytesMut::with_capacity(8 + reasons.len());
@@ -287,30 +321,135 @@ impl Worker {
         }
     }
 
-    /// A terminal's PUBLISH: Herald takes pushes from the admin API only.
-    fn on_publish(&mut self, slot: usize, qos: QoS, packet_id: Option<u16>) -> Result<(), Stop> {
+    /// A terminal's PUBLISH: refused, or sent to the control plane as a push (policy in
+    /// `crate::mqtt`'s doc).
+    fn on_publish(&mut self, slot: usize, p: herald_protocol::mqtt::Publish) -> Result<(), Stop> {
+        self.m.mqtt.publishes_in.inc();
         let v = self.mqtt(slot).version();
-        if qos == QoS::ExactlyOnce {
+        if p.qos == QoS::ExactlyOnce {
+            self.m.mqtt.publishes_refused.inc();
             return Err(self.mqtt_refuse(slot, ReasonCode::QOS_NOT_SUPPORTED, CloseCode::PROTOCOL_ERROR));
         }
-        let allowed = self.node.config.mqtt_allow_publish;
-        match (allowed, v, packet_id) {
-            (true, _, None) => Ok(()),
-            (true, _, Some(pid)) => {
+        if p.retain && v == ProtocolVersion::V5 {
+            self.m.mqtt.publishes_refused.inc();
+            return Err(self.mqtt_refuse(slot, ReasonCode::RETAIN_NOT_SUPPORTED, CloseCode::PROTOCOL_ERROR));
+        }
+        if !self.node.config.mqtt_allow_publish {
+            return self.publish_refused(slot, p.packet_id, ReasonCode::NOT_AUTHORIZED);
+        }
+        let Some(target) = publish_target(p.topic.as_str()) else {
+            return self.publish_refused(slot, p.packet_id, ReasonCode::NOT_AUTHORIZED);
+        };
+        let Ok(body) = std::str::from_utf8(&p.payload) else {
+            return self.publish_refused(slot, p.packet_id, ReasonCode::PAYLOAD_FORMAT_INVALID);
+        };
+        let Some(a) = &self.conns[slot].auth else { return Err(Stop::Close(CloseCode::PROTOCOL_ERROR)) };
+        let reply = p.packet_id.map(|packet_id| PublishRef {
+            core: self.n as u16,
+            slot: slot as u32,
+            session_id: a.session_id,
+            packet_id,
+        });
+        let publish = TerminalPublish {
+            user: a.user.to_string(),
+            device: a.device.to_string(),
+            target,
+            body: body.to_owned(),
+            ttl_secs: if reply.is_some() { p.message_expiry_interval_secs } else { Some(0) },
+            reply,
+            will_delay_secs: None,
+        };
+        if reply.is_some() {
+            let m = self.mqtt(slot);
+            if m.publishing >= MAX_PUBLISHING {
+                self.m.mqtt.publishes_refused.inc();
+                return Err(self.mqtt_refuse(
+                    slot,
+                    ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                    CloseCode::PROTOCOL_ERROR,
+                ));
+            }
+            m.publishing += 1;
+        }
+        let _ = self.node.upstream.send(Upstream::Publish(Box::new(publish)));
+        Ok(())
+    }
+
+    /// A PUBLISH this node refuses: 5.0 QoS 1 gets PUBACK `reason` and the connection stays;
+    /// 5.0 QoS 0 gets DISCONNECT `reason`; 3.1.1 cannot say no and is closed.
+    fn publish_refused(
+        &mut self,
+        slot: usize,
+        packet_id: Option<u16>,
+        reason: ReasonCode,
+    ) -> Result<(), Stop> {
+        self.m.mqtt.publishes_refused.inc();
+        let v = self.mqtt(slot).version();
+        match (v, packet_id) {
+            (ProtocolVersion::V5, Some(pid)) => {
                 let mut b = BytesMut::with_capacity(8);
-                let _ = encode_ack(AckKind::PubAck, v, pid, ReasonCode::SUCCESS, &mut b);
+                let _ = encode_ack(AckKind::PubAck, v, pid, reason, &mut b);
                 self.queue_mqtt(slot, b);
                 Ok(())
             }
-            (false, ProtocolVersion::V5, Some(pid)) => {
-                let mut b = BytesMut::with_capacity(8);
-                let _ = encode_ack(AckKind::PubAck, v, pid, ReasonCode::NOT_AUTHORIZED, &mut b);
-                self.queue_mqtt(slot, b);
-                Ok(())
-            }
-            (false, _, _) => {
-                Err(self.mqtt_refuse(slot, ReasonCode::NOT_AUTHORIZED, CloseCode::PROTOCOL_ERROR))
+            _ => Err(self.mqtt_refuse(slot, reason, CloseCode::PROTOCOL_ERROR)),
+        }
+    }
+
+    /// The control plane's answer to a terminal's QoS 1 PUBLISH: its PUBACK (3.1.1: a refusal
+    /// closes the connection, the only "no" 3.1.1 has).
+    pub(super) fn on_published(&mut self, r: PublishResult) {
+        let slot = r.reference.slot as usize;
+        let Some(c) = self.conns.get_mut(slot) else { return };
+        if c.closing.is_some() || c.auth.as_ref().is_none_or(|a| a.session_id != r.reference.session_id) {
+            return;
+        }
+        let Proto::Mqtt(m) = &mut c.proto else { return };
+        m.publishing = m.publishing.saturating_sub(1);
+        let v = m.version();
+        let reason = match r.outcome {
+            PublishOutcome::Accepted { .. } => ReasonCode::SUCCESS,
+            PublishOutcome::NotAuthorized => ReasonCode::NOT_AUTHORIZED,
+            PublishOutcome::Invalid => ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
+            PublishOutcome::Unavailable => ReasonCode::UNSPECIFIED_ERROR,
+        };
+        if reason != ReasonCode::SUCCESS {
+            self.m.mqtt.publishes_refused.inc();
+            if v == ProtocolVersion::V311 {
+                self.close_conn(slot, CloseCode::PROTOCOL_ERROR, false, false);
+                return;
             }
         }
+        let mut b = BytesMut::with_capacity(8);
+        if encode_ack(AckKind::PubAck, v, r.reference.packet_id, reason, &mut b).is_ok() {
+            self.queue_mqtt(slot, b);
+        }
+    }
+
+    /// The connection of `user`/`device` ended with `code`: its will, if it has one and the end
+    /// calls for it, goes to the control plane.
+    pub(super) fn send_will(&mut self, m: &mut MqttConn, user: &str, device: &str, code: CloseCode) {
+        let Some(w) = m.will.take() else { return };
+        if matches!(code, CloseCode::REPLACED | CloseCode::SHUTTING_DOWN | CloseCode::AUTH_REVOKED) {
+            return;
+        }
+        if !self.node.config.mqtt_allow_publish {
+            self.m.mqtt.publishes_refused.inc();
+            return;
+        }
+        let (Some(target), Ok(body)) = (publish_target(&w.topic), std::str::from_utf8(&w.payload)) else {
+            self.m.mqtt.publishes_refused.inc();
+            return;
+        };
+        self.m.mqtt.wills.inc();
+        let _ = self.node.upstream.send(Upstream::Publish(Box::new(TerminalPublish {
+            user: user.to_owned(),
+            device: device.to_owned(),
+            target,
+            body: body.to_owned(),
+            ttl_secs: if w.qos1 { w.expiry_secs } else { Some(0) },
+            reply: None,
+            will_delay_secs: Some(w.delay_secs),
+        })));
     }
 }
