@@ -77,7 +77,7 @@ impl Wills {
 pub(crate) enum Published {
     /// A push; durable once its job commits (publish it then).
     Push(u64),
-    /// A will, waiting for its delay.
+    /// A will, waiting for its delay; or dropped because its device is online again.
     Waiting,
 }
 
@@ -94,6 +94,12 @@ impl Core {
         if let Err(e) = self.may_publish(&p) {
             self.metrics.terminal_publishes_refused.inc();
             return Err(e);
+        }
+        // The will of a connection whose device has logged in again since (the gateway sends
+        // the will after the Offline, so an Online seen here is newer).
+        if p.will_delay_secs.is_some() && self.online.contains_key(&(p.user.clone(), p.device.clone())) {
+            self.metrics.wills_cancelled.inc();
+            return Ok(Published::Waiting);
         }
         if let Some(delay) = p.will_delay_secs.filter(|&d| d > 0) {
             let due_ms = now_ms.saturating_add(u64::from(delay) * 1000);

@@ -58,6 +58,18 @@ impl Admin {
 
     /// One HTTP/1.1 request over a fresh connection (`Connection: close`).
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (status, text) = self.raw(method, path, body);
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// A GET's body as text (`/metrics`).
+    pub fn text(&self, path: &str) -> String {
+        let (status, text) = self.raw("GET", path, None);
+        assert_eq!(status, 200, "GET {path}: {text}");
+        text
+    }
+
+    fn raw(&self, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
         let mut conn = TcpStream::connect(self.addr).unwrap();
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let req = format!(
@@ -72,8 +84,7 @@ impl Admin {
         let text = String::from_utf8_lossy(&raw);
         let (head, rest) = text.split_once("\r\n\r\n").expect("http response");
         let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-        let v = serde_json::from_str(rest).unwrap_or(Value::Null);
-        (status, v)
+        (status, rest.to_owned())
     }
 
     pub fn ok(&self, method: &str, path: &str, body: Value) -> Value {
