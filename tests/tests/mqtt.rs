@@ -56,6 +56,34 @@ c.disconnect()
 out("bye")
 "#;
 
+/// A paho client that publishes: connects with a will on `will_topic`, publishes `hello from
+/// <user>` at QoS 1 on `topic`, prints `puback` once acknowledged, then exits without
+/// DISCONNECT (so the server publishes its will).
+const PAHO_PUBLISHER: &str = r#"
+import os, sys, time
+import paho.mqtt.client as mqtt
+host, port, user, password, client_id, version, topic, will_topic = sys.argv[1:9]
+def out(*a):
+    print(*a, flush=True)
+c = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv5 if version == "5" else mqtt.MQTTv311)
+c.username_pw_set(user, password)
+c.will_set(will_topic, "%s went away" % user, qos=1)
+state = {"acked": False}
+def on_connect(c, u, flags, rc, props=None):
+    out("connack", rc.value if hasattr(rc, "value") else rc)
+    c.publish(topic, "hello from %s" % user, qos=1)
+def on_publish(c, u, mid):
+    out("puback")
+    state["acked"] = True
+c.on_connect, c.on_publish = on_connect, on_publish
+c.connect(host, int(port), keepalive=30)
+deadline = time.time() + 20
+while time.time() < deadline and not state["acked"]:
+    c.loop(timeout=0.1)
+out("vanishing")
+os._exit(0)
+"#;
+
 /// A client process whose stdout lines are read with deadlines.
 struct Client {
     child: Child,
@@ -142,7 +170,13 @@ struct Mqtt {
 }
 
 fn serve() -> anyhow::Result<Mqtt> {
-    let mut h = Serve::start_with(&["--mqtt", "127.0.0.1:0"])?;
+    serve_with(&[])
+}
+
+fn serve_with(extra: &[&str]) -> anyhow::Result<Mqtt> {
+    let mut args = vec!["--mqtt", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let mut h = Serve::start_with(&args)?;
     let addr = h.proc.wait_addr("herald: mqtt on ")?;
     Ok(Mqtt { h, host: addr.ip().to_string(), port: addr.port().to_string() })
 }
@@ -234,6 +268,67 @@ fn mosquitto_sub_with_a_herald_credential_receives_a_push() -> anyhow::Result<()
     let text = String::from_utf8_lossy(&out.stderr).to_lowercase()
         + &String::from_utf8_lossy(&out.stdout).to_lowercase();
     assert!(!out.status.success() && text.contains("bad user name or password"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn paho_publishes_and_its_will_reach_mosquitto_sub() -> anyhow::Result<()> {
+    let Some(py) = have_paho() else { return Ok(()) };
+    if !have_mosquitto() {
+        return Ok(());
+    }
+    let m = serve_with(&["--mqtt-allow-publish"])?;
+    let a = &m.h.admin;
+    for u in ["watcher", "pub3", "pub5"] {
+        a.set_groups(u, &["fleet"]);
+    }
+    let token = a.token("watcher", "w");
+    let mut sub = Client::spawn(Command::new("stdbuf").args([
+        "-oL",
+        "mosquitto_sub",
+        "-d",
+        "-h",
+        &m.host,
+        "-p",
+        &m.port,
+        "-i",
+        "w",
+        "-u",
+        "watcher",
+        "-P",
+        &token,
+        "-t",
+        "groups/fleet",
+        "-q",
+        "1",
+        "-C",
+        "4",
+        "-W",
+        "30",
+    ]))?;
+    sub.wait("SUBACK")?;
+    for (user, version) in [("pub3", "3"), ("pub5", "5")] {
+        let token = a.token(user, "d");
+        let mut p = Client::spawn(Command::new(py).args([
+            "-c",
+            PAHO_PUBLISHER,
+            &m.host,
+            &m.port,
+            user,
+            &token,
+            "d",
+            version,
+            "groups/fleet",
+            "groups/fleet",
+        ]))?;
+        assert_eq!(p.wait("connack")?, "connack 0");
+        // PUBACK only once the push is durable; the watcher gets it as a group push.
+        p.wait("puback")?;
+        sub.wait(&format!("hello from {user}"))?;
+        // The publisher vanished without DISCONNECT: its will is pushed to the group.
+        p.wait("vanishing")?;
+        sub.wait(&format!("{user} went away"))?;
+    }
     Ok(())
 }
 
