@@ -325,8 +325,10 @@ impl Target {
         };
         let dir = data.path().join("store").display().to_string();
         let mut listener_args = Vec::new();
-        if let Some(m) = mqtt {
-            listener_args.extend(["--mqtt".to_string(), m.to_string()]);
+        // `serve` listens on 1883 by default; the bench never takes a fixed port.
+        match mqtt {
+            Some(m) => listener_args.extend(["--mqtt".to_string(), m.to_string()]),
+            None => listener_args.extend(["--mqtt".to_string(), "off".to_string()]),
         }
         if let Some(q) = quic {
             if args.nodes > 0 {

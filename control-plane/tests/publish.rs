@@ -46,9 +46,7 @@ fn result(gw: &mut FakeGateway, packet_id: u16) -> (PublishOutcome, Vec<PushOrde
 }
 
 fn push_with_body(gw: &mut FakeGateway, body: &str) -> PushOrder {
-    let m = gw.expect("push", |m| {
-        matches!(m, LinkMessage::Push(p) if body_of(p).as_deref() == Some(body))
-    });
+    let m = gw.expect("push", |m| matches!(m, LinkMessage::Push(p) if body_of(p).as_deref() == Some(body)));
     let LinkMessage::Push(p) = m else { unreachable!() };
     p
 }
