@@ -125,6 +125,19 @@ impl UpState {
         self.connected && !self.awaiting.get(core).copied().unwrap_or(false)
     }
 
+    /// The link is gone: what was sent (or queued to be) and not answered is answered
+    /// `Unavailable`; queued QoS 0 messages are dropped; wills wait for the next link.
+    fn link_lost(&mut self) {
+        let lost = self
+            .unanswered
+            .drain()
+            .map(|reference| PublishResult { reference, outcome: PublishOutcome::Unavailable });
+        self.answers.extend(lost);
+        let qos0 = self.publishes.iter().filter(|p| p.reply.is_none() && p.will_delay_secs.is_none()).count();
+        self.dropped_publishes += qos0 as u64;
+        self.publishes.retain(|p| p.will_delay_secs.is_some());
+    }
+
     /// A link is up: forget queued presence and wait for every core's sessions (the caller
     /// asks the cores).
     fn begin_resync(&mut self, cores: usize) {
@@ -373,17 +386,6 @@ fn flush_up(w: &mut LinkWriter, state: &mut UpState) -> std::io::Result<()> {
         w.send(&LinkMessage::Publish(p))?;
     }
     Ok(())
-}
-
-impl UpState {
-    /// The link is gone: what was sent and not answered is answered `Unavailable`.
-    fn link_lost(&mut self) {
-        let lost = self
-            .unanswered
-            .drain()
-            .map(|reference| PublishResult { reference, outcome: PublishOutcome::Unavailable });
-        self.answers.extend(lost);
-    }
 }
 
 /// Hands the control plane's answers (and the link's own) to the cores that asked.
