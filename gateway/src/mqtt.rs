@@ -23,7 +23,10 @@
 //!   (direct topics and its groups' topics). Anything else gets 0x87 (3.1.1: 0x80); shared
 //!   subscriptions 0x9E (0x80). Granted QoS is at most 1. What a user follows is still decided by
 //!   the app server (groups, topics): a filter never makes Herald route more to the user, it
-//!   selects what of that reaches this connection.
+//!   selects what of that reaches this connection. The other 5.0 subscription options are
+//!   accepted and ignored: Herald keeps no retained messages (Retain As Published, Retain
+//!   Handling), and No Local is not honoured — a terminal that publishes to a group or topic
+//!   it follows receives its own message, like every follower.
 //! - **Delivery**: inbox and condition pushes reach every MQTT connection of the user whether or
 //!   not it subscribed (like a personal channel on EMQX or Centrifugo); topic and group pushes
 //!   reach connections with a matching subscription, at the lower of the push's QoS and the
