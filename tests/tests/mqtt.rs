@@ -182,6 +182,45 @@ fn serve_with(extra: &[&str]) -> anyhow::Result<Mqtt> {
 }
 
 impl Mqtt {
+    /// `mosquitto_sub -d` (line-buffered: its stdio would hold lines in a pipe) subscribed to
+    /// `topic` at QoS 1 until `count` messages or 30 s.
+    fn mosquitto_sub(
+        &self,
+        version: &str,
+        user: &str,
+        device: &str,
+        password: &str,
+        topic: &str,
+        count: usize,
+    ) -> anyhow::Result<Client> {
+        let count = count.to_string();
+        Client::spawn(Command::new("stdbuf").args([
+            "-oL",
+            "mosquitto_sub",
+            "-d",
+            "-h",
+            &self.host,
+            "-p",
+            &self.port,
+            "-V",
+            version,
+            "-i",
+            device,
+            "-u",
+            user,
+            "-P",
+            password,
+            "-t",
+            topic,
+            "-q",
+            "1",
+            "-C",
+            &count,
+            "-W",
+            "30",
+        ]))
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn paho(
         &self,
@@ -221,34 +260,7 @@ fn mosquitto_sub_with_a_herald_credential_receives_a_push() -> anyhow::Result<()
     let a = &m.h.admin;
     a.set_topics("ms", &["news"]);
     let token = a.token("ms", "laptop");
-    let sub = |version: &str, password: &str| {
-        // Line-buffered: mosquitto_sub's stdio would hold its lines in a pipe.
-        Client::spawn(Command::new("stdbuf").args([
-            "-oL",
-            "mosquitto_sub",
-            "-d",
-            "-h",
-            &m.host,
-            "-p",
-            &m.port,
-            "-V",
-            version,
-            "-i",
-            "laptop",
-            "-u",
-            "ms",
-            "-P",
-            password,
-            "-t",
-            "news",
-            "-q",
-            "1",
-            "-C",
-            "1",
-            "-W",
-            "20",
-        ]))
-    };
+    let sub = |version: &str, password: &str| m.mosquitto_sub(version, "ms", "laptop", password, "news", 1);
     for version in ["mqttv311", "mqttv5"] {
         let mut c = sub(version, &token)?;
         c.wait("SUBACK")?;
@@ -283,29 +295,7 @@ fn paho_publishes_and_its_will_reach_mosquitto_sub() -> anyhow::Result<()> {
         a.set_groups(u, &["fleet"]);
     }
     let token = a.token("watcher", "w");
-    let mut sub = Client::spawn(Command::new("stdbuf").args([
-        "-oL",
-        "mosquitto_sub",
-        "-d",
-        "-h",
-        &m.host,
-        "-p",
-        &m.port,
-        "-i",
-        "w",
-        "-u",
-        "watcher",
-        "-P",
-        &token,
-        "-t",
-        "groups/fleet",
-        "-q",
-        "1",
-        "-C",
-        "4",
-        "-W",
-        "30",
-    ]))?;
+    let mut sub = m.mosquitto_sub("mqttv5", "watcher", "w", &token, "groups/fleet", 4)?;
     sub.wait("SUBACK")?;
     for (user, version) in [("pub3", "3"), ("pub5", "5")] {
         let token = a.token(user, "d");
