@@ -503,6 +503,18 @@ fn allowed_publish_goes_through_the_control_plane(driver: Driver) {
     let p = forwarded(&cp);
     answer(&cp, &p, PublishOutcome::NotAuthorized);
     c3.expect_closed(0);
+    // 9 PUBLISH received, 6 refused (4 here, 2 by the control plane) or lost with the link.
+    let m = gw.metrics_text();
+    assert_eq!(metric_sum(&m, "herald_mqtt_publishes_in_total"), 9, "{m}");
+    assert_eq!(metric_sum(&m, "herald_mqtt_publishes_refused_total"), 6, "{m}");
+}
+
+/// A per-core series summed over the cores.
+fn metric_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 fn wills_are_sent_when_a_connection_ends_without_disconnect(driver: Driver) {
@@ -548,6 +560,7 @@ fn wills_are_sent_when_a_connection_ends_without_disconnect(driver: Driver) {
     cp.wait_online("marker", "d");
     drop(m);
     assert_eq!(forwarded(&cp).body, "marker", "the replaced connection's will was sent");
+    assert_eq!(metric_sum(&gw.metrics_text(), "herald_mqtt_wills_total"), 3);
 }
 
 fn malformed_packet_closes_only_that_connection(driver: Driver) {
