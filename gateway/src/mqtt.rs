@@ -73,9 +73,13 @@ pub(crate) const MAX_PARKED: usize = 16;
 
 pub(crate) const CONDITION_TOPIC: &str = "herald/conditions";
 
-/// A user's inbox topic.
-pub(crate) fn inbox_topic(user: &str) -> Arc<str> {
-    format!("users/{user}").into()
+/// Writes a user's inbox topic (`users/<user>`) into `out`: made when needed rather than held
+/// by every connection.
+pub(crate) fn inbox_topic<'a>(user: &str, out: &'a mut String) -> &'a str {
+    out.clear();
+    out.push_str("users/");
+    out.push_str(user);
+    out
 }
 
 /// The topic a group's pushes are published on.
@@ -216,8 +220,6 @@ pub(crate) struct MqttConn {
     pub(crate) filters: Vec<(TopicFilter, QoS)>,
     /// SUBSCRIBEs waiting for the user's subscriptions.
     pub(crate) parked: Vec<Subscribe>,
-    /// `users/<user>`, once logged in.
-    pub(crate) inbox: Option<Arc<str>>,
 }
 
 impl MqttConn {
@@ -231,7 +233,6 @@ impl MqttConn {
             inflight: VecDeque::new(),
             filters: Vec::new(),
             parked: Vec::new(),
-            inbox: None,
         }
     }
 

@@ -209,6 +209,8 @@ struct Worker {
     mqtt_listener_fd: Option<RawFd>,
     /// Where per-connection MQTT PUBLISH headers are encoded (split off, never copied).
     hdr: BytesMut,
+    /// Where an MQTT recipient's inbox topic is written for its PUBLISH header.
+    inbox: String,
     draining: bool,
     quic: Option<CoreEndpoint>,
     /// The core's epoll instance for its TCP connections (owned by the readiness task's
@@ -286,6 +288,7 @@ async fn core_main(n: usize, node: Arc<Node>, listeners: Listeners, inbox: Mailb
         listener_fd: listener.as_raw_fd(),
         mqtt_listener_fd: mqtt_listener.as_ref().map(AsRawFd::as_raw_fd),
         hdr: BytesMut::new(),
+        inbox: String::new(),
         draining: false,
         quic: None,
         epfd,
@@ -1074,7 +1077,9 @@ impl Worker {
             }
             let (queued, pid) = match &mut c.proto {
                 Proto::Herald => (c.out.push(job.frame.clone(), true, job.persistent, max), None),
-                Proto::Mqtt(m) => match mqtt::publish_for(m, job, &mut self.hdr) {
+                Proto::Mqtt(m) => match c.auth.as_ref().map_or(mqtt::Publish::Skip, |a| {
+                    mqtt::publish_for(m, &a.user, job, &mut self.inbox, &mut self.hdr)
+                }) {
                     mqtt::Publish::Skip => continue,
                     mqtt::Publish::Drop => {
                         dropped += 1;

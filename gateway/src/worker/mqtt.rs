@@ -26,11 +26,21 @@ pub(super) enum Publish {
     Send { head: Bytes, qos1: bool, pid: Option<u16> },
 }
 
-/// Decides whether and how `job` reaches connection `m`, allocating a packet id and encoding
-/// the PUBLISH header into `hdr` (split off, so many headers share one allocation).
-pub(super) fn publish_for(m: &mut MqttConn, job: &PushJob, hdr: &mut BytesMut) -> Publish {
-    let (Some(p), Some(inbox)) = (&job.mqtt, &m.inbox) else { return Publish::Skip };
-    let topic = p.topic.as_deref().unwrap_or(inbox);
+/// Decides whether and how `job` reaches connection `m` of `user`, allocating a packet id and
+/// encoding the PUBLISH header into `hdr` (split off, so many headers share one allocation). An
+/// inbox push's topic is written into `inbox` (the core's scratch, so nothing is allocated).
+pub(super) fn publish_for(
+    m: &mut MqttConn,
+    user: &str,
+    job: &PushJob,
+    inbox: &mut String,
+    hdr: &mut BytesMut,
+) -> Publish {
+    let Some(p) = &job.mqtt else { return Publish::Skip };
+    let topic = match &p.topic {
+        Some(t) => t,
+        None => inbox_topic(user, inbox),
+    };
     let push_qos = if p.qos1 { QoS::AtLeastOnce } else { QoS::AtMostOnce };
     let qos = if p.backlog {
         if !(m.persistent || p.always) {
@@ -55,9 +65,8 @@ pub(super) fn publish_for(m: &mut MqttConn, job: &PushJob, hdr: &mut BytesMut) -
     } else {
         None
     };
-    let Some(inbox) = &m.inbox else { return Publish::Skip };
     let h = PublishHeader {
-        topic: p.topic.as_deref().unwrap_or(inbox),
+        topic,
         qos,
         packet_id: pid.unwrap_or(0),
         dup: p.dup && qos1,
@@ -189,12 +198,11 @@ impl Worker {
             k => u32::from(k) * 1500,
         };
         let max_packet_bytes = cfg.max_frame_bytes as u32;
-        let (_, user) = self.admit(slot, claims, Vec::new(), now, grace_ms);
+        self.admit(slot, claims, Vec::new(), now, grace_ms);
         let m = self.mqtt(slot);
         m.persistent = c.session_expiry_secs() > 0;
         m.receive_max = c.receive_maximum;
         m.max_packet = c.maximum_packet_size.unwrap_or(u32::MAX);
-        m.inbox = Some(inbox_topic(&user));
         let mut ack = ConnAck::new(false, ReasonCode::SUCCESS);
         ack.properties = ConnAckProperties::herald(max_packet_bytes);
         if assigned {
@@ -222,12 +230,13 @@ impl Worker {
         };
         let Proto::Mqtt(m) = &mut self.conns[slot].proto else { return };
         let v = m.version();
-        let inbox = m.inbox.clone().unwrap_or_default();
+        let mut inbox = String::new();
+        let inbox = inbox_topic(&user, &mut inbox);
         let mut reasons = Vec::with_capacity(s.subscriptions.len());
         for sub in s.subscriptions {
             let reason = if sub.filter.is_shared() {
                 ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
-            } else if permitted(&sub.filter, &inbox, follows, &snap) {
+            } else if permitted(&sub.filter, inbox, follows, &snap) {
                 let qos = sub.options.max_qos.min(QoS::AtLeastOnce);
                 m.filters.retain(|(f, _)| f != &sub.filter);
                 // Keep a copy: the decoded filter is a slice of the receive buffer, and holding
