@@ -214,12 +214,21 @@ pub(crate) struct MqttConn {
     /// Largest packet the client accepts.
     pub(crate) max_packet: u32,
     next_pid: u16,
-    /// (packet id, stream, seq) of QoS 1 PUBLISH awaiting PUBACK, oldest first.
-    inflight: VecDeque<(u16, u32, u32)>,
     /// Granted filters and their QoS.
     pub(crate) filters: Vec<(TopicFilter, QoS)>,
+    /// The QoS 1 window and parked SUBSCRIBEs: absent until the first of either, so an idle
+    /// connection that only ever got QoS 0 pays one pointer for them.
+    pending: Option<Box<Pending>>,
+}
+
+/// What an MQTT connection holds only while it waits for something.
+#[derive(Debug, Default)]
+struct Pending {
+    /// (packet id, stream, seq) of QoS 1 PUBLISH awaiting PUBACK, oldest first. Kept (with its
+    /// capacity) once used: a connection that receives QoS 1 does not allocate per PUBLISH.
+    inflight: VecDeque<(u16, u32, u32)>,
     /// SUBSCRIBEs waiting for the user's subscriptions.
-    pub(crate) parked: Vec<Subscribe>,
+    parked: Vec<Subscribe>,
 }
 
 impl MqttConn {
@@ -230,9 +239,8 @@ impl MqttConn {
             receive_max: MAX_INFLIGHT,
             max_packet: u32::MAX,
             next_pid: 0,
-            inflight: VecDeque::new(),
             filters: Vec::new(),
-            parked: Vec::new(),
+            pending: None,
         }
     }
 
@@ -249,14 +257,16 @@ impl MqttConn {
     /// A packet id for a QoS 1 PUBLISH of `(stream, seq)`; `None` when the client's window is
     /// full.
     pub(crate) fn alloc(&mut self, stream: u32, seq: u32) -> Option<u16> {
-        if self.inflight.len() >= usize::from(self.receive_max.min(MAX_INFLIGHT)) {
+        let window = usize::from(self.receive_max.min(MAX_INFLIGHT));
+        let inflight = &mut self.pending.get_or_insert_default().inflight;
+        if inflight.len() >= window {
             return None;
         }
         loop {
             self.next_pid = self.next_pid.checked_add(1).unwrap_or(1);
             let pid = self.next_pid;
-            if !self.inflight.iter().any(|e| e.0 == pid) {
-                self.inflight.push_back((pid, stream, seq));
+            if !inflight.iter().any(|e| e.0 == pid) {
+                inflight.push_back((pid, stream, seq));
                 return Some(pid);
             }
         }
@@ -264,8 +274,31 @@ impl MqttConn {
 
     /// Forgets a packet id; the `(stream, seq)` it carried, if it was in flight.
     pub(crate) fn release(&mut self, pid: u16) -> Option<(u32, u32)> {
-        let i = self.inflight.iter().position(|e| e.0 == pid)?;
-        self.inflight.remove(i).map(|(_, s, q)| (s, q))
+        let inflight = &mut self.pending.as_mut()?.inflight;
+        let i = inflight.iter().position(|e| e.0 == pid)?;
+        inflight.remove(i).map(|(_, s, q)| (s, q))
+    }
+
+    /// Holds a SUBSCRIBE until the user's subscriptions arrive; false (and dropped) when
+    /// [`MAX_PARKED`] already wait.
+    pub(crate) fn park(&mut self, s: Subscribe) -> bool {
+        let parked = &mut self.pending.get_or_insert_default().parked;
+        if parked.len() >= MAX_PARKED {
+            return false;
+        }
+        parked.push(s);
+        true
+    }
+
+    /// The parked SUBSCRIBEs, oldest first; what held them is freed unless a QoS 1 window
+    /// uses it.
+    pub(crate) fn take_parked(&mut self) -> Vec<Subscribe> {
+        let Some(p) = &mut self.pending else { return Vec::new() };
+        let parked = std::mem::take(&mut p.parked);
+        if p.inflight.capacity() == 0 {
+            self.pending = None;
+        }
+        parked
     }
 
     /// The highest QoS granted by a filter matching `topic`.

@@ -12,7 +12,7 @@ use herald_protocol::mqtt::{
 
 use super::{Proto, PushJob, Stop, Worker};
 use crate::link::Upstream;
-use crate::mqtt::{MAX_PARKED, MqttConn, inbox_topic, permitted};
+use crate::mqtt::{MqttConn, inbox_topic, permitted};
 
 static PINGRESP: [u8; 2] = [0xd0, 0x00];
 
@@ -222,10 +222,7 @@ impl Worker {
         let Some(follows) = self.index.subscriptions(&user) else {
             // The user's subscriptions are on their way from the control plane (they follow the
             // Online report): answer when they arrive.
-            let m = self.mqtt(slot);
-            if m.parked.len() < MAX_PARKED {
-                m.parked.push(s);
-            }
+            self.mqtt(slot).park(s);
             return;
         };
         let Proto::Mqtt(m) = &mut self.conns[slot].proto else { return };
@@ -263,10 +260,8 @@ impl Worker {
         slots.clear();
         slots.extend(self.index.user_conns(user).iter().map(|&s| s as usize));
         for &slot in &slots {
-            let parked = match mqtt_mut(&mut self.conns[slot].proto) {
-                Some(m) if !m.parked.is_empty() => std::mem::take(&mut m.parked),
-                _ => continue,
-            };
+            let Some(m) = mqtt_mut(&mut self.conns[slot].proto) else { continue };
+            let parked = m.take_parked();
             for s in parked {
                 self.on_subscribe(slot, s);
             }
