@@ -211,6 +211,8 @@ struct Worker {
     hdr: BytesMut,
     /// Where an MQTT recipient's inbox topic is written for its PUBLISH header.
     inbox: String,
+    /// The topic filters granted to the core's MQTT connections.
+    filters: crate::mqtt::Filters,
     draining: bool,
     quic: Option<CoreEndpoint>,
     /// The core's epoll instance for its TCP connections (owned by the readiness task's
@@ -289,6 +291,7 @@ async fn core_main(n: usize, node: Arc<Node>, listeners: Listeners, inbox: Mailb
         mqtt_listener_fd: mqtt_listener.as_ref().map(AsRawFd::as_raw_fd),
         hdr: BytesMut::new(),
         inbox: String::new(),
+        filters: crate::mqtt::Filters::default(),
         draining: false,
         quic: None,
         epfd,
@@ -966,6 +969,9 @@ impl Worker {
             (Transport::Quic(_), None) => {}
         }
         self.m.queued_frames.sub(c.out.clear() as u64);
+        if let Proto::Mqtt(m) = &mut c.proto {
+            m.revoke_all(&mut self.filters);
+        }
         if let Some(a) = c.auth {
             self.index.remove_conn(&a.user, a.uid, slot);
             let code = c.closing.unwrap_or(CloseCode::NORMAL).0;
@@ -1078,7 +1084,7 @@ impl Worker {
             let (queued, pid) = match &mut c.proto {
                 Proto::Herald => (c.out.push(job.frame.clone(), true, job.persistent, max), None),
                 Proto::Mqtt(m) => match c.auth.as_ref().map_or(mqtt::Publish::Skip, |a| {
-                    mqtt::publish_for(m, &a.user, job, &mut self.inbox, &mut self.hdr)
+                    mqtt::publish_for(m, &a.user, job, &self.filters, &mut self.inbox, &mut self.hdr)
                 }) {
                     mqtt::Publish::Skip => continue,
                     mqtt::Publish::Drop => {

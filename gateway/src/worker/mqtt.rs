@@ -6,13 +6,12 @@ use bytes::{Bytes, BytesMut};
 use herald_protocol::CloseCode;
 use herald_protocol::mqtt::{
     AckKind, ConnAck, ConnAckProperties, Connect, Packet, ProtocolVersion, PublishHeader, QoS, ReasonCode,
-    Reply, Subscribe, TopicFilter, Unsubscribe, Utf8, encode_ack, encode_publish_header, encode_suback,
-    encode_unsuback,
+    Reply, Subscribe, Unsubscribe, encode_ack, encode_publish_header, encode_suback, encode_unsuback,
 };
 
 use super::{Proto, PushJob, Stop, Worker};
 use crate::link::Upstream;
-use crate::mqtt::{MqttConn, inbox_topic, permitted};
+use crate::mqtt::{Filters, MqttConn, inbox_topic, permitted};
 
 static PINGRESP: [u8; 2] = [0xd0, 0x00];
 
@@ -33,6 +32,7 @@ pub(super) fn publish_for(
     m: &mut MqttConn,
     user: &str,
     job: &PushJob,
+    filters: &Filters,
     inbox: &mut String,
     hdr: &mut BytesMut,
 ) -> Publish {
@@ -50,7 +50,7 @@ pub(super) fn publish_for(
     } else if p.always {
         push_qos
     } else {
-        match m.granted(topic) {
+        match m.granted(topic, filters) {
             Some(g) => g.min(push_qos),
             None => return Publish::Skip,
         }
@@ -235,13 +235,9 @@ impl Worker {
                 ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
             } else if permitted(&sub.filter, inbox, follows, &snap) {
                 let qos = sub.options.max_qos.min(QoS::AtLeastOnce);
-                m.filters.retain(|(f, _)| f != &sub.filter);
-                // Keep a copy: the decoded filter is a slice of the receive buffer, and holding
-                // it would pin that whole buffer for the life of the subscription.
-                let own = Utf8::try_from_bytes(Bytes::copy_from_slice(sub.filter.as_str().as_bytes()))
-                    .and_then(TopicFilter::new)
-                    .unwrap_or(sub.filter);
-                m.filters.push((own, qos));
+                // The core's table keeps its own copy of the text: the decoded filter is a
+                // slice of the receive buffer, which holding it would pin.
+                m.grant(sub.filter.as_str(), qos, &mut self.filters);
                 ReasonCode(qos as u8)
             } else {
                 ReasonCode::NOT_AUTHORIZED
@@ -270,15 +266,13 @@ impl Worker {
     }
 
     fn on_unsubscribe(&mut self, slot: usize, u: &Unsubscribe) {
-        let m = self.mqtt(slot);
+        let Proto::Mqtt(m) = &mut self.conns[slot].proto else { return };
         let v = m.version();
         let reasons: Vec<ReasonCode> = u
             .filters
             .iter()
             .map(|f| {
-                let before = m.filters.len();
-                m.filters.retain(|(g, _)| g != f);
-                if m.filters.len() < before {
+                if m.revoke(f.as_str(), &mut self.filters) {
                     ReasonCode::SUCCESS
                 } else {
                     ReasonCode::NO_SUBSCRIPTION_EXISTED
