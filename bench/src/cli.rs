@@ -79,6 +79,13 @@ struct CompareArgs {
     /// The mosquitto binary.
     #[arg(long, default_value = "mosquitto")]
     mosquitto: PathBuf,
+    /// A line added to the Mosquitto config the bench writes (repeatable), e.g.
+    /// `--mosquitto-option "set_tcp_nodelay true"`: to see what moves its figures.
+    #[arg(long = "mosquitto-option")]
+    mosquitto_options: Vec<String>,
+    /// Run only Mosquitto's half (no ratios): for investigating the broker's figures.
+    #[arg(long)]
+    only_broker: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +210,22 @@ fn compare(c: CompareArgs) -> anyhow::Result<()> {
     let which = [Which::Hold, Which::Fanout, Which::Burst];
     let sub = |name: &str| common.out.as_ref().map(|d| d.join(name));
     let gateway_only = common.target.nodes > 0;
+    let broker = |common: &Common| -> anyhow::Result<Report> {
+        println!("== Mosquitto");
+        let logs = sub("mosquitto").map(|d| d.join("logs"));
+        let target = crate::target::Target::mosquitto(
+            &c.mosquitto,
+            &c.mosquitto_options,
+            logs.as_deref(),
+            common.target.ready_secs,
+        )?;
+        let s = Session::with_target(target, &common.knobs)?;
+        let (mosquitto, outcome) = run_session(s, &which, sub("mosquitto").as_deref())?;
+        outcome.map(|()| mosquitto)
+    };
+    if c.only_broker {
+        return broker(&common).map(drop);
+    }
     println!("== Herald (MQTT listener)");
     let logs = sub("herald").map(|d| d.join("logs"));
     let s = Session::open(&common.target, &common.knobs, logs.as_deref())?;
@@ -224,12 +247,7 @@ fn compare(c: CompareArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    println!("== Mosquitto");
-    let logs = sub("mosquitto").map(|d| d.join("logs"));
-    let target = crate::target::Target::mosquitto(&c.mosquitto, logs.as_deref(), common.target.ready_secs)?;
-    let s = Session::with_target(target, &common.knobs)?;
-    let (mosquitto, outcome) = run_session(s, &which, sub("mosquitto").as_deref())?;
-    outcome?;
+    let mosquitto = broker(&common)?;
     let (gateway, serve) = match &other {
         Some(o) if gateway_only => (Some(&herald), Some(o)),
         Some(o) => (Some(o), Some(&herald)),
