@@ -250,13 +250,11 @@ impl Granted {
         }
     }
 
-    fn set(&mut self, mut grants: Vec<(u32, QoS)>) {
+    /// Holds `grants`: inline when there is one, else in a slice of exactly their size.
+    fn set(&mut self, grants: Vec<(u32, QoS)>) {
         *self = match grants[..] {
             [one] => Granted::One([one]),
-            _ => {
-                grants.shrink_to_fit();
-                Granted::Many(grants.into_boxed_slice())
-            }
+            _ => Granted::Many(grants.into_boxed_slice()),
         };
     }
 
