@@ -79,6 +79,13 @@ struct CompareArgs {
     /// The mosquitto binary.
     #[arg(long, default_value = "mosquitto")]
     mosquitto: PathBuf,
+    /// A line added to the Mosquitto config the bench writes (repeatable), e.g.
+    /// `--mosquitto-option "set_tcp_nodelay true"`: to see what moves its figures.
+    #[arg(long = "mosquitto-option")]
+    mosquitto_options: Vec<String>,
+    /// Run only Mosquitto's half (no ratios): for investigating the broker's figures.
+    #[arg(long)]
+    only_broker: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,24 +196,73 @@ fn run_session(
 
 /// `compare`: Herald's MQTT listener, then Mosquitto, each alone on the machine, the same
 /// scenarios and terminals; then the ratios next to the targets of the MQTT issue.
+///
+/// Mosquitto is one process without a separate store; Herald's gateway holds the connections and
+/// its control plane (users, credentials, device cursors) is a separate process in production.
+/// So with `--spawn` Herald's RSS per connection is measured both ways, in the same run: the
+/// scenarios run in the mode `--nodes` asks for (0: `herald serve`; K: a control plane plus K
+/// gateways), then one more `hold` in the other mode (`--nodes 1` or `serve`). The ≤ 0.7×
+/// target is judged on the gateway alone, as the TCP suite's figure is.
 fn compare(c: CompareArgs) -> anyhow::Result<()> {
     let mut common = c.common;
     common.knobs.proto = Proto::Mqtt;
     common.knobs.transport = Transport::Tcp;
     let which = [Which::Hold, Which::Fanout, Which::Burst];
     let sub = |name: &str| common.out.as_ref().map(|d| d.join(name));
+    let gateway_only = common.target.nodes > 0;
+    let broker = |common: &Common| -> anyhow::Result<Report> {
+        println!("== Mosquitto");
+        let logs = sub("mosquitto").map(|d| d.join("logs"));
+        let target = crate::target::Target::mosquitto(
+            &c.mosquitto,
+            &c.mosquitto_options,
+            logs.as_deref(),
+            common.target.ready_secs,
+        )?;
+        let s = Session::with_target(target, &common.knobs)?;
+        let (mosquitto, outcome) = run_session(s, &which, sub("mosquitto").as_deref())?;
+        outcome.map(|()| mosquitto)
+    };
+    if c.only_broker {
+        return broker(&common).map(drop);
+    }
     println!("== Herald (MQTT listener)");
     let logs = sub("herald").map(|d| d.join("logs"));
     let s = Session::open(&common.target, &common.knobs, logs.as_deref())?;
     let (herald, outcome) = run_session(s, &which, sub("herald").as_deref())?;
     outcome?;
-    println!("== Mosquitto");
-    let logs = sub("mosquitto").map(|d| d.join("logs"));
-    let target = crate::target::Target::mosquitto(&c.mosquitto, logs.as_deref(), common.target.ready_secs)?;
-    let s = Session::with_target(target, &common.knobs)?;
-    let (mosquitto, outcome) = run_session(s, &which, sub("mosquitto").as_deref())?;
-    outcome?;
-    let cmp = crate::report::Comparison::new(&herald, &mosquitto);
+    let other = if common.target.spawn {
+        let mut target = common.target.clone();
+        target.nodes = if gateway_only { 0 } else { 1 };
+        let name = if gateway_only { "herald-serve" } else { "herald-gateway" };
+        println!(
+            "== Herald (MQTT listener), hold only, {}",
+            if gateway_only { "serve" } else { "--nodes 1" }
+        );
+        let logs = sub(name).map(|d| d.join("logs"));
+        let s = Session::open(&target, &common.knobs, logs.as_deref())?;
+        let (report, outcome) = run_session(s, &[Which::Hold], sub(name).as_deref())?;
+        outcome?;
+        Some(report)
+    } else {
+        None
+    };
+    let mosquitto = broker(&common)?;
+    let (gateway, serve) = match &other {
+        Some(o) if gateway_only => (Some(&herald), Some(o)),
+        Some(o) => (Some(o), Some(&herald)),
+        None => (None, None),
+    };
+    let holds: Vec<crate::report::HoldRow> = match (gateway, serve) {
+        (Some(g), Some(s)) => vec![
+            crate::report::HoldRow { label: crate::report::RSS_GATEWAY, report: g, judged: true },
+            crate::report::HoldRow { label: crate::report::RSS_SERVE, report: s, judged: false },
+        ],
+        _ => {
+            vec![crate::report::HoldRow { label: crate::report::RSS_EXTERNAL, report: &herald, judged: true }]
+        }
+    };
+    let cmp = crate::report::Comparison::new(&herald, &holds, &mosquitto);
     print!("{}", cmp.table());
     if let Some(dir) = &common.out {
         std::fs::create_dir_all(dir)?;
@@ -215,8 +271,11 @@ fn compare(c: CompareArgs) -> anyhow::Result<()> {
             "date": herald.date,
             "machine": crate::procfs::machine(),
             "versions": {"herald_bench": env!("CARGO_PKG_VERSION"), "herald": herald.herald_version, "mosquitto": mosquitto.herald_version},
+            "rss_target_judged_on": if other.is_some() { "gateway only: the gateway processes of a --nodes run, without the control plane" } else { "the processes named by --gateway-pid" },
             "ratios": cmp.json(),
             "herald": herald.json(),
+            "herald_serve_hold": serve.filter(|_| gateway_only).map(Report::json),
+            "herald_gateway_hold": gateway.filter(|_| !gateway_only).map(Report::json),
             "mosquitto": mosquitto.json(),
         });
         std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&json)? + "\n")?;

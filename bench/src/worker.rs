@@ -600,7 +600,8 @@ impl Worker {
         let now = now_ns();
         let mut rbuf = std::mem::take(&mut self.conns[i].rbuf);
         rbuf.extend_from_slice(&self.scratch[..n as usize]);
-        if self.cfg.proto == Proto::Mqtt {
+        // The floor's connections carry Herald push frames whatever the terminals speak.
+        if self.cfg.proto == Proto::Mqtt && !self.conns[i].raw {
             self.on_mqtt(i, rbuf, now);
             return;
         }

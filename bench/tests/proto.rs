@@ -24,9 +24,22 @@ fn mqtt_scenarios_and_compare() {
         support::spawn_bench(&[&["compare", "--ttl-secs", "60"], SMALL].concat(), out.path(), &herald);
         support::check_results_without_floor(&out.path().join("herald"), 30, &["hold", "fanout", "burst"]);
         support::check_results_without_floor(&out.path().join("mosquitto"), 30, &["hold", "fanout", "burst"]);
+        // `serve` ran the scenarios; one more hold measured the gateway alone.
+        support::check_results_without_floor(&out.path().join("herald-gateway"), 30, &["hold"]);
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap()).unwrap();
-        assert!(v["ratios"].as_array().is_some_and(|r| !r.is_empty()), "{v}");
+        let ratios = v["ratios"].as_array().unwrap_or_else(|| panic!("no ratios: {v}"));
+        let row = |figure: &str| {
+            ratios.iter().find(|r| r["figure"] == figure).unwrap_or_else(|| panic!("{figure}: {v}"))
+        };
+        let gateway = row("RSS per idle connection, gateway only, B");
+        assert_eq!(gateway["target"], "≤ 0.7×", "{v}");
+        assert!(gateway["herald"].is_number() && gateway["ratio_herald_over_broker"].is_number(), "{v}");
+        assert!(row("RSS per idle connection, serve (+ control plane), B")["herald"].is_number(), "{v}");
+        assert!(
+            v["herald_gateway_hold"]["target"].as_str().is_some_and(|t| t.contains("herald gateway")),
+            "{v}"
+        );
         assert!(out.path().join("compare.md").is_file());
     } else {
         eprintln!(

@@ -76,7 +76,7 @@
 //!   will reaching the control plane after the device is back online is dropped too.
 //! - **Malformed packets** close that connection only, with the codec's reply.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -98,9 +98,13 @@ pub(crate) const MAX_PUBLISHING: u16 = 64;
 
 pub(crate) const CONDITION_TOPIC: &str = "herald/conditions";
 
-/// A user's inbox topic.
-pub(crate) fn inbox_topic(user: &str) -> Arc<str> {
-    format!("users/{user}").into()
+/// Writes a user's inbox topic (`users/<user>`) into `out`: made when needed rather than held
+/// by every connection.
+pub(crate) fn inbox_topic<'a>(user: &str, out: &'a mut String) -> &'a str {
+    out.clear();
+    out.push_str("users/");
+    out.push_str(user);
+    out
 }
 
 /// The topic a group's pushes are published on.
@@ -235,18 +239,145 @@ pub(crate) struct MqttConn {
     /// Largest packet the client accepts.
     pub(crate) max_packet: u32,
     next_pid: u16,
-    /// (packet id, stream, seq) of QoS 1 PUBLISH awaiting PUBACK, oldest first.
+    granted: Granted,
+    /// The QoS 1 window and parked SUBSCRIBEs: absent until the first of either, so an idle
+    /// connection that only ever got QoS 0 pays one pointer for them.
+    pending: Option<Box<Pending>>,
+}
+
+/// The filters granted to a connection, as ids in its core's [`Filters`] with the granted QoS:
+/// one inline (most terminals subscribe to one filter), more in a boxed slice (rebuilt on the
+/// rare SUBSCRIBE or UNSUBSCRIBE that changes them).
+#[derive(Debug)]
+enum Granted {
+    One([(u32, QoS); 1]),
+    Many(Box<[(u32, QoS)]>),
+}
+
+impl Default for Granted {
+    fn default() -> Granted {
+        Granted::Many(Box::new([]))
+    }
+}
+
+impl Granted {
+    fn as_slice(&self) -> &[(u32, QoS)] {
+        match self {
+            Granted::One(g) => g,
+            Granted::Many(g) => g,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [(u32, QoS)] {
+        match self {
+            Granted::One(g) => g,
+            Granted::Many(g) => g,
+        }
+    }
+
+    /// Holds `grants`: inline when there is one, else in a slice of exactly their size.
+    fn set(&mut self, grants: Vec<(u32, QoS)>) {
+        *self = match grants[..] {
+            [one] => Granted::One([one]),
+            _ => Granted::Many(grants.into_boxed_slice()),
+        };
+    }
+
+    fn push(&mut self, grant: (u32, QoS)) {
+        let mut grants = self.as_slice().to_vec();
+        grants.push(grant);
+        self.set(grants);
+    }
+
+    /// Removes the grant of filter `id`; false if there was none.
+    fn remove(&mut self, id: u32) -> bool {
+        if !self.as_slice().iter().any(|g| g.0 == id) {
+            return false;
+        }
+        let grants = self.as_slice().iter().copied().filter(|g| g.0 != id).collect();
+        self.set(grants);
+        true
+    }
+}
+
+/// The topic filters granted to one core's MQTT connections, each held once: a connection holds
+/// ids (the terminals of an app subscribe to the same few filters), and a filter is forgotten
+/// with its last grant. Owned by the core, like its subscriber index.
+#[derive(Debug, Default)]
+pub(crate) struct Filters {
+    ids: HashMap<Box<str>, u32>,
+    /// By id: the filter and how many grants name it; a freed id has no name until reused.
+    entries: Vec<(Box<str>, u32)>,
+    free: Vec<u32>,
+}
+
+impl Filters {
+    pub(crate) fn name(&self, id: u32) -> &str {
+        &self.entries[id as usize].0
+    }
+
+    fn id(&self, filter: &str) -> Option<u32> {
+        self.ids.get(filter).copied()
+    }
+
+    /// The id of `filter`, counting one more grant of it.
+    fn acquire(&mut self, filter: &str) -> u32 {
+        if let Some(id) = self.id(filter) {
+            self.entries[id as usize].1 += 1;
+            return id;
+        }
+        let entry = (Box::<str>::from(filter), 1);
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.entries[id as usize] = entry;
+                id
+            }
+            None => {
+                self.entries.push(entry);
+                (self.entries.len() - 1) as u32
+            }
+        };
+        self.ids.insert(filter.into(), id);
+        id
+    }
+
+    /// One grant of `id` fewer; the filter is forgotten with its last.
+    fn release(&mut self, id: u32) {
+        let e = &mut self.entries[id as usize];
+        e.1 -= 1;
+        if e.1 == 0 {
+            let name = std::mem::take(&mut e.0);
+            self.ids.remove(&name);
+            self.free.push(id);
+        }
+    }
+
+    /// Distinct filters held.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// What an MQTT connection holds only while it waits for something.
+#[derive(Debug, Default)]
+struct Pending {
+    /// (packet id, stream, seq) of QoS 1 PUBLISH awaiting PUBACK, oldest first. Kept (with its
+    /// capacity) once used: a connection that receives QoS 1 does not allocate per PUBLISH.
     inflight: VecDeque<(u16, u32, u32)>,
-    /// Granted filters and their QoS.
-    pub(crate) filters: Vec<(TopicFilter, QoS)>,
     /// SUBSCRIBEs waiting for the user's subscriptions.
-    pub(crate) parked: Vec<Subscribe>,
-    /// `users/<user>`, once logged in.
-    pub(crate) inbox: Option<Arc<str>>,
+    parked: Vec<Subscribe>,
     /// The CONNECT's will, until the connection ends or a normal DISCONNECT discards it.
-    pub(crate) will: Option<Box<Will>>,
+    will: Option<Box<Will>>,
     /// QoS 1 PUBLISH sent to the control plane and not answered yet.
-    pub(crate) publishing: u16,
+    publishing: u16,
+}
+
+impl Pending {
+    /// Holds nothing worth its allocation (a used QoS 1 window keeps its capacity).
+    fn is_idle(&self) -> bool {
+        self.inflight.capacity() == 0 && self.parked.is_empty() && self.will.is_none() && self.publishing == 0
+    }
 }
 
 /// A will, as CONNECT gave it.
@@ -281,12 +412,8 @@ impl MqttConn {
             receive_max: MAX_INFLIGHT,
             max_packet: u32::MAX,
             next_pid: 0,
-            inflight: VecDeque::new(),
-            filters: Vec::new(),
-            parked: Vec::new(),
-            inbox: None,
-            will: None,
-            publishing: 0,
+            granted: Granted::default(),
+            pending: None,
         }
     }
 
@@ -303,14 +430,16 @@ impl MqttConn {
     /// A packet id for a QoS 1 PUBLISH of `(stream, seq)`; `None` when the client's window is
     /// full.
     pub(crate) fn alloc(&mut self, stream: u32, seq: u32) -> Option<u16> {
-        if self.inflight.len() >= usize::from(self.receive_max.min(MAX_INFLIGHT)) {
+        let window = usize::from(self.receive_max.min(MAX_INFLIGHT));
+        let inflight = &mut self.pending.get_or_insert_default().inflight;
+        if inflight.len() >= window {
             return None;
         }
         loop {
             self.next_pid = self.next_pid.checked_add(1).unwrap_or(1);
             let pid = self.next_pid;
-            if !self.inflight.iter().any(|e| e.0 == pid) {
-                self.inflight.push_back((pid, stream, seq));
+            if !inflight.iter().any(|e| e.0 == pid) {
+                inflight.push_back((pid, stream, seq));
                 return Some(pid);
             }
         }
@@ -318,13 +447,105 @@ impl MqttConn {
 
     /// Forgets a packet id; the `(stream, seq)` it carried, if it was in flight.
     pub(crate) fn release(&mut self, pid: u16) -> Option<(u32, u32)> {
-        let i = self.inflight.iter().position(|e| e.0 == pid)?;
-        self.inflight.remove(i).map(|(_, s, q)| (s, q))
+        let inflight = &mut self.pending.as_mut()?.inflight;
+        let i = inflight.iter().position(|e| e.0 == pid)?;
+        inflight.remove(i).map(|(_, s, q)| (s, q))
+    }
+
+    /// Holds a SUBSCRIBE until the user's subscriptions arrive; false (and dropped) when
+    /// [`MAX_PARKED`] already wait.
+    pub(crate) fn park(&mut self, s: Subscribe) -> bool {
+        let parked = &mut self.pending.get_or_insert_default().parked;
+        if parked.len() >= MAX_PARKED {
+            return false;
+        }
+        parked.push(s);
+        true
+    }
+
+    /// The parked SUBSCRIBEs, oldest first; what held them is freed unless a QoS 1 window
+    /// uses it.
+    pub(crate) fn take_parked(&mut self) -> Vec<Subscribe> {
+        let Some(p) = &mut self.pending else { return Vec::new() };
+        let parked = std::mem::take(&mut p.parked);
+        self.free_idle();
+        parked
+    }
+
+    /// Frees what holds pending state once it holds nothing.
+    fn free_idle(&mut self) {
+        if self.pending.as_ref().is_some_and(|p| p.is_idle()) {
+            self.pending = None;
+        }
+    }
+
+    /// Keeps CONNECT's will (`None`: none).
+    pub(crate) fn set_will(&mut self, will: Option<Box<Will>>) {
+        if will.is_some() {
+            self.pending.get_or_insert_default().will = will;
+        }
+    }
+
+    /// Takes the will (to send it, or because a normal DISCONNECT discards it).
+    pub(crate) fn take_will(&mut self) -> Option<Box<Will>> {
+        let will = self.pending.as_mut()?.will.take();
+        self.free_idle();
+        will
+    }
+
+    /// Counts one more QoS 1 PUBLISH waiting for the control plane; false when
+    /// [`MAX_PUBLISHING`] already wait.
+    pub(crate) fn begin_publish(&mut self) -> bool {
+        let p = self.pending.get_or_insert_default();
+        if p.publishing >= MAX_PUBLISHING {
+            return false;
+        }
+        p.publishing += 1;
+        true
+    }
+
+    /// One QoS 1 PUBLISH answered.
+    pub(crate) fn end_publish(&mut self) {
+        if let Some(p) = &mut self.pending {
+            p.publishing = p.publishing.saturating_sub(1);
+        }
+        self.free_idle();
     }
 
     /// The highest QoS granted by a filter matching `topic`.
-    pub(crate) fn granted(&self, topic: &str) -> Option<QoS> {
-        self.filters.iter().filter(|(f, _)| f.matches(topic)).map(|&(_, q)| q).max()
+    pub(crate) fn granted(&self, topic: &str, filters: &Filters) -> Option<QoS> {
+        let grants = self.granted.as_slice().iter();
+        grants.filter(|&&(f, _)| topic::topic_matches(filters.name(f), topic)).map(|&(_, q)| q).max()
+    }
+
+    /// Grants `filter` at `qos`, replacing an earlier grant of the same filter.
+    pub(crate) fn grant(&mut self, filter: &str, qos: QoS, filters: &mut Filters) {
+        if let Some(id) = filters.id(filter)
+            && let Some(g) = self.granted.as_mut_slice().iter_mut().find(|g| g.0 == id)
+        {
+            g.1 = qos;
+            return;
+        }
+        let id = filters.acquire(filter);
+        self.granted.push((id, qos));
+    }
+
+    /// Removes the grant of `filter`; false if there was none.
+    pub(crate) fn revoke(&mut self, filter: &str, filters: &mut Filters) -> bool {
+        let Some(id) = filters.id(filter) else { return false };
+        let removed = self.granted.remove(id);
+        if removed {
+            filters.release(id);
+        }
+        removed
+    }
+
+    /// Gives back every grant: the connection is over.
+    pub(crate) fn revoke_all(&mut self, filters: &mut Filters) {
+        for &(id, _) in self.granted.as_slice() {
+            filters.release(id);
+        }
+        self.granted = Granted::default();
     }
 }
 
@@ -400,6 +621,91 @@ mod tests {
         // Wraps past 0 and skips ids still in flight.
         m.next_pid = 2;
         assert_eq!(m.alloc(1, 4), Some(4));
+    }
+
+    #[test]
+    fn grants_share_one_filter_per_core_and_forget_it_with_the_last() {
+        let mut table = Filters::default();
+        let (mut a, mut b) = (MqttConn::new(1024), MqttConn::new(1024));
+        a.grant("news/+", QoS::AtMostOnce, &mut table);
+        b.grant("news/+", QoS::AtLeastOnce, &mut table);
+        assert_eq!(table.len(), 1);
+        assert_eq!(a.granted("news/eu", &table), Some(QoS::AtMostOnce));
+        assert_eq!(b.granted("news/eu", &table), Some(QoS::AtLeastOnce));
+        assert_eq!(a.granted("sport/eu", &table), None);
+        // A second grant of the same filter replaces the first; the best of several matches wins.
+        a.grant("news/+", QoS::AtLeastOnce, &mut table);
+        a.grant("news/#", QoS::AtMostOnce, &mut table);
+        a.grant("sport/eu", QoS::AtMostOnce, &mut table);
+        assert_eq!(table.len(), 3);
+        assert_eq!(a.granted("news/eu", &table), Some(QoS::AtLeastOnce));
+        assert_eq!(a.granted("sport/eu", &table), Some(QoS::AtMostOnce));
+        assert!(a.revoke("news/+", &mut table));
+        assert!(!a.revoke("news/+", &mut table));
+        assert!(!a.revoke("never/granted", &mut table));
+        assert_eq!(a.granted("news/eu", &table), Some(QoS::AtMostOnce));
+        // `b` still holds news/+.
+        assert_eq!(table.len(), 3);
+        a.revoke_all(&mut table);
+        assert_eq!(a.granted("sport/eu", &table), None);
+        assert_eq!(table.len(), 1);
+        b.revoke_all(&mut table);
+        assert_eq!(table.len(), 0);
+        // A freed id is reused for the next filter.
+        b.grant("x", QoS::AtMostOnce, &mut table);
+        assert_eq!(b.granted("x", &table), Some(QoS::AtMostOnce));
+    }
+
+    #[test]
+    fn parked_subscribes_and_the_qos1_window_are_held_only_while_used() {
+        let mut m = MqttConn::new(1024);
+        assert!(m.pending.is_none());
+        assert!(m.take_parked().is_empty());
+        let sub = || Subscribe {
+            packet_id: 1,
+            subscription_identifier: None,
+            subscriptions: Vec::new(),
+            properties: Default::default(),
+        };
+        for _ in 0..MAX_PARKED {
+            assert!(m.park(sub()));
+        }
+        assert!(!m.park(sub()));
+        assert_eq!(m.take_parked().len(), MAX_PARKED);
+        assert!(m.pending.is_none(), "nothing waits: nothing held");
+        assert_eq!(m.alloc(1, 1), Some(1));
+        assert!(m.park(sub()));
+        assert_eq!(m.take_parked().len(), 1);
+        assert!(m.pending.is_some(), "the QoS 1 window stays");
+        assert_eq!(m.release(1), Some((1, 1)));
+    }
+
+    #[test]
+    fn a_will_and_publishes_in_flight_are_held_only_while_there() {
+        let mut m = MqttConn::new(1024);
+        m.set_will(None);
+        assert!(m.pending.is_none(), "no will: nothing held");
+        let will =
+            Will { topic: "t".into(), payload: Bytes::new(), qos1: true, delay_secs: 0, expiry_secs: None };
+        m.set_will(Some(Box::new(will)));
+        assert!(m.take_parked().is_empty());
+        assert!(m.pending.is_some(), "the will stays while parked SUBSCRIBEs go");
+        assert_eq!(m.take_will().map(|w| w.topic), Some("t".into()));
+        assert!(m.pending.is_none() && m.take_will().is_none());
+        for _ in 0..MAX_PUBLISHING {
+            assert!(m.begin_publish());
+        }
+        assert!(!m.begin_publish(), "at most MAX_PUBLISHING wait for the control plane");
+        for _ in 0..MAX_PUBLISHING {
+            m.end_publish();
+        }
+        assert!(m.pending.is_none(), "every answer in: nothing held");
+    }
+
+    /// What every idle MQTT connection holds beyond a Herald-protocol one (boxed in its slot).
+    #[test]
+    fn connection_state_stays_small() {
+        assert!(size_of::<MqttConn>() <= 56, "MqttConn is {} bytes", size_of::<MqttConn>());
     }
 
     #[test]

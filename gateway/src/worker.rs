@@ -211,6 +211,10 @@ struct Worker {
     mqtt_listener_fd: Option<RawFd>,
     /// Where per-connection MQTT PUBLISH headers are encoded (split off, never copied).
     hdr: BytesMut,
+    /// Where an MQTT recipient's inbox topic is written for its PUBLISH header.
+    inbox: String,
+    /// The topic filters granted to the core's MQTT connections.
+    filters: crate::mqtt::Filters,
     draining: bool,
     quic: Option<CoreEndpoint>,
     /// The core's epoll instance for its TCP connections (owned by the readiness task's
@@ -288,6 +292,8 @@ async fn core_main(n: usize, node: Arc<Node>, listeners: Listeners, inbox: Mailb
         listener_fd: listener.as_raw_fd(),
         mqtt_listener_fd: mqtt_listener.as_ref().map(AsRawFd::as_raw_fd),
         hdr: BytesMut::new(),
+        inbox: String::new(),
+        filters: crate::mqtt::Filters::default(),
         draining: false,
         quic: None,
         epfd,
@@ -966,8 +972,9 @@ impl Worker {
             (Transport::Quic(_), None) => {}
         }
         self.m.queued_frames.sub(c.out.clear() as u64);
-        if let Proto::Mqtt(_) = c.proto {
+        if let Proto::Mqtt(m) = &mut c.proto {
             self.m.mqtt.connections.sub(1);
+            m.revoke_all(&mut self.filters);
         }
         if let Some(a) = c.auth {
             self.index.remove_conn(&a.user, a.uid, slot);
@@ -1086,7 +1093,9 @@ impl Worker {
             }
             let (queued, pid) = match &mut c.proto {
                 Proto::Herald => (c.out.push(job.frame.clone(), true, job.persistent, max), None),
-                Proto::Mqtt(m) => match mqtt::publish_for(m, job, &mut self.hdr) {
+                Proto::Mqtt(m) => match c.auth.as_ref().map_or(mqtt::Publish::Skip, |a| {
+                    mqtt::publish_for(m, &a.user, job, &self.filters, &mut self.inbox, &mut self.hdr)
+                }) {
                     mqtt::Publish::Skip => continue,
                     mqtt::Publish::Drop => {
                         self.m.mqtt.window_drops.inc();

@@ -6,15 +6,14 @@ use bytes::{Bytes, BytesMut};
 use herald_protocol::CloseCode;
 use herald_protocol::mqtt::{
     AckKind, ConnAck, ConnAckProperties, Connect, Packet, ProtocolVersion, PublishHeader, QoS, ReasonCode,
-    Reply, Subscribe, TopicFilter, Unsubscribe, Utf8, encode_ack, encode_publish_header, encode_suback,
-    encode_unsuback,
+    Reply, Subscribe, Unsubscribe, encode_ack, encode_publish_header, encode_suback, encode_unsuback,
 };
 
 use herald_protocol::link::{PublishOutcome, PublishRef, PublishResult, TerminalPublish};
 
 use super::{Proto, PushJob, Stop, Worker};
 use crate::link::Upstream;
-use crate::mqtt::{MAX_PARKED, MAX_PUBLISHING, MqttConn, Will, inbox_topic, permitted, publish_target};
+use crate::mqtt::{Filters, MAX_PUBLISHING, MqttConn, Will, inbox_topic, permitted, publish_target};
 
 static PINGRESP: [u8; 2] = [0xd0, 0x00];
 
@@ -28,11 +27,22 @@ pub(super) enum Publish {
     Send { head: Bytes, qos1: bool, pid: Option<u16> },
 }
 
-/// Decides whether and how `job` reaches connection `m`, allocating a packet id and encoding
-/// the PUBLISH header into `hdr` (split off, so many headers share one allocation).
-pub(super) fn publish_for(m: &mut MqttConn, job: &PushJob, hdr: &mut BytesMut) -> Publish {
-    let (Some(p), Some(inbox)) = (&job.mqtt, &m.inbox) else { return Publish::Skip };
-    let topic = p.topic.as_deref().unwrap_or(inbox);
+/// Decides whether and how `job` reaches connection `m` of `user`, allocating a packet id and
+/// encoding the PUBLISH header into `hdr` (split off, so many headers share one allocation). An
+/// inbox push's topic is written into `inbox` (the core's scratch, so nothing is allocated).
+pub(super) fn publish_for(
+    m: &mut MqttConn,
+    user: &str,
+    job: &PushJob,
+    filters: &Filters,
+    inbox: &mut String,
+    hdr: &mut BytesMut,
+) -> Publish {
+    let Some(p) = &job.mqtt else { return Publish::Skip };
+    let topic = match &p.topic {
+        Some(t) => t,
+        None => inbox_topic(user, inbox),
+    };
     let push_qos = if p.qos1 { QoS::AtLeastOnce } else { QoS::AtMostOnce };
     let qos = if p.backlog {
         if !(m.persistent || p.always) {
@@ -42,7 +52,7 @@ pub(super) fn publish_for(m: &mut MqttConn, job: &PushJob, hdr: &mut BytesMut) -
     } else if p.always {
         push_qos
     } else {
-        match m.granted(topic) {
+        match m.granted(topic, filters) {
             Some(g) => g.min(push_qos),
             None => return Publish::Skip,
         }
@@ -57,9 +67,8 @@ pub(super) fn publish_for(m: &mut MqttConn, job: &PushJob, hdr: &mut BytesMut) -
     } else {
         None
     };
-    let Some(inbox) = &m.inbox else { return Publish::Skip };
     let h = PublishHeader {
-        topic: p.topic.as_deref().unwrap_or(inbox),
+        topic,
         qos,
         packet_id: pid.unwrap_or(0),
         dup: p.dup && qos1,
@@ -149,7 +158,7 @@ impl Worker {
             Packet::Publish(p) => self.on_publish(slot, p),
             Packet::Disconnect(d) => {
                 if d.reason != ReasonCode::DISCONNECT_WITH_WILL_MESSAGE {
-                    self.mqtt(slot).will = None;
+                    self.mqtt(slot).take_will();
                 }
                 Err(Stop::PeerClosed)
             }
@@ -209,13 +218,12 @@ impl Worker {
             k => u32::from(k) * 1500,
         };
         let max_packet_bytes = cfg.max_frame_bytes as u32;
-        let (_, user) = self.admit(slot, claims, Vec::new(), now, grace_ms);
+        self.admit(slot, claims, Vec::new(), now, grace_ms);
         let m = self.mqtt(slot);
         m.persistent = c.session_expiry_secs() > 0;
         m.receive_max = c.receive_maximum;
         m.max_packet = c.maximum_packet_size.unwrap_or(u32::MAX);
-        m.inbox = Some(inbox_topic(&user));
-        m.will = c.will.map(|w| {
+        m.set_will(c.will.map(|w| {
             Box::new(Will {
                 topic: w.topic.as_str().into(),
                 // Its own copy: a slice would pin the whole receive buffer.
@@ -224,7 +232,7 @@ impl Worker {
                 delay_secs: w.delay_interval_secs,
                 expiry_secs: w.message_expiry_interval_secs,
             })
-        });
+        }));
         let mut ack = ConnAck::new(false, ReasonCode::SUCCESS);
         ack.properties = ConnAckProperties::herald(max_packet_bytes);
         ack.properties.receive_maximum = Some(MAX_PUBLISHING);
@@ -245,28 +253,22 @@ impl Worker {
         let Some(follows) = self.index.subscriptions(&user) else {
             // The user's subscriptions are on their way from the control plane (they follow the
             // Online report): answer when they arrive.
-            let m = self.mqtt(slot);
-            if m.parked.len() < MAX_PARKED {
-                m.parked.push(s);
-            }
+            self.mqtt(slot).park(s);
             return;
         };
         let Proto::Mqtt(m) = &mut self.conns[slot].proto else { return };
         let v = m.version();
-        let inbox = m.inbox.clone().unwrap_or_default();
+        let mut inbox = String::new();
+        let inbox = inbox_topic(&user, &mut inbox);
         let mut reasons = Vec::with_capacity(s.subscriptions.len());
         for sub in s.subscriptions {
             let reason = if sub.filter.is_shared() {
                 ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
-            } else if permitted(&sub.filter, &inbox, follows, &snap) {
+            } else if permitted(&sub.filter, inbox, follows, &snap) {
                 let qos = sub.options.max_qos.min(QoS::AtLeastOnce);
-                m.filters.retain(|(f, _)| f != &sub.filter);
-                // Keep a copy: the decoded filter is a slice of the receive buffer, and holding
-                // it would pin that whole buffer for the life of the subscription.
-                let own = Utf8::try_from_bytes(Bytes::copy_from_slice(sub.filter.as_str().as_bytes()))
-                    .and_then(TopicFilter::new)
-                    .unwrap_or(sub.filter);
-                m.filters.push((own, qos));
+                // The core's table keeps its own copy of the text: the decoded filter is a
+                // slice of the receive buffer, which holding it would pin.
+                m.grant(sub.filter.as_str(), qos, &mut self.filters);
                 ReasonCode(qos as u8)
             } else {
                 ReasonCode::NOT_AUTHORIZED
@@ -288,10 +290,8 @@ impl Worker {
         slots.clear();
         slots.extend(self.index.user_conns(user).iter().map(|&s| s as usize));
         for &slot in &slots {
-            let parked = match mqtt_mut(&mut self.conns[slot].proto) {
-                Some(m) if !m.parked.is_empty() => std::mem::take(&mut m.parked),
-                _ => continue,
-            };
+            let Some(m) = mqtt_mut(&mut self.conns[slot].proto) else { continue };
+            let parked = m.take_parked();
             for s in parked {
                 self.on_subscribe(slot, s);
             }
@@ -300,15 +300,13 @@ impl Worker {
     }
 
     fn on_unsubscribe(&mut self, slot: usize, u: &Unsubscribe) {
-        let m = self.mqtt(slot);
+        let Proto::Mqtt(m) = &mut self.conns[slot].proto else { return };
         let v = m.version();
         let reasons: Vec<ReasonCode> = u
             .filters
             .iter()
             .map(|f| {
-                let before = m.filters.len();
-                m.filters.retain(|(g, _)| g != f);
-                if m.filters.len() < before {
+                if m.revoke(f.as_str(), &mut self.filters) {
                     ReasonCode::SUCCESS
                 } else {
                     ReasonCode::NO_SUBSCRIPTION_EXISTED
@@ -359,17 +357,13 @@ impl Worker {
             reply,
             will_delay_secs: None,
         };
-        if reply.is_some() {
-            let m = self.mqtt(slot);
-            if m.publishing >= MAX_PUBLISHING {
-                self.m.mqtt.publishes_refused.inc();
-                return Err(self.mqtt_refuse(
-                    slot,
-                    ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
-                    CloseCode::PROTOCOL_ERROR,
-                ));
-            }
-            m.publishing += 1;
+        if reply.is_some() && !self.mqtt(slot).begin_publish() {
+            self.m.mqtt.publishes_refused.inc();
+            return Err(self.mqtt_refuse(
+                slot,
+                ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                CloseCode::PROTOCOL_ERROR,
+            ));
         }
         let _ = self.node.upstream.send(Upstream::Publish(Box::new(publish)));
         Ok(())
@@ -405,7 +399,7 @@ impl Worker {
             return;
         }
         let Proto::Mqtt(m) = &mut c.proto else { return };
-        m.publishing = m.publishing.saturating_sub(1);
+        m.end_publish();
         let v = m.version();
         let reason = match r.outcome {
             PublishOutcome::Accepted { .. } => ReasonCode::SUCCESS,
@@ -429,7 +423,7 @@ impl Worker {
     /// The connection of `user`/`device` ended with `code`: its will, if it has one and the end
     /// calls for it, goes to the control plane.
     pub(super) fn send_will(&mut self, m: &mut MqttConn, user: &str, device: &str, code: CloseCode) {
-        let Some(w) = m.will.take() else { return };
+        let Some(w) = m.take_will() else { return };
         if matches!(code, CloseCode::REPLACED | CloseCode::SHUTTING_DOWN | CloseCode::AUTH_REVOKED) {
             return;
         }
