@@ -11,6 +11,8 @@
 
 mod cid;
 mod endpoint;
+#[cfg(test)]
+mod footprint;
 mod tls;
 
 use std::net::{SocketAddr, UdpSocket};
