@@ -13,6 +13,7 @@ mod cid;
 mod endpoint;
 #[cfg(test)]
 mod footprint;
+mod keys;
 mod tls;
 
 use std::net::{SocketAddr, UdpSocket};

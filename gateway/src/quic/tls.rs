@@ -80,7 +80,7 @@ pub(crate) fn server_config(
     key: PrivateKeyDer<'static>,
     idle: Duration,
 ) -> Result<ServerConfig, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(super::keys::provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
