@@ -10,6 +10,7 @@
 //!   certificate.
 
 mod cid;
+mod crypto;
 mod endpoint;
 #[cfg(test)]
 mod footprint;

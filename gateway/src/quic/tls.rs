@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn_proto::crypto::rustls::QuicServerConfig;
 use quinn_proto::{IdleTimeout, ServerConfig, TransportConfig, VarInt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::crypto::ServerCrypto;
 
 /// The ALPN protocol name of Herald's terminal protocol over QUIC.
 pub const ALPN: &[u8] = b"herald/1";
@@ -90,8 +91,7 @@ pub(crate) fn server_config(
     // per-connection ticket state.
     tls.max_early_data_size = 0;
     tls.send_tls13_tickets = 0;
-    let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Generate(e.to_string()))?;
-    let mut cfg = ServerConfig::with_crypto(Arc::new(crypto));
+    let mut cfg = ServerConfig::with_crypto(Arc::new(ServerCrypto::new(tls)?));
     cfg.transport_config(Arc::new(transport(idle)));
     Ok(cfg)
 }
