@@ -212,6 +212,8 @@ impl crypto::Session for Session {
 
     fn next_1rtt_keys(&mut self) -> Option<KeyPair<Box<dyn crypto::PacketKey>>> {
         let keys = self.next.as_mut()?.next_packet_keys();
+        #[cfg(test)]
+        tests::NEXT_KEYS.with(|n| n.set(n.get() + 1));
         Some(KeyPair { local: Box::new(keys.local), remote: Box::new(keys.remote) })
     }
 
@@ -245,5 +247,235 @@ fn quic_version(version: u32) -> Option<Version> {
         0xff00_001d..=0xff00_0020 => Some(Version::V1Draft),
         0x0000_0001 | 0xff00_0021..=0xff00_0022 => Some(Version::V1),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::collections::VecDeque;
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use bytes::BytesMut;
+    use quinn_proto::{ConnectionHandle, DatagramEvent, Dir, Endpoint, Event, StreamEvent, StreamId};
+
+    use super::super::tls;
+
+    thread_local! {
+        /// Key generations this thread's server sessions made after the first 1-RTT keys.
+        pub(super) static NEXT_KEYS: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// A stock quinn-proto client and the gateway's server configuration, joined by queues of
+    /// datagrams on a virtual clock (no sockets).
+    struct Pair {
+        now: Instant,
+        client_ep: Endpoint,
+        client: quinn_proto::Connection,
+        client_ch: ConnectionHandle,
+        server_ep: Endpoint,
+        server: Option<(ConnectionHandle, quinn_proto::Connection)>,
+        to_server: VecDeque<Vec<u8>>,
+        to_client: VecDeque<Vec<u8>>,
+        client_addr: SocketAddr,
+        server_addr: SocketAddr,
+    }
+
+    impl Pair {
+        fn new() -> (Pair, tempfile::TempDir) {
+            let dir = tempfile::tempdir().unwrap();
+            let (cert, key, _) = tls::dev_certificate(dir.path()).unwrap();
+            let (chain, key) = tls::load(&cert, &key).unwrap();
+            let server_cfg = tls::server_config(chain.clone(), key, Duration::from_secs(90)).unwrap();
+            let now = Instant::now();
+            let server_ep = Endpoint::new(Default::default(), Some(std::sync::Arc::new(server_cfg)), true, None);
+            let mut client_ep = Endpoint::new(Default::default(), None, true, None);
+            let server_addr: SocketAddr = "127.0.0.1:4433".parse().unwrap();
+            let (client_ch, client) =
+                client_ep.connect(now, tls::client_config_for_tests(&chain[0]), server_addr, "localhost").unwrap();
+            let pair = Pair {
+                now,
+                client_ep,
+                client,
+                client_ch,
+                server_ep,
+                server: None,
+                to_server: VecDeque::new(),
+                to_client: VecDeque::new(),
+                client_addr: "127.0.0.1:5555".parse().unwrap(),
+                server_addr,
+            };
+            (pair, dir)
+        }
+
+        fn server(&mut self) -> &mut quinn_proto::Connection {
+            &mut self.server.as_mut().expect("the server accepted the connection").1
+        }
+
+        /// Moves every datagram both ways and handles due timers; when nothing is in flight,
+        /// jumps the clock to the next timer.
+        fn step(&mut self) {
+            let mut buf = Vec::new();
+            flush(&mut self.client, &mut self.client_ep, self.client_ch, self.now, &mut self.to_server);
+            if let Some((ch, conn)) = self.server.as_mut() {
+                flush(conn, &mut self.server_ep, *ch, self.now, &mut self.to_client);
+            }
+            while let Some(d) = self.to_server.pop_front() {
+                buf.clear();
+                match self.server_ep.handle(self.now, self.client_addr, None, None, BytesMut::from(&d[..]), &mut buf) {
+                    Some(DatagramEvent::NewConnection(incoming)) => {
+                        let (ch, conn) = self.server_ep.accept(incoming, self.now, &mut buf, None).unwrap();
+                        self.server = Some((ch, conn));
+                    }
+                    Some(DatagramEvent::ConnectionEvent(_, ev)) => self.server().handle_event(ev),
+                    Some(DatagramEvent::Response(t)) => self.to_client.push_back(buf[..t.size].to_vec()),
+                    None => {}
+                }
+            }
+            while let Some(d) = self.to_client.pop_front() {
+                buf.clear();
+                let ev = self.client_ep.handle(self.now, self.server_addr, None, None, BytesMut::from(&d[..]), &mut buf);
+                if let Some(DatagramEvent::ConnectionEvent(_, ev)) = ev {
+                    self.client.handle_event(ev);
+                }
+            }
+            let idle = self.to_server.is_empty() && self.to_client.is_empty();
+            let next = [self.client.poll_timeout(), self.server.as_mut().and_then(|s| s.1.poll_timeout())]
+                .into_iter()
+                .flatten()
+                .min();
+            if idle && let Some(t) = next {
+                self.now = self.now.max(t);
+            }
+            if self.client.poll_timeout().is_some_and(|t| t <= self.now) {
+                self.client.handle_timeout(self.now);
+            }
+            if let Some((_, s)) = self.server.as_mut()
+                && s.poll_timeout().is_some_and(|t| t <= self.now)
+            {
+                s.handle_timeout(self.now);
+            }
+        }
+
+        /// Steps until `done`, at most a few hundred times.
+        fn until(&mut self, what: &str, mut done: impl FnMut(&mut Pair) -> bool) {
+            for _ in 0..500 {
+                if done(self) {
+                    return;
+                }
+                self.step();
+            }
+            panic!("never happened: {what}");
+        }
+    }
+
+    fn flush(
+        conn: &mut quinn_proto::Connection,
+        ep: &mut Endpoint,
+        ch: ConnectionHandle,
+        now: Instant,
+        out: &mut VecDeque<Vec<u8>>,
+    ) {
+        let mut buf = Vec::new();
+        while let Some(t) = conn.poll_transmit(now, 1, &mut buf) {
+            out.push_back(buf[..t.size].to_vec());
+            buf.clear();
+        }
+        while let Some(ev) = conn.poll_endpoint_events() {
+            if let Some(back) = ep.handle_event(ch, ev) {
+                conn.handle_event(back);
+            }
+        }
+    }
+
+    /// Everything readable on `id` now.
+    fn read(conn: &mut quinn_proto::Connection, id: StreamId) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut rs = conn.recv_stream(id);
+        if let Ok(mut chunks) = rs.read(true) {
+            while let Ok(Some(c)) = chunks.next(usize::MAX) {
+                got.extend_from_slice(&c.bytes);
+            }
+            let _ = chunks.finalize();
+        }
+        got
+    }
+
+    fn connected(conn: &mut quinn_proto::Connection) -> bool {
+        let mut yes = !conn.is_handshaking();
+        while let Some(ev) = conn.poll() {
+            yes |= matches!(ev, Event::Connected);
+            assert!(!matches!(ev, Event::ConnectionLost { .. }), "connection lost: {ev:?}");
+        }
+        yes
+    }
+
+    /// Sends `bytes` from one end and steps until the other end has read them all.
+    fn exchange(p: &mut Pair, id: StreamId, from_client: bool, bytes: &[u8]) {
+        let sender = if from_client { &mut p.client } else { p.server() };
+        assert_eq!(sender.send_stream(id).write(bytes).unwrap(), bytes.len());
+        let mut got = Vec::new();
+        p.until("the bytes arrive", |p| {
+            let receiver = if from_client { p.server() } else { &mut p.client };
+            while let Some(ev) = receiver.poll() {
+                assert!(!matches!(ev, Event::ConnectionLost { .. }), "connection lost: {ev:?}");
+            }
+            got.extend(read(receiver, id));
+            got == bytes
+        });
+    }
+
+    /// A session whose handshake is over has let go of rustls (no keying material can be
+    /// exported any more) but still reports the negotiated protocol, and key updates started by
+    /// either end keep the connection working, with keys made from the secrets it kept.
+    #[test]
+    fn key_updates_work_after_the_tls_connection_is_gone() {
+        let (mut p, _dir) = Pair::new();
+        p.until("both ends connected", |p| p.server.is_some() && connected(&mut p.client) && connected(p.server()));
+        let id = p.client.streams().open(Dir::Bi).unwrap();
+        p.client.send_stream(id).write(b"login").unwrap();
+        let mut accepted = None;
+        p.until("the server accepts the stream", |p| {
+            while let Some(ev) = p.server().poll() {
+                if let Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) = ev {
+                    accepted = p.server().streams().accept(Dir::Bi);
+                }
+            }
+            accepted.is_some()
+        });
+        assert_eq!(accepted, Some(id));
+        let mut got = Vec::new();
+        p.until("the login arrives", |p| {
+            got.extend(read(p.server(), id));
+            got == b"login"
+        });
+
+        let session = p.server().crypto_session();
+        let mut out = [0u8; 16];
+        assert!(session.export_keying_material(&mut out, b"label", b"").is_err(), "the rustls connection is still held");
+        let data = session.handshake_data().unwrap().downcast::<quinn_proto::crypto::rustls::HandshakeData>().unwrap();
+        assert_eq!(data.protocol.as_deref(), Some(super::super::ALPN));
+        assert_eq!(data.server_name.as_deref(), Some("localhost"));
+
+        let before = NEXT_KEYS.with(Cell::get);
+        for (round, client_starts) in [true, false, true].into_iter().enumerate() {
+            if client_starts {
+                p.client.force_key_update();
+            } else {
+                p.server().force_key_update();
+            }
+            exchange(&mut p, id, true, format!("ping {round}").as_bytes());
+            exchange(&mut p, id, false, format!("pong {round}").as_bytes());
+            assert_eq!(NEXT_KEYS.with(Cell::get), before + round as u32 + 1, "round {round} made no new keys");
+            // Past three PTOs (~1 s each before the RTT is known), when both ends drop the
+            // previous keys and may update again.
+            let later = p.now + Duration::from_secs(10);
+            p.until("the previous keys are dropped", |p| {
+                p.now = p.now.max(later);
+                p.to_server.is_empty() && p.to_client.is_empty()
+            });
+            p.step();
+        }
     }
 }

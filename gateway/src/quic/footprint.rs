@@ -18,14 +18,13 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use quinn_proto::{ConnectionHandle, DatagramEvent, Dir, Event, StreamEvent, StreamId};
 
 use super::endpoint::{AppEvent, CoreEndpoint, Owner};
-use super::{ALPN, QuicShared, tls};
+use super::{QuicShared, tls};
 
 /// Sessions measured.
 const CONNS: usize = 2_000;
@@ -65,23 +64,13 @@ struct Clients {
 
 impl Clients {
     fn new(server: SocketAddr, ca: &rustls::pki_types::CertificateDer<'static>) -> Clients {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket.set_nonblocking(true).unwrap();
         let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(4 << 20);
         Clients {
             ep: quinn_proto::Endpoint::new(Default::default(), None, true, None),
             socket,
-            config: quinn_proto::ClientConfig::new(Arc::new(crypto)),
+            config: tls::client_config_for_tests(ca),
             server,
             conns: HashMap::new(),
             buf: Vec::new(),

@@ -96,6 +96,23 @@ pub(crate) fn server_config(
     Ok(cfg)
 }
 
+/// A client configuration that trusts `ca` and speaks Herald's ALPN, for tests that drive a
+/// quinn-proto client themselves.
+#[cfg(test)]
+pub(crate) fn client_config_for_tests(ca: &CertificateDer<'static>) -> quinn_proto::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).expect("a certificate");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls).expect("a QUIC client config");
+    quinn_proto::ClientConfig::new(Arc::new(crypto))
+}
+
 /// The development certificate in `dir` (`quic-dev-cert.pem`, `quic-dev-key.pem`), made and
 /// stored on first use: self-signed for `localhost` and the loopback addresses. Returns the two
 /// paths and whether they were just generated. Terminals trust it with `--ca` (the cert file) or
