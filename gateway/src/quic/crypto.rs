@@ -52,7 +52,8 @@ impl ServerCrypto {
                 _ => None,
             })
             .ok_or_else(|| TlsError::Generate("no QUIC initial suite (TLS13_AES_128_GCM_SHA256)".into()))?;
-        let stock = QuicServerConfig::with_initial(tls.clone(), initial).map_err(|e| TlsError::Generate(e.to_string()))?;
+        let stock = QuicServerConfig::with_initial(tls.clone(), initial)
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
         Ok(ServerCrypto { tls, stock, initial })
     }
 }
@@ -66,7 +67,11 @@ impl crypto::ServerConfig for ServerCrypto {
         self.stock.retry_tag(version, orig_dst_cid, packet)
     }
 
-    fn start_session(self: Arc<Self>, version: u32, params: &TransportParameters) -> Box<dyn crypto::Session> {
+    fn start_session(
+        self: Arc<Self>,
+        version: u32,
+        params: &TransportParameters,
+    ) -> Box<dyn crypto::Session> {
         // quinn-proto only starts a session for a version `initial_keys` accepted.
         let version = quic_version(version).unwrap_or(Version::V1);
         let mut raw = Vec::new();
@@ -140,7 +145,8 @@ impl crypto::Session for Session {
     fn peer_identity(&self) -> Option<Box<dyn Any>> {
         // No client certificates are asked for, so there is never one to keep.
         let certs = self.tls.as_ref()?.peer_certificates()?;
-        let certs: Vec<rustls::pki_types::CertificateDer<'static>> = certs.iter().map(|c| c.clone().into_owned()).collect();
+        let certs: Vec<rustls::pki_types::CertificateDer<'static>> =
+            certs.iter().map(|c| c.clone().into_owned()).collect();
         Some(Box::new(certs))
     }
 
@@ -187,7 +193,9 @@ impl crypto::Session for Session {
     }
 
     fn transport_parameters(&self) -> Result<Option<TransportParameters>, TransportError> {
-        let Some(raw) = self.tls.as_ref().and_then(|t| t.quic_transport_parameters()) else { return Ok(None) };
+        let Some(raw) = self.tls.as_ref().and_then(|t| t.quic_transport_parameters()) else {
+            return Ok(None);
+        };
         TransportParameters::read(Side::Server, &mut std::io::Cursor::new(raw)).map(Some).map_err(Into::into)
     }
 
@@ -289,11 +297,13 @@ mod tests {
             let (chain, key) = tls::load(&cert, &key).unwrap();
             let server_cfg = tls::server_config(chain.clone(), key, Duration::from_secs(90)).unwrap();
             let now = Instant::now();
-            let server_ep = Endpoint::new(Default::default(), Some(std::sync::Arc::new(server_cfg)), true, None);
+            let server_ep =
+                Endpoint::new(Default::default(), Some(std::sync::Arc::new(server_cfg)), true, None);
             let mut client_ep = Endpoint::new(Default::default(), None, true, None);
             let server_addr: SocketAddr = "127.0.0.1:4433".parse().unwrap();
-            let (client_ch, client) =
-                client_ep.connect(now, tls::client_config_for_tests(&chain[0]), server_addr, "localhost").unwrap();
+            let (client_ch, client) = client_ep
+                .connect(now, tls::client_config_for_tests(&chain[0]), server_addr, "localhost")
+                .unwrap();
             let pair = Pair {
                 now,
                 client_ep,
@@ -323,7 +333,14 @@ mod tests {
             }
             while let Some(d) = self.to_server.pop_front() {
                 buf.clear();
-                match self.server_ep.handle(self.now, self.client_addr, None, None, BytesMut::from(&d[..]), &mut buf) {
+                match self.server_ep.handle(
+                    self.now,
+                    self.client_addr,
+                    None,
+                    None,
+                    BytesMut::from(&d[..]),
+                    &mut buf,
+                ) {
                     Some(DatagramEvent::NewConnection(incoming)) => {
                         let (ch, conn) = self.server_ep.accept(incoming, self.now, &mut buf, None).unwrap();
                         self.server = Some((ch, conn));
@@ -335,7 +352,14 @@ mod tests {
             }
             while let Some(d) = self.to_client.pop_front() {
                 buf.clear();
-                let ev = self.client_ep.handle(self.now, self.server_addr, None, None, BytesMut::from(&d[..]), &mut buf);
+                let ev = self.client_ep.handle(
+                    self.now,
+                    self.server_addr,
+                    None,
+                    None,
+                    BytesMut::from(&d[..]),
+                    &mut buf,
+                );
                 if let Some(DatagramEvent::ConnectionEvent(_, ev)) = ev {
                     self.client.handle_event(ev);
                 }
@@ -432,7 +456,9 @@ mod tests {
     #[test]
     fn key_updates_work_after_the_tls_connection_is_gone() {
         let (mut p, _dir) = Pair::new();
-        p.until("both ends connected", |p| p.server.is_some() && connected(&mut p.client) && connected(p.server()));
+        p.until("both ends connected", |p| {
+            p.server.is_some() && connected(&mut p.client) && connected(p.server())
+        });
         let id = p.client.streams().open(Dir::Bi).unwrap();
         p.client.send_stream(id).write(b"login").unwrap();
         let mut accepted = None;
@@ -453,8 +479,15 @@ mod tests {
 
         let session = p.server().crypto_session();
         let mut out = [0u8; 16];
-        assert!(session.export_keying_material(&mut out, b"label", b"").is_err(), "the rustls connection is still held");
-        let data = session.handshake_data().unwrap().downcast::<quinn_proto::crypto::rustls::HandshakeData>().unwrap();
+        assert!(
+            session.export_keying_material(&mut out, b"label", b"").is_err(),
+            "the rustls connection is still held"
+        );
+        let data = session
+            .handshake_data()
+            .unwrap()
+            .downcast::<quinn_proto::crypto::rustls::HandshakeData>()
+            .unwrap();
         assert_eq!(data.protocol.as_deref(), Some(super::super::ALPN));
         assert_eq!(data.server_name.as_deref(), Some("localhost"));
 
@@ -467,7 +500,11 @@ mod tests {
             }
             exchange(&mut p, id, true, format!("ping {round}").as_bytes());
             exchange(&mut p, id, false, format!("pong {round}").as_bytes());
-            assert_eq!(NEXT_KEYS.with(Cell::get), before + round as u32 + 1, "round {round} made no new keys");
+            assert_eq!(
+                NEXT_KEYS.with(Cell::get),
+                before + round as u32 + 1,
+                "round {round} made no new keys"
+            );
             // Past three PTOs (~1 s each before the RTT is known), when both ends drop the
             // previous keys and may update again.
             let later = p.now + Duration::from_secs(10);

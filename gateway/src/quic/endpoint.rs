@@ -330,18 +330,21 @@ impl CoreEndpoint {
 
     fn insert(&mut self, ch: ConnectionHandle, conn: quinn_proto::Connection) {
         let i = ch.0;
-        self.conns.insert(i, Conn {
-            conn,
-            owner: None,
-            stream: None,
-            want_read: false,
-            want_write: false,
-            got_datagram: false,
-            timer: None,
-            linger: None,
-            code: VarInt::from_u32(0),
-            dirty: false,
-        });
+        self.conns.insert(
+            i,
+            Conn {
+                conn,
+                owner: None,
+                stream: None,
+                want_read: false,
+                want_write: false,
+                got_datagram: false,
+                timer: None,
+                linger: None,
+                code: VarInt::from_u32(0),
+                dirty: false,
+            },
+        );
         self.open += 1;
         self.counters.handshakes += 1;
         self.events.push_back(AppEvent::Accepted(i));

@@ -188,7 +188,8 @@ fn idle_connection_footprint() {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(4 << 20);
     let server_addr = socket.local_addr().unwrap();
-    let mut server = CoreEndpoint::new(0, 1, socket, shared.server.clone(), shared.reset_key.clone()).unwrap();
+    let mut server =
+        CoreEndpoint::new(0, 1, socket, shared.server.clone(), shared.reset_key.clone()).unwrap();
     let mut clients = Clients::new(server_addr, &chain[0]);
     let mut answered = HashMap::new();
     let heap_start = heap_bytes();
@@ -200,7 +201,12 @@ fn idle_connection_footprint() {
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         while clients.done() < clients.conns.len() {
-            assert!(Instant::now() < deadline, "a batch did not finish: {} of {}", clients.done(), clients.conns.len());
+            assert!(
+                Instant::now() < deadline,
+                "a batch did not finish: {} of {}",
+                clients.done(),
+                clients.conns.len()
+            );
             clients.pump(Instant::now());
             serve(&mut server, &mut answered, Instant::now());
         }

@@ -123,7 +123,12 @@ impl PacketKey {
 }
 
 impl quic::PacketKey for PacketKey {
-    fn encrypt_in_place(&self, packet_number: u64, header: &[u8], payload: &mut [u8]) -> Result<Tag, rustls::Error> {
+    fn encrypt_in_place(
+        &self,
+        packet_number: u64,
+        header: &[u8],
+        payload: &mut [u8],
+    ) -> Result<Tag, rustls::Error> {
         let tag = self
             .expand()
             .seal_in_place_separate_tag(self.nonce(packet_number), aead::Aad::from(header), payload)
@@ -165,10 +170,17 @@ struct HeaderKey {
 
 impl HeaderKey {
     /// RFC 9001 §5.4.1 "Header Protection Application", as rustls's own key applies it.
-    fn xor(&self, sample: &[u8], first: &mut u8, packet_number: &mut [u8], masked: bool) -> Result<(), rustls::Error> {
+    fn xor(
+        &self,
+        sample: &[u8],
+        first: &mut u8,
+        packet_number: &mut [u8],
+        masked: bool,
+    ) -> Result<(), rustls::Error> {
         let hp = aead::quic::HeaderProtectionKey::new(self.alg, self.key.as_ref())
             .map_err(|_| rustls::Error::General("header protection key".into()))?;
-        let mask = hp.new_mask(sample).map_err(|_| rustls::Error::General("sample of invalid length".into()))?;
+        let mask =
+            hp.new_mask(sample).map_err(|_| rustls::Error::General("sample of invalid length".into()))?;
         let (first_mask, pn_mask) = mask.split_first().expect("a mask is 5 bytes");
         if packet_number.len() > pn_mask.len() {
             return Err(rustls::Error::General("packet number too long".into()));
@@ -185,11 +197,21 @@ impl HeaderKey {
 }
 
 impl quic::HeaderProtectionKey for HeaderKey {
-    fn encrypt_in_place(&self, sample: &[u8], first: &mut u8, packet_number: &mut [u8]) -> Result<(), rustls::Error> {
+    fn encrypt_in_place(
+        &self,
+        sample: &[u8],
+        first: &mut u8,
+        packet_number: &mut [u8],
+    ) -> Result<(), rustls::Error> {
         self.xor(sample, first, packet_number, false)
     }
 
-    fn decrypt_in_place(&self, sample: &[u8], first: &mut u8, packet_number: &mut [u8]) -> Result<(), rustls::Error> {
+    fn decrypt_in_place(
+        &self,
+        sample: &[u8],
+        first: &mut u8,
+        packet_number: &mut [u8],
+    ) -> Result<(), rustls::Error> {
         self.xor(sample, first, packet_number, true)
     }
 
@@ -214,7 +236,11 @@ mod tests {
                 .cipher_suites
                 .iter()
                 .find_map(|s| match s {
-                    SupportedCipherSuite::Tls13(t) if t.common.suite == CipherSuite::TLS13_AES_128_GCM_SHA256 => Some(*t),
+                    SupportedCipherSuite::Tls13(t)
+                        if t.common.suite == CipherSuite::TLS13_AES_128_GCM_SHA256 =>
+                    {
+                        Some(*t)
+                    }
                     _ => None,
                 })
                 .unwrap();
@@ -229,7 +255,10 @@ mod tests {
         assert_eq!((pa, ta.as_ref()), (pb, tb.as_ref()));
         let mut sealed = pa.to_vec();
         sealed.extend_from_slice(ta.as_ref());
-        assert_eq!(b.local.packet.decrypt_in_place(2, &header, &mut sealed.clone()).unwrap(), b"a heartbeat and a little more!!!");
+        assert_eq!(
+            b.local.packet.decrypt_in_place(2, &header, &mut sealed.clone()).unwrap(),
+            b"a heartbeat and a little more!!!"
+        );
         let mut sealed_ours = sealed.clone();
         let plain = a.local.packet.decrypt_in_place(2, &header, &mut sealed_ours).unwrap();
         assert_eq!(plain, b"a heartbeat and a little more!!!");
