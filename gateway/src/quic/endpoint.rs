@@ -1,11 +1,10 @@
 //! One core's QUIC endpoint: its UDP socket, its `quinn_proto::Endpoint`, every connection it
-//! holds and their deadlines in one heap. It is told the time and does no waiting of its own: the
+//! holds and their deadlines in one ordered set. It is told the time and does no waiting of its own: the
 //! core's QUIC task calls [`CoreEndpoint::recv`] on readiness, [`CoreEndpoint::expire`] when the
 //! earliest deadline passes and [`CoreEndpoint::drive`] whenever a connection has work, and hands
 //! the resulting [`AppEvent`]s to the session logic the TCP path uses too.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -74,7 +73,7 @@ struct Conn {
     want_write: bool,
     /// A datagram for this connection arrived since it was last driven.
     got_datagram: bool,
-    /// The deadline this connection has in the heap.
+    /// The deadline this connection has in the core's set.
     timer: Option<Instant>,
     /// Finished: close at this time unless the peer acknowledged everything first.
     linger: Option<Instant>,
@@ -95,10 +94,6 @@ struct ConnTable {
 const CHUNK: usize = 64;
 
 impl ConnTable {
-    fn get(&self, c: ConnRef) -> Option<&Conn> {
-        self.chunks.get(c / CHUNK)?[c % CHUNK].as_ref()
-    }
-
     fn get_mut(&mut self, c: ConnRef) -> Option<&mut Conn> {
         self.chunks.get_mut(c / CHUNK)?[c % CHUNK].as_mut()
     }
@@ -141,7 +136,11 @@ pub(crate) struct CoreEndpoint {
     state: UdpSocketState,
     conns: ConnTable,
     open: usize,
-    timers: BinaryHeap<Reverse<(Instant, ConnRef)>>,
+    /// One entry per connection with a deadline. A heap with lazily skipped stale entries kept
+    /// one per heartbeat for the whole idle timeout (each PING moves the deadline to the loss
+    /// timer and back to the idle timeout, ten minutes ahead): hundreds of entries per idle
+    /// connection with frequent heartbeats. Entries here are replaced, not left behind.
+    timers: BTreeSet<(Instant, ConnRef)>,
     dirty: Vec<ConnRef>,
     events: VecDeque<AppEvent>,
     forward: Vec<(usize, Datagram)>,
@@ -177,7 +176,7 @@ impl CoreEndpoint {
             state,
             conns: ConnTable::default(),
             open: 0,
-            timers: BinaryHeap::new(),
+            timers: BTreeSet::new(),
             dirty: Vec::new(),
             events: VecDeque::new(),
             forward: Vec::new(),
@@ -213,14 +212,8 @@ impl CoreEndpoint {
     }
 
     /// The earliest connection deadline.
-    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
-        while let Some(&Reverse((t, c))) = self.timers.peek() {
-            if self.conns.get(c).is_some_and(|q| q.timer == Some(t)) {
-                return Some(t);
-            }
-            self.timers.pop();
-        }
-        None
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.timers.first().map(|&(t, _)| t)
     }
 
     pub(crate) fn next_event(&mut self) -> Option<AppEvent> {
@@ -361,11 +354,11 @@ impl CoreEndpoint {
 
     /// Lets every connection whose deadline has passed handle it.
     pub(crate) fn expire(&mut self, now: Instant) {
-        while let Some(&Reverse((t, c))) = self.timers.peek() {
+        while let Some(&(t, c)) = self.timers.first() {
             if t > now {
                 break;
             }
-            self.timers.pop();
+            self.timers.pop_first();
             let Some(q) = self.conns.get_mut(c) else { continue };
             if q.timer != Some(t) {
                 continue;
@@ -538,6 +531,9 @@ impl CoreEndpoint {
             if let Some(o) = q.owner.take() {
                 events.push_back(AppEvent::Ended(o));
             }
+            if let Some(t) = q.timer {
+                timers.remove(&(t, c));
+            }
             conns.remove(c);
             *open -= 1;
             return;
@@ -547,9 +543,12 @@ impl CoreEndpoint {
             (a, b) => a.or(b),
         };
         if next != q.timer {
+            if let Some(t) = q.timer {
+                timers.remove(&(t, c));
+            }
             q.timer = next;
             if let Some(t) = next {
-                timers.push(Reverse((t, c)));
+                timers.insert((t, c));
             }
         }
     }

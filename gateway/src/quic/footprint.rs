@@ -4,8 +4,9 @@
 //! [`CoreEndpoint`] (the gateway's own server and transport configuration, connection IDs and
 //! socket) on loopback against sans-IO `quinn-proto` clients in the same thread, completes
 //! `CONNS` handshakes, a LOGIN-sized request and its reply and one heartbeat on each session's
-//! stream, lets the acknowledgements settle, drops the clients and reports the live heap the
-//! server side holds per connection (glibc's `mallinfo2`: the test binary runs on the system
+//! stream, lets the acknowledgements settle, runs `HEARTBEATS` more heartbeats (reporting how
+//! much the heap grew with them), drops the clients and reports the live heap the server side
+//! holds per connection (glibc's `mallinfo2`: the test binary runs on the system
 //! allocator, whose per-chunk overhead is close to mimalloc's size classes for these sizes).
 //!
 //! ```sh
@@ -36,6 +37,8 @@ const LOGIN_BYTES: usize = 180;
 const REPLY_BYTES: usize = 48;
 /// PING and PONG.
 const HEARTBEAT_BYTES: usize = 8;
+/// Heartbeats after the first, to see whether an idle session grows with them.
+const HEARTBEATS: usize = 20;
 
 fn heap_bytes() -> usize {
     // SAFETY: mallinfo2 only reads the allocator's statistics.
@@ -47,9 +50,10 @@ fn heap_bytes() -> usize {
 struct Client {
     conn: quinn_proto::Connection,
     stream: Option<StreamId>,
-    /// Reply bytes read so far; the heartbeat goes out after the LOGIN reply.
+    /// Reply bytes read so far; the first heartbeat goes out after the LOGIN reply.
     read: usize,
-    pinged: bool,
+    /// Heartbeats sent.
+    pings: usize,
 }
 
 struct Clients {
@@ -80,12 +84,25 @@ impl Clients {
 
     fn connect(&mut self, now: Instant) {
         let (ch, conn) = self.ep.connect(now, self.config.clone(), self.server, "localhost").unwrap();
-        self.conns.insert(ch, Client { conn, stream: None, read: 0, pinged: false });
+        self.conns.insert(ch, Client { conn, stream: None, read: 0, pings: 0 });
     }
 
-    /// Sessions that got their heartbeat answered.
+    /// Sessions that got every heartbeat answered.
     fn done(&self) -> usize {
-        self.conns.values().filter(|c| c.read >= REPLY_BYTES + HEARTBEAT_BYTES).count()
+        self.conns
+            .values()
+            .filter(|c| c.pings > 0 && c.read >= REPLY_BYTES + c.pings * HEARTBEAT_BYTES)
+            .count()
+    }
+
+    /// One more heartbeat on every session.
+    fn heartbeat(&mut self) {
+        for c in self.conns.values_mut() {
+            if let Some(id) = c.stream {
+                c.conn.send_stream(id).write(&[2; HEARTBEAT_BYTES]).unwrap();
+                c.pings += 1;
+            }
+        }
     }
 
     fn pump(&mut self, now: Instant) {
@@ -129,11 +146,11 @@ impl Clients {
                 }
             }
             if c.read >= REPLY_BYTES
-                && !c.pinged
+                && c.pings == 0
                 && let Some(id) = c.stream
             {
                 c.conn.send_stream(id).write(&[2; HEARTBEAT_BYTES]).unwrap();
-                c.pinged = true;
+                c.pings = 1;
             }
             loop {
                 self.buf.clear();
@@ -170,9 +187,30 @@ fn serve(ep: &mut CoreEndpoint, answered: &mut HashMap<usize, bool>, now: Instan
                 AppEvent::Eof(_) | AppEvent::Writable(_) | AppEvent::Ended(_) => {}
             }
         }
-        if !any && !ep.has_work() {
+        // A full socket is read again on the next call, as the core's next turn would.
+        if !any {
             break;
         }
+    }
+}
+
+/// Pumps both ends until every session got every heartbeat answered.
+fn run_until_answered(clients: &mut Clients, server: &mut CoreEndpoint, answered: &mut HashMap<usize, bool>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while clients.done() < clients.conns.len() {
+        assert!(Instant::now() < deadline, "stuck: {} of {} answered", clients.done(), clients.conns.len());
+        clients.pump(Instant::now());
+        serve(server, answered, Instant::now());
+    }
+}
+
+/// Lets delayed acknowledgements (25 ms) and the last window updates go out: a few rounds past them.
+fn settle(clients: &mut Clients, server: &mut CoreEndpoint, answered: &mut HashMap<usize, bool>) {
+    let until = Instant::now() + Duration::from_millis(100);
+    while Instant::now() < until {
+        clients.pump(Instant::now());
+        serve(server, answered, Instant::now());
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -182,7 +220,8 @@ fn idle_connection_footprint() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, _) = tls::dev_certificate(dir.path()).unwrap();
     let (chain, _) = tls::load(&cert, &key).unwrap();
-    let shared = QuicShared::new(&cert, &key, Duration::from_secs(90)).unwrap();
+    // The default heartbeat grace: the idle timeout of every session.
+    let shared = QuicShared::new(&cert, &key, Duration::from_secs(600)).unwrap();
 
     let heap_empty = heap_bytes();
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -199,28 +238,18 @@ fn idle_connection_footprint() {
         for _ in 0..BATCH.min(CONNS - clients.conns.len()) {
             clients.connect(Instant::now());
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while clients.done() < clients.conns.len() {
-            assert!(
-                Instant::now() < deadline,
-                "a batch did not finish: {} of {}",
-                clients.done(),
-                clients.conns.len()
-            );
-            clients.pump(Instant::now());
-            serve(&mut server, &mut answered, Instant::now());
-        }
+        run_until_answered(&mut clients, &mut server, &mut answered);
     }
     let handshakes = started.elapsed();
-    // Delayed acknowledgements (25 ms) and the last window updates: a few rounds past them.
-    let settle = Instant::now() + Duration::from_millis(300);
-    while Instant::now() < settle {
-        clients.pump(Instant::now());
-        serve(&mut server, &mut answered, Instant::now());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    settle(&mut clients, &mut server, &mut answered);
     assert_eq!(server.open(), CONNS);
+    let heap_idle = heap_bytes();
 
+    for _ in 0..HEARTBEATS {
+        clients.heartbeat();
+        run_until_answered(&mut clients, &mut server, &mut answered);
+        settle(&mut clients, &mut server, &mut answered);
+    }
     let heap_both = heap_bytes();
     drop(clients);
     let heap_server = heap_bytes();
@@ -229,6 +258,10 @@ fn idle_connection_footprint() {
     println!("server endpoint before any connection: {} B", heap_start - heap_empty);
     println!("server heap per idle session: {:.0} B", per(heap_server, heap_start));
     println!("client heap per session: {:.0} B", per(heap_both, heap_server));
+    println!(
+        "heap growth per session over {HEARTBEATS} more heartbeats (both ends): {:.0} B",
+        per(heap_both, heap_idle)
+    );
     println!("size_of quinn_proto::Connection: {} B", size_of::<quinn_proto::Connection>());
     if std::env::var_os("FOOTPRINT_KEEP").is_some() {
         // Left to the process exit, so that a heap profiler lists them as live.
