@@ -112,9 +112,11 @@ struct PacketKey {
 }
 
 impl PacketKey {
-    fn expand(&self) -> aead::LessSafeKey {
-        // The length is the one rustls derived for this algorithm (`aead_key_len`).
-        aead::LessSafeKey::new(aead::UnboundKey::new(self.alg, self.key.as_ref()).expect("key length"))
+    /// The ring key for one packet. rustls derived the bytes at this algorithm's length
+    /// (`aead_key_len`), so `err` is never returned in practice.
+    fn expand(&self, err: rustls::Error) -> Result<aead::LessSafeKey, rustls::Error> {
+        let key = aead::UnboundKey::new(self.alg, self.key.as_ref()).map_err(|_| err)?;
+        Ok(aead::LessSafeKey::new(key))
     }
 
     fn nonce(&self, packet_number: u64) -> aead::Nonce {
@@ -130,7 +132,7 @@ impl quic::PacketKey for PacketKey {
         payload: &mut [u8],
     ) -> Result<Tag, rustls::Error> {
         let tag = self
-            .expand()
+            .expand(rustls::Error::EncryptError)?
             .seal_in_place_separate_tag(self.nonce(packet_number), aead::Aad::from(header), payload)
             .map_err(|_| rustls::Error::EncryptError)?;
         Ok(Tag::from(tag.as_ref()))
@@ -143,7 +145,7 @@ impl quic::PacketKey for PacketKey {
         payload: &'a mut [u8],
     ) -> Result<&'a [u8], rustls::Error> {
         let plain = self
-            .expand()
+            .expand(rustls::Error::DecryptError)?
             .open_in_place(self.nonce(packet_number), aead::Aad::from(header), payload)
             .map_err(|_| rustls::Error::DecryptError)?;
         Ok(plain)
