@@ -1,8 +1,8 @@
 //! One core's QUIC endpoint: its UDP socket, its `quinn_proto::Endpoint`, every connection it
-//! holds and their deadlines in one ordered set. It is told the time and does no waiting of its own: the
-//! core's QUIC task calls [`CoreEndpoint::recv`] on readiness, [`CoreEndpoint::expire`] when the
-//! earliest deadline passes and [`CoreEndpoint::drive`] whenever a connection has work, and hands
-//! the resulting [`AppEvent`]s to the session logic the TCP path uses too.
+//! holds and their deadlines in one ordered set. It is told the time and does no waiting of its
+//! own: the core's QUIC task calls [`CoreEndpoint::recv`] on readiness, [`CoreEndpoint::expire`]
+//! when the earliest deadline passes and [`CoreEndpoint::drive`] whenever a connection has work,
+//! and hands the resulting [`AppEvent`]s to the session logic the TCP path uses too.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, IoSliceMut};

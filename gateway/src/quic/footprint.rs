@@ -204,7 +204,7 @@ fn run_until_answered(clients: &mut Clients, server: &mut CoreEndpoint, answered
     }
 }
 
-/// Lets delayed acknowledgements (25 ms) and the last window updates go out: a few rounds past them.
+/// Lets delayed acknowledgements (25 ms) and the last window updates go out.
 fn settle(clients: &mut Clients, server: &mut CoreEndpoint, answered: &mut HashMap<usize, bool>) {
     let until = Instant::now() + Duration::from_millis(100);
     while Instant::now() < until {
