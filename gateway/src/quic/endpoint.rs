@@ -83,31 +83,55 @@ struct Conn {
 
 /// Connections held in place, by quinn's handle index, in chunks of [`CHUNK`]. A connection is
 /// ~6.3 KB (`quinn_proto::Connection` alone is 6,160 B), just over mimalloc's 6 KiB size class:
-/// boxed one by one, each took a 7 KiB block (~900 B of RSS per connection for nothing). A
-/// chunk is one large allocation; quinn reuses freed handles, so freed slots are refilled.
-#[derive(Debug, Default)]
-struct ConnTable {
-    chunks: Vec<Box<[Option<Conn>]>>,
+/// boxed one by one, each took a 7 KiB block (~900 B of RSS per connection for nothing). A chunk
+/// is one large allocation, freed when its last connection goes (after a mass disconnect the
+/// memory goes back, as it did with one box each); quinn reuses freed handles first.
+#[derive(Debug)]
+struct ConnTable<T = Conn> {
+    chunks: Vec<Option<Chunk<T>>>,
 }
 
 /// Connections per chunk (~400 KB).
 const CHUNK: usize = 64;
 
-impl ConnTable {
-    fn get_mut(&mut self, c: ConnRef) -> Option<&mut Conn> {
-        self.chunks.get_mut(c / CHUNK)?[c % CHUNK].as_mut()
+#[derive(Debug)]
+struct Chunk<T> {
+    slots: Box<[Option<T>]>,
+    used: usize,
+}
+
+impl<T> Default for ConnTable<T> {
+    fn default() -> Self {
+        ConnTable { chunks: Vec::new() }
+    }
+}
+
+impl<T> ConnTable<T> {
+    fn get_mut(&mut self, c: ConnRef) -> Option<&mut T> {
+        self.chunks.get_mut(c / CHUNK)?.as_mut()?.slots[c % CHUNK].as_mut()
     }
 
-    fn insert(&mut self, c: ConnRef, conn: Conn) {
-        while self.chunks.len() <= c / CHUNK {
-            self.chunks.push(std::iter::repeat_with(|| None).take(CHUNK).collect());
+    fn insert(&mut self, c: ConnRef, conn: T) {
+        if self.chunks.len() <= c / CHUNK {
+            self.chunks.resize_with(c / CHUNK + 1, || None);
         }
-        self.chunks[c / CHUNK][c % CHUNK] = Some(conn);
+        let chunk = self.chunks[c / CHUNK].get_or_insert_with(|| Chunk {
+            slots: std::iter::repeat_with(|| None).take(CHUNK).collect(),
+            used: 0,
+        });
+        if chunk.slots[c % CHUNK].replace(conn).is_none() {
+            chunk.used += 1;
+        }
     }
 
     fn remove(&mut self, c: ConnRef) {
-        if let Some(chunk) = self.chunks.get_mut(c / CHUNK) {
-            chunk[c % CHUNK] = None;
+        let Some(entry) = self.chunks.get_mut(c / CHUNK) else { return };
+        let Some(chunk) = entry else { return };
+        if chunk.slots[c % CHUNK].take().is_some() {
+            chunk.used -= 1;
+            if chunk.used == 0 {
+                *entry = None;
+            }
         }
     }
 
@@ -599,5 +623,34 @@ impl CoreEndpoint {
 impl crate::outbound::WriteVectored for StreamWriter<'_> {
     fn write_iov(&mut self, iov: &[libc::iovec]) -> io::Result<usize> {
         self.ep.write(self.c, iov)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_holds_by_handle_and_frees_a_chunk_with_its_last_connection() {
+        let mut t = ConnTable::<u32>::default();
+        t.insert(3, 30);
+        t.insert(CHUNK + 1, 65);
+        assert_eq!(t.get_mut(3), Some(&mut 30));
+        assert_eq!(t.get_mut(CHUNK + 1), Some(&mut 65));
+        assert_eq!(t.get_mut(4), None);
+        assert_eq!(t.get_mut(10 * CHUNK), None);
+        assert_eq!(t.capacity(), 2 * CHUNK);
+        t.insert(3, 31);
+        t.insert(5, 50);
+        t.remove(3);
+        assert_eq!(t.get_mut(3), None);
+        assert!(t.chunks[0].is_some(), "a chunk with a connection left is kept");
+        t.remove(5);
+        t.remove(5);
+        assert!(t.chunks[0].is_none(), "the chunk went with its last connection");
+        assert_eq!(t.get_mut(CHUNK + 1), Some(&mut 65));
+        t.insert(7, 70);
+        assert_eq!(t.get_mut(7), Some(&mut 70));
+        assert_eq!(t.chunks[0].as_ref().map(|c| c.used), Some(1));
     }
 }
