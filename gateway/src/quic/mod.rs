@@ -10,7 +10,11 @@
 //!   certificate.
 
 mod cid;
+mod crypto;
 mod endpoint;
+#[cfg(test)]
+mod footprint;
+mod keys;
 mod tls;
 
 use std::net::{SocketAddr, UdpSocket};

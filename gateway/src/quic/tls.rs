@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn_proto::crypto::rustls::QuicServerConfig;
 use quinn_proto::{IdleTimeout, ServerConfig, TransportConfig, VarInt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::crypto::ServerCrypto;
 
 /// The ALPN protocol name of Herald's terminal protocol over QUIC.
 pub const ALPN: &[u8] = b"herald/1";
@@ -80,7 +81,7 @@ pub(crate) fn server_config(
     key: PrivateKeyDer<'static>,
     idle: Duration,
 ) -> Result<ServerConfig, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(super::keys::provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
@@ -90,10 +91,26 @@ pub(crate) fn server_config(
     // per-connection ticket state.
     tls.max_early_data_size = 0;
     tls.send_tls13_tickets = 0;
-    let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Generate(e.to_string()))?;
-    let mut cfg = ServerConfig::with_crypto(Arc::new(crypto));
+    let mut cfg = ServerConfig::with_crypto(Arc::new(ServerCrypto::new(tls)?));
     cfg.transport_config(Arc::new(transport(idle)));
     Ok(cfg)
+}
+
+/// A client configuration that trusts `ca` and speaks Herald's ALPN, for tests that drive a
+/// quinn-proto client themselves.
+#[cfg(test)]
+pub(crate) fn client_config_for_tests(ca: &CertificateDer<'static>) -> quinn_proto::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).expect("a certificate");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls).expect("a QUIC client config");
+    quinn_proto::ClientConfig::new(Arc::new(crypto))
 }
 
 /// The development certificate in `dir` (`quic-dev-cert.pem`, `quic-dev-key.pem`), made and
