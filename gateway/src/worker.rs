@@ -1075,6 +1075,7 @@ impl Worker {
         self.index.collect(&job.plan, &job.tables, &mut slots);
         let max = self.node.config.outbound_queue_frames;
         let (mut sent, mut dropped) = (0u32, 0u32);
+        let mut shared_qos0 = mqtt::SharedQos0::default();
         for &slot in &slots {
             let c = &mut self.conns[slot];
             if c.closing.is_some() {
@@ -1094,7 +1095,8 @@ impl Worker {
             let (queued, pid) = match &mut c.proto {
                 Proto::Herald => (c.out.push(job.frame.clone(), true, job.persistent, max), None),
                 Proto::Mqtt(m) => match c.auth.as_ref().map_or(mqtt::Publish::Skip, |a| {
-                    mqtt::publish_for(m, &a.user, job, &self.filters, &mut self.inbox, &mut self.hdr)
+                    let (f, inbox, hdr) = (&self.filters, &mut self.inbox, &mut self.hdr);
+                    mqtt::publish_for(m, &a.user, job, f, inbox, hdr, &mut shared_qos0)
                 }) {
                     mqtt::Publish::Skip => continue,
                     mqtt::Publish::Drop => {
@@ -1107,6 +1109,10 @@ impl Worker {
                         self.m.mqtt.publishes_out.inc();
                         let payload = job.mqtt.as_ref().map(|p| p.payload.clone()).unwrap_or_default();
                         (c.out.push_parts(head, payload, false, qos1, max), pid)
+                    }
+                    mqtt::Publish::Whole(packet) => {
+                        self.m.mqtt.publishes_out.inc();
+                        (c.out.push(packet, false, false, max), None)
                     }
                 },
             };

@@ -25,7 +25,14 @@ pub(super) enum Publish {
     Drop,
     /// Queue `head` followed by the shared payload.
     Send { head: Bytes, qos1: bool, pid: Option<u16> },
+    /// Queue this whole QoS 0 PUBLISH, the same bytes as every recipient of its version.
+    Whole(Bytes),
 }
+
+/// A push's QoS 0 PUBLISH on a named topic is the same packet for every recipient of an MQTT
+/// version: made once per push per core (index: 0 = 3.1.1, 1 = 5.0) and shared, so those
+/// recipients cost what a Herald-protocol recipient does (one buffer, no header per recipient).
+pub(super) type SharedQos0 = [Option<Bytes>; 2];
 
 /// Decides whether and how `job` reaches connection `m` of `user`, allocating a packet id and
 /// encoding the PUBLISH header into `hdr` (split off, so many headers share one allocation). An
@@ -37,6 +44,7 @@ pub(super) fn publish_for(
     filters: &Filters,
     inbox: &mut String,
     hdr: &mut BytesMut,
+    shared: &mut SharedQos0,
 ) -> Publish {
     let Some(p) = &job.mqtt else { return Publish::Skip };
     let topic = match &p.topic {
@@ -58,6 +66,31 @@ pub(super) fn publish_for(
         }
     };
     let qos1 = qos == QoS::AtLeastOnce;
+    if !qos1 && p.topic.is_some() {
+        let v = m.version();
+        let whole = &mut shared[usize::from(v == ProtocolVersion::V5)];
+        if whole.is_none() {
+            let h = PublishHeader {
+                topic,
+                qos,
+                packet_id: 0,
+                dup: false,
+                retain: false,
+                message_expiry_interval_secs: p.expiry_secs,
+                payload_is_utf8: true,
+            };
+            let mut b = BytesMut::with_capacity(16 + topic.len() + p.payload.len());
+            if encode_publish_header(v, &h, p.payload.len(), &mut b).is_err() {
+                return Publish::Drop;
+            }
+            b.extend_from_slice(&p.payload);
+            *whole = Some(b.freeze());
+        }
+        return match whole {
+            Some(w) if w.len() <= m.max_packet as usize => Publish::Whole(w.clone()),
+            _ => Publish::Drop,
+        };
+    }
     // (Looked up again after the packet id is taken: both borrow the connection.)
     let pid = if qos1 {
         match m.alloc(p.stream, p.seq) {
