@@ -170,22 +170,8 @@ impl Client {
                     return Some(Pkt { first, body });
                 }
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "timed out waiting for a packet");
-            self.s.set_read_timeout(Some(left)).unwrap();
-            let mut chunk = [0u8; 65536];
-            match self.s.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock
-                            | std::io::ErrorKind::TimedOut
-                            | std::io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                Err(e) => panic!("read failed: {e}"),
+            if !read_some(&mut self.s, deadline, "a packet", |b| self.buf.extend_from_slice(b)) {
+                return None;
             }
         }
     }

@@ -44,6 +44,34 @@ pub fn token_with(key: &SigningKey, user: &str, device: &str, issued_at: u64, ex
     issue(key, &claims).unwrap()
 }
 
+/// One read from `s` before `deadline` (panics once it has passed), handed to `into`; false at
+/// end of stream or reset. A timeout or an interrupted read is not an error (read again).
+pub fn read_some(s: &mut TcpStream, deadline: Instant, what: &str, mut into: impl FnMut(&[u8])) -> bool {
+    let left = deadline.saturating_duration_since(Instant::now());
+    assert!(!left.is_zero(), "timed out waiting for {what}");
+    s.set_read_timeout(Some(left)).unwrap();
+    let mut chunk = [0u8; 65536];
+    match s.read(&mut chunk) {
+        Ok(0) => false,
+        Ok(n) => {
+            into(&chunk[..n]);
+            true
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::Interrupted
+            ) =>
+        {
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,
+        Err(e) => panic!("read failed: {e}"),
+    }
+}
+
 /// Waits until `f` holds, polling, or panics after `WAIT`.
 pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
@@ -294,17 +322,8 @@ impl Term {
             if let Some(f) = self.dec.decode(&mut self.buf).expect("server sent a bad frame") {
                 return Some(f);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "timed out waiting for a frame");
-            self.s.set_read_timeout(Some(left)).unwrap();
-            let mut chunk = [0u8; 65536];
-            match self.s.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                Err(e) => panic!("read failed: {e}"),
+            if !read_some(&mut self.s, deadline, "a frame", |b| self.buf.extend_from_slice(b)) {
+                return None;
             }
         }
     }
