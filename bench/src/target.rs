@@ -162,6 +162,16 @@ fn version_of(bin: &Path) -> String {
 }
 
 /// The lines a spawned process prints on stdout once it serves, by process name.
+/// A self-signed certificate for `localhost` and 127.0.0.1 with its key, written into `dir`,
+/// for spawned `herald gateway --quic` nodes (and trusted by the bench's terminals).
+fn quic_certificate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    let (cert, key) = (dir.join("quic-cert.pem"), dir.join("quic-key.pem"));
+    std::fs::write(&cert, made.cert.pem())?;
+    std::fs::write(&key, made.key_pair.serialize_pem())?;
+    Ok((cert, key))
+}
+
 fn announcements(name: &str) -> &'static [&'static str] {
     const SERVE: &[&str] =
         &["herald: admin API on http://", "herald: gateway on tcp://", "herald: metrics on http://"];
@@ -350,12 +360,21 @@ impl Target {
             None => listener_args.extend(["--mqtt".to_string(), "off".to_string()]),
         }
         if let Some(q) = quic {
-            if args.nodes > 0 {
-                bail!("--transport quic with --spawn runs one `herald serve` (no --nodes)");
-            }
             listener_args.extend(["--quic".to_string(), q.to_string()]);
-            t.ca =
-                Some(args.ca.clone().unwrap_or_else(|| data.path().join("store").join("quic-dev-cert.pem")));
+            if args.nodes == 0 {
+                // `herald serve` makes a development certificate in its data dir.
+                t.ca = Some(
+                    args.ca.clone().unwrap_or_else(|| data.path().join("store").join("quic-dev-cert.pem")),
+                );
+            } else {
+                // `herald gateway` needs one: every node gets the same, made here. The kernel
+                // keeps a client's datagrams on one node's socket while its address stays the
+                // same (SO_REUSEPORT hashes the 4-tuple), which is all these scenarios need.
+                let (cert, key) = quic_certificate(data.path())?;
+                listener_args.extend(["--quic-cert".to_string(), cert.display().to_string()]);
+                listener_args.extend(["--quic-key".to_string(), key.display().to_string()]);
+                t.ca = Some(cert);
+            }
         }
         if args.nodes == 0 {
             let metrics = format!("127.0.0.1:{}", free_port()?);
@@ -408,7 +427,7 @@ impl Target {
                 ];
                 argv.extend(listener_args.iter().cloned());
                 let name = format!("gateway-{k}");
-                t.announce(&name, mqtt.is_some(), false);
+                t.announce(&name, mqtt.is_some(), quic.is_some());
                 let child = start(&name, argv)?;
                 t.gateway_pids.push(child.id());
                 t.children.push((name, child));

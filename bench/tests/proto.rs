@@ -79,4 +79,11 @@ fn quic_hold_and_burst() {
         &herald,
     );
     support::check_results_without_floor(&out.path().join("burst"), 30, &["burst"]);
+    // Two `herald gateway --quic` processes sharing the port, with a certificate the bench made.
+    support::spawn_bench(
+        &[&["hold", "--transport", "quic", "--nodes", "2"], SMALL].concat(),
+        &out.path().join("hold-nodes"),
+        &herald,
+    );
+    support::check_results_without_floor(&out.path().join("hold-nodes"), 30, &["hold"]);
 }
