@@ -224,6 +224,9 @@ pub(crate) struct Node {
     pub(crate) metrics: Arc<metrics::Registry>,
     pub(crate) cores: Vec<MailboxSender<CoreCmd>>,
     pub(crate) upstream: crossbeam_channel::Sender<link::Upstream>,
+    /// Terminals' messages sent to the link thread and not yet written or answered (see
+    /// [`link::MAX_QUEUED_PUBLISHES`]).
+    pub(crate) publishes_queued: AtomicUsize,
     session_seq: AtomicU64,
     pub(crate) stopping: AtomicBool,
     /// Core threads not yet finished (the link thread outlives them to report their offlines).
@@ -456,6 +459,7 @@ pub fn start(config: GatewayConfig) -> Result<Gateway, GatewayError> {
         metrics: Arc::new(metrics::Registry::new(cores)),
         cores: senders,
         upstream: up_tx,
+        publishes_queued: AtomicUsize::new(0),
         session_seq: AtomicU64::new(now_ms << 16),
         stopping: AtomicBool::new(false),
         cores_running: AtomicUsize::new(cores),

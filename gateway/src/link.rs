@@ -114,10 +114,32 @@ struct UpState {
     unanswered: HashSet<PublishRef>,
     /// Answers for the cores (delivered by [`deliver_answers`]).
     answers: Vec<PublishResult>,
+    /// Terminals' messages that left this state (written, answered or dropped) since the last
+    /// [`deliver_answers`], which takes them off `Node::publishes_queued`.
+    released: usize,
 }
 
 /// Wills held while the link is down; more are dropped (and counted).
 const MAX_HELD_PUBLISHES: usize = 65_536;
+
+/// Terminals' messages the node holds for the link at most: past it, cores refuse new PUBLISH
+/// (QoS 1: "quota exceeded"; QoS 0: dropped, counted) so a flood, or a slow control plane,
+/// cannot grow the node's memory or crowd presence and receipts off the link. Wills are always
+/// taken.
+pub(crate) const MAX_QUEUED_PUBLISHES: usize = 16_384;
+
+/// Whether the link takes another terminal message now.
+pub(crate) fn publish_room(node: &Node) -> bool {
+    node.publishes_queued.load(Ordering::Relaxed) < MAX_QUEUED_PUBLISHES
+}
+
+/// Hands a terminal's message to the link thread.
+pub(crate) fn send_publish(node: &Node, p: TerminalPublish) {
+    node.publishes_queued.fetch_add(1, Ordering::Relaxed);
+    if node.upstream.send(Upstream::Publish(Box::new(p))).is_err() {
+        node.publishes_queued.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 impl UpState {
     /// Whether `core`'s presence events go up now (else a resync will cover them).
@@ -135,7 +157,9 @@ impl UpState {
         self.answers.extend(lost);
         let qos0 = self.publishes.iter().filter(|p| p.reply.is_none() && p.will_delay_secs.is_none()).count();
         self.dropped_publishes += qos0 as u64;
+        let before = self.publishes.len();
         self.publishes.retain(|p| p.will_delay_secs.is_some());
+        self.released += before - self.publishes.len();
     }
 
     /// A link is up: forget queued presence and wait for every core's sessions (the caller
@@ -213,10 +237,12 @@ impl UpState {
                     self.publishes.push(p);
                 } else if let Some(r) = p.reply {
                     self.answers.push(unavailable(r));
+                    self.released += 1;
                 } else if p.will_delay_secs.is_some() && self.publishes.len() < MAX_HELD_PUBLISHES {
                     self.publishes.push(p);
                 } else {
                     self.dropped_publishes += 1;
+                    self.released += 1;
                 }
             }
             Upstream::PublishResult(r) => {
@@ -381,7 +407,9 @@ fn flush_up(w: &mut LinkWriter, state: &mut UpState) -> std::io::Result<()> {
     if !state.reports.is_empty() {
         w.send(&LinkMessage::Reports(std::mem::take(&mut state.reports)))?;
     }
-    // After presence: a will follows its connection's Offline.
+    // After presence: a will follows its connection's Offline. (Whatever is not written
+    // because the link fails is gone with the link: QoS 1 is answered by `link_lost`.)
+    state.released += state.publishes.len();
     for p in state.publishes.drain(..) {
         w.send(&LinkMessage::Publish(p))?;
     }
@@ -394,6 +422,9 @@ fn deliver_answers(node: &Node, state: &mut UpState) {
         if let Some(core) = node.cores.get(usize::from(r.reference.core)) {
             core.send(CoreCmd::Published(r));
         }
+    }
+    if state.released > 0 {
+        node.publishes_queued.fetch_sub(std::mem::take(&mut state.released), Ordering::Relaxed);
     }
     if state.dropped_publishes > 0 {
         node.metrics.publishes_dropped.fetch_add(state.dropped_publishes, Ordering::Relaxed);
@@ -540,6 +571,50 @@ mod tests {
                 PresenceChange::Offline(o) => (false, o.session_id, 0),
             })
             .collect()
+    }
+
+    fn publish(packet_id: Option<u16>, will: bool) -> Upstream {
+        Upstream::Publish(Box::new(TerminalPublish {
+            user: "u".into(),
+            device: "d".into(),
+            target: Target::Topic("t".into()),
+            body: String::new(),
+            ttl_secs: None,
+            reply: packet_id.map(|packet_id| PublishRef { core: 0, slot: 1, session_id: 2, packet_id }),
+            will_delay_secs: will.then_some(0),
+        }))
+    }
+
+    #[test]
+    fn terminal_messages_are_answered_dropped_or_kept_and_each_is_released_once() {
+        let mut s = UpState::default();
+        // Link down: QoS 1 is answered at once, QoS 0 dropped, a will kept for the next link.
+        s.absorb(publish(Some(1), false), 1);
+        s.absorb(publish(None, false), 1);
+        s.absorb(publish(None, true), 1);
+        assert_eq!((s.answers.len(), s.dropped_publishes, s.publishes.len(), s.released), (1, 1, 1, 2));
+        assert_eq!(s.answers[0].outcome, PublishOutcome::Unavailable);
+        // Link up: queued to be written; an answer for something never sent is ignored.
+        s.begin_resync(1);
+        s.absorb(publish(Some(2), false), 1);
+        s.absorb(publish(None, false), 1);
+        s.absorb(
+            Upstream::PublishResult(PublishResult {
+                reference: PublishRef { core: 0, slot: 1, session_id: 2, packet_id: 9 },
+                outcome: PublishOutcome::Accepted { push_id: 1 },
+            }),
+            1,
+        );
+        assert_eq!((s.publishes.len(), s.unanswered.len(), s.answers.len()), (3, 1, 1));
+        // The link is lost before they are written: QoS 1 is answered, QoS 0 dropped, the will
+        // stays; every message that left is released exactly once.
+        s.link_lost();
+        assert_eq!(s.publishes.len(), 1);
+        assert_eq!(
+            s.answers.last().map(|a| (a.reference.packet_id, a.outcome)),
+            Some((2, PublishOutcome::Unavailable))
+        );
+        assert_eq!((s.dropped_publishes, s.released), (2, 4));
     }
 
     #[test]

@@ -68,6 +68,9 @@
 //!   connection. QoS 0 becomes a TTL-0 push (online terminals only) and gets no answer; what
 //!   the control plane refuses is dropped and counted. At most [`MAX_PUBLISHING`] QoS 1 PUBLISH
 //!   may wait for their PUBACK (5.0: the receive maximum; more: DISCONNECT 0x93; 3.1.1: closed).
+//!   A node holds at most `link::MAX_QUEUED_PUBLISHES` terminal messages for the control plane;
+//!   past that (a flood, or a slow control plane) QoS 1 gets 0x97 (3.1.1: closed) and QoS 0 is
+//!   dropped, counted, the connection kept.
 //! - **Wills** follow the PUBLISH rules above (refused ones are dropped, counted) and are sent
 //!   when the connection ends without a normal DISCONNECT (5.0 DISCONNECT 0x04 sends it too),
 //!   except when a newer login of the same device replaced it, the node is draining (the

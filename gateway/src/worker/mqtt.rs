@@ -374,6 +374,9 @@ impl Worker {
         let Ok(body) = std::str::from_utf8(&p.payload) else {
             return self.publish_refused(slot, p.packet_id, ReasonCode::PAYLOAD_FORMAT_INVALID);
         };
+        if !crate::link::publish_room(&self.node) {
+            return self.publish_refused(slot, p.packet_id, ReasonCode::QUOTA_EXCEEDED);
+        }
         let Some(a) = &self.conns[slot].auth else { return Err(Stop::Close(CloseCode::PROTOCOL_ERROR)) };
         let reply = p.packet_id.map(|packet_id| PublishRef {
             core: self.n as u16,
@@ -398,7 +401,7 @@ impl Worker {
                 CloseCode::PROTOCOL_ERROR,
             ));
         }
-        let _ = self.node.upstream.send(Upstream::Publish(Box::new(publish)));
+        crate::link::send_publish(&self.node, publish);
         Ok(())
     }
 
@@ -469,14 +472,17 @@ impl Worker {
             return;
         };
         self.m.mqtt.wills.inc();
-        let _ = self.node.upstream.send(Upstream::Publish(Box::new(TerminalPublish {
-            user: user.to_owned(),
-            device: device.to_owned(),
-            target,
-            body: body.to_owned(),
-            ttl_secs: if w.qos1 { w.expiry_secs } else { Some(0) },
-            reply: None,
-            will_delay_secs: Some(w.delay_secs),
-        })));
+        crate::link::send_publish(
+            &self.node,
+            TerminalPublish {
+                user: user.to_owned(),
+                device: device.to_owned(),
+                target,
+                body: body.to_owned(),
+                ttl_secs: if w.qos1 { w.expiry_secs } else { Some(0) },
+                reply: None,
+                will_delay_secs: Some(w.delay_secs),
+            },
+        );
     }
 }
