@@ -406,7 +406,9 @@ impl Worker {
     }
 
     /// A PUBLISH this node refuses: 5.0 QoS 1 gets PUBACK `reason` and the connection stays;
-    /// 5.0 QoS 0 gets DISCONNECT `reason`; 3.1.1 cannot say no and is closed.
+    /// 5.0 QoS 0 gets DISCONNECT `reason`; 3.1.1 cannot say no and is closed. Over quota (the
+    /// link holds too many messages) QoS 0 is only dropped: at most once, and the terminal did
+    /// nothing wrong.
     fn publish_refused(
         &mut self,
         slot: usize,
@@ -414,6 +416,9 @@ impl Worker {
         reason: ReasonCode,
     ) -> Result<(), Stop> {
         self.m.mqtt.publishes_refused.inc();
+        if packet_id.is_none() && reason == ReasonCode::QUOTA_EXCEEDED {
+            return Ok(());
+        }
         let v = self.mqtt(slot).version();
         match (v, packet_id) {
             (ProtocolVersion::V5, Some(pid)) => {
