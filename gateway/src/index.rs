@@ -13,6 +13,7 @@ use std::sync::Arc;
 use herald_protocol::condition::Condition;
 use slab::Slab;
 
+use crate::intern::Interner;
 use crate::tables::Snapshot;
 
 /// A user's connection slots on this core: one inline, more on the heap.
@@ -81,71 +82,28 @@ impl LocalUser {
     }
 }
 
-/// Group or topic names followed by this core's users, each held once, with its followers.
-#[derive(Debug, Default)]
-struct Names {
-    ids: HashMap<Box<str>, u32>,
-    /// By id; a freed id has no name and no users until reused.
-    entries: Vec<NameEntry>,
-    free: Vec<u32>,
-}
-
-#[derive(Debug, Default)]
-struct NameEntry {
-    name: Box<str>,
-    /// Local ids of the users following the name.
-    users: Vec<u32>,
-}
+/// Group or topic names followed by this core's users, each held once, with the local ids of
+/// the users following it; a name is forgotten with its last follower.
+type Names = Interner<Vec<u32>>;
 
 impl Names {
-    fn name(&self, id: u32) -> &str {
-        &self.entries[id as usize].name
-    }
-
     fn users(&self, name: &str) -> &[u32] {
-        self.ids.get(name).map_or(&[], |&id| &self.entries[id as usize].users)
-    }
-
-    /// The id of `name`, interned now if no local user follows it yet.
-    fn intern(&mut self, name: &str) -> u32 {
-        if let Some(&id) = self.ids.get(name) {
-            return id;
-        }
-        let entry = NameEntry { name: name.into(), users: Vec::new() };
-        let id = match self.free.pop() {
-            Some(id) => {
-                self.entries[id as usize] = entry;
-                id
-            }
-            None => {
-                self.entries.push(entry);
-                (self.entries.len() - 1) as u32
-            }
-        };
-        self.ids.insert(name.into(), id);
-        id
+        self.id(name).map_or(&[], |id| self.get(id))
     }
 
     fn join(&mut self, id: u32, uid: u32) {
-        self.entries[id as usize].users.push(uid);
+        self.get_mut(id).push(uid);
     }
 
     /// `uid` stops following `id`; the name is forgotten with its last follower.
     fn leave(&mut self, id: u32, uid: u32) {
-        let e = &mut self.entries[id as usize];
-        if let Some(i) = e.users.iter().position(|&u| u == uid) {
-            e.users.swap_remove(i);
+        let users = self.get_mut(id);
+        if let Some(i) = users.iter().position(|&u| u == uid) {
+            users.swap_remove(i);
         }
-        if e.users.is_empty() {
-            let e = std::mem::take(e);
-            self.ids.remove(&e.name);
-            self.free.push(id);
+        if users.is_empty() {
+            self.forget(id);
         }
-    }
-
-    #[cfg(test)]
-    fn is_empty(&self) -> bool {
-        self.ids.is_empty()
     }
 }
 
@@ -462,14 +420,14 @@ mod tests {
         index.remove_conn("a", uid, 3);
         let mut out = Vec::new();
         index.collect(&Plan::Topic("t".into()), &snap, &mut out);
-        assert!(out.is_empty() && index.by_name.is_empty() && index.topics.is_empty());
+        assert!(out.is_empty() && index.by_name.is_empty() && index.topics.len() == 0);
         // The freed name id is reused.
         let uid = index.add_conn(&a, 4);
         index.set_subscriptions("a", &[], &["u".to_string(), "u".to_string()]);
         index.collect(&Plan::Topic("u".into()), &snap, &mut out);
         assert_eq!(out, [4]);
-        assert_eq!(index.topics.entries.len(), 1);
+        assert_eq!(index.topics.capacity(), 1);
         index.remove_conn("a", uid, 4);
-        assert!(index.users.is_empty() && index.topics.is_empty());
+        assert!(index.users.is_empty() && index.topics.len() == 0);
     }
 }

@@ -68,6 +68,7 @@
 //! - `metrics`: per-core single-writer counters and the HTTP endpoint.
 
 mod index;
+mod intern;
 mod link;
 mod mailbox;
 mod metrics;

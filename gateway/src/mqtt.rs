@@ -79,7 +79,7 @@
 //!   will reaching the control plane after the device is back online is dropped too.
 //! - **Malformed packets** close that connection only, with the codec's reply.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -303,62 +303,27 @@ impl Granted {
     }
 }
 
-/// The topic filters granted to one core's MQTT connections, each held once: a connection holds
-/// ids (the terminals of an app subscribe to the same few filters), and a filter is forgotten
-/// with its last grant. Owned by the core, like its subscriber index.
-#[derive(Debug, Default)]
-pub(crate) struct Filters {
-    ids: HashMap<Box<str>, u32>,
-    /// By id: the filter and how many grants name it; a freed id has no name until reused.
-    entries: Vec<(Box<str>, u32)>,
-    free: Vec<u32>,
-}
+/// The topic filters granted to one core's MQTT connections, each held once with how many
+/// grants name it: a connection holds ids (the terminals of an app subscribe to the same few
+/// filters), and a filter is forgotten with its last grant. Owned by the core, like its
+/// subscriber index.
+pub(crate) type Filters = crate::intern::Interner<u32>;
 
 impl Filters {
-    pub(crate) fn name(&self, id: u32) -> &str {
-        &self.entries[id as usize].0
-    }
-
-    fn id(&self, filter: &str) -> Option<u32> {
-        self.ids.get(filter).copied()
-    }
-
     /// The id of `filter`, counting one more grant of it.
     fn acquire(&mut self, filter: &str) -> u32 {
-        if let Some(id) = self.id(filter) {
-            self.entries[id as usize].1 += 1;
-            return id;
-        }
-        let entry = (Box::<str>::from(filter), 1);
-        let id = match self.free.pop() {
-            Some(id) => {
-                self.entries[id as usize] = entry;
-                id
-            }
-            None => {
-                self.entries.push(entry);
-                (self.entries.len() - 1) as u32
-            }
-        };
-        self.ids.insert(filter.into(), id);
+        let id = self.intern(filter);
+        *self.get_mut(id) += 1;
         id
     }
 
     /// One grant of `id` fewer; the filter is forgotten with its last.
     fn release(&mut self, id: u32) {
-        let e = &mut self.entries[id as usize];
-        e.1 -= 1;
-        if e.1 == 0 {
-            let name = std::mem::take(&mut e.0);
-            self.ids.remove(&name);
-            self.free.push(id);
+        let grants = self.get_mut(id);
+        *grants -= 1;
+        if *grants == 0 {
+            self.forget(id);
         }
-    }
-
-    /// Distinct filters held.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.ids.len()
     }
 }
 
