@@ -38,6 +38,8 @@ const STREAM_RECEIVE_WINDOW: u32 = 8 * 1024;
 /// Unacknowledged bytes the gateway keeps per connection; the outbound queue holds the rest and
 /// applies the backpressure policy as over TCP.
 const SEND_WINDOW: u64 = 32 * 1024;
+/// Connection IDs a terminal holds at a time: the one in use and a spare to migrate with.
+const ISSUED_CIDS: u64 = 2;
 
 /// Reads a PEM certificate chain and private key.
 pub(crate) fn load(
@@ -59,7 +61,10 @@ pub(crate) fn load(
 
 /// The transport parameters of a push session: one bidirectional stream, no unidirectional
 /// streams, no datagrams, small windows, no MTU probing, no QUIC keep-alive (the Herald
-/// heartbeat keeps the path alive), idle timeout = heartbeat grace.
+/// heartbeat keeps the path alive), idle timeout = heartbeat grace, and two connection IDs held
+/// by the terminal at a time (the one it uses and one spare to migrate with, replaced when it
+/// retires one; a stock client asks for up to 5 and each costs routing state for the whole life of
+/// the session; the limit is a patch of ours to quinn-proto, vendor/quinn-proto/HERALD.md).
 pub(crate) fn transport(idle: Duration) -> TransportConfig {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(1))
@@ -71,6 +76,7 @@ pub(crate) fn transport(idle: Duration) -> TransportConfig {
         .datagram_send_buffer_size(0)
         .mtu_discovery_config(None)
         .keep_alive_interval(None)
+        .issued_cid_limit(ISSUED_CIDS)
         .max_idle_timeout(IdleTimeout::try_from(idle).ok());
     t
 }

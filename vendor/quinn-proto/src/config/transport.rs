@@ -55,6 +55,9 @@ pub struct TransportConfig {
 
     pub(crate) enable_segmentation_offload: bool,
 
+    /// Herald: at most this many connection IDs issued to the peer at a time
+    pub(crate) issued_cid_limit: u64,
+
     pub(crate) qlog_sink: QlogSink,
 }
 
@@ -353,6 +356,20 @@ impl TransportConfig {
         self
     }
 
+    /// At most how many of our connection IDs the peer holds at a time (Herald's addition)
+    ///
+    /// The peer's `active_connection_id_limit` and an internal cap of 8 still apply; values below
+    /// 1 count as 1. Each issued ID costs an entry in the endpoint's routing table and the
+    /// connection's own records, so a server holding many idle connections may issue fewer: 2
+    /// leaves a migrating peer one unused ID (a retired one is replaced), 1 allows NAT rebinding
+    /// but no active migration to a new ID.
+    ///
+    /// Defaults to 8 (upstream quinn-proto's behaviour).
+    pub fn issued_cid_limit(&mut self, value: u64) -> &mut Self {
+        self.issued_cid_limit = value.max(1);
+        self
+    }
+
     /// qlog capture configuration to use for a particular connection
     #[cfg(feature = "qlog")]
     pub fn qlog_stream(&mut self, stream: Option<QlogStream>) -> &mut Self {
@@ -401,6 +418,8 @@ impl Default for TransportConfig {
 
             enable_segmentation_offload: true,
 
+            issued_cid_limit: crate::LOC_CID_COUNT,
+
             qlog_sink: QlogSink::default(),
         }
     }
@@ -434,6 +453,7 @@ impl fmt::Debug for TransportConfig {
                 deterministic_packet_numbers: _,
             congestion_controller_factory: _,
             enable_segmentation_offload,
+            issued_cid_limit,
             qlog_sink,
         } = self;
         let mut s = fmt.debug_struct("TransportConfig");
@@ -463,7 +483,8 @@ impl fmt::Debug for TransportConfig {
             .field("datagram_receive_buffer_size", datagram_receive_buffer_size)
             .field("datagram_send_buffer_size", datagram_send_buffer_size)
             // congestion_controller_factory not debug
-            .field("enable_segmentation_offload", enable_segmentation_offload);
+            .field("enable_segmentation_offload", enable_segmentation_offload)
+            .field("issued_cid_limit", issued_cid_limit);
         if cfg!(feature = "qlog") {
             s.field("qlog_stream", &qlog_sink.is_enabled());
         }

@@ -72,7 +72,9 @@ mod spaces;
 pub use spaces::Retransmits;
 #[cfg(not(fuzzing))]
 use spaces::Retransmits;
-use spaces::{PacketNumberFilter, PacketSpace, SendableFrames, SentPacket, ThinRetransmits};
+use spaces::{
+    PacketNumberFilter, PacketSpace, SendableFrames, SentPacket, Spaces, ThinRetransmits,
+};
 
 mod stats;
 pub use stats::{ConnectionStats, FrameStats, PathStats, UdpStats};
@@ -149,7 +151,8 @@ pub struct Connection {
     path_counter: u64,
     /// Whether MTU detection is supported in this environment
     allow_mtud: bool,
-    prev_path: Option<(ConnectionId, PathData)>,
+    // Herald: boxed, only set while a migration is being validated (~430 B inline otherwise)
+    prev_path: Option<Box<(ConnectionId, PathData)>>,
     state: State,
     side: ConnectionSide,
     /// Whether or not 0-RTT was enabled during the handshake. Does not imply acceptance.
@@ -175,7 +178,7 @@ pub struct Connection {
     /// Outgoing spin bit state
     spin: bool,
     /// Packet number spaces: initial, handshake, 1-RTT
-    spaces: [PacketSpace; 3],
+    spaces: Spaces,
     /// Highest usable packet number space
     highest_space: SpaceId,
     /// 1-RTT keys used prior to a key update
@@ -314,7 +317,7 @@ impl Connection {
             endpoint_events: VecDeque::new(),
             spin_enabled: config.allow_spin && rng.random_ratio(7, 8),
             spin: false,
-            spaces: [initial_space, PacketSpace::new(now), PacketSpace::new(now)],
+            spaces: Spaces::new(initial_space, now),
             highest_space: SpaceId::Initial,
             prev_crypto: None,
             next_crypto: None,
@@ -483,6 +486,11 @@ impl Connection {
 
         // If we need to send a probe, make sure we have something to send.
         for space in SpaceId::iter() {
+            if self.spaces[space].loss_probes == 0 {
+                // Herald: nothing to queue (`maybe_queue_probe` returns at once); checked through
+                // a shared borrow so that a freed Initial or Handshake space stays freed
+                continue;
+            }
             let request_immediate_ack =
                 space == SpaceId::Data && self.peer_supports_ack_frequency();
             self.spaces[space].maybe_queue_probe(request_immediate_ack, &self.streams);
@@ -1018,7 +1026,7 @@ impl Connection {
 
     /// Send PATH_CHALLENGE for a previous path if necessary
     fn send_path_challenge(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
-        let (prev_cid, prev_path) = self.prev_path.as_mut()?;
+        let (prev_cid, prev_path) = self.prev_path.as_deref_mut()?;
         if !prev_path.challenge_pending {
             return None;
         }
@@ -1222,8 +1230,8 @@ impl Connection {
                 }
                 Timer::PathValidation => {
                     debug!("path validation failed");
-                    if let Some((_, prev)) = self.prev_path.take() {
-                        self.path = prev;
+                    if let Some(prev) = self.prev_path.take() {
+                        self.path = prev.1;
                     }
                     self.path.challenge = None;
                     self.path.challenge_pending = false;
@@ -2224,6 +2232,7 @@ impl Connection {
         for packet in sent_packets.into_values() {
             self.remove_in_flight(&packet);
         }
+        self.spaces.discarded(space_id, now);
         self.set_loss_detection_timer(now)
     }
 
@@ -2835,7 +2844,7 @@ impl Connection {
                         self.timers.stop(Timer::PathValidation);
                         self.path.challenge = None;
                         self.path.validated = true;
-                        if let Some((_, ref mut prev_path)) = self.prev_path {
+                        if let Some((_, prev_path)) = self.prev_path.as_deref_mut() {
                             prev_path.challenge = None;
                             prev_path.challenge_pending = false;
                         }
@@ -2901,7 +2910,7 @@ impl Connection {
                 Frame::RetireConnectionId { sequence } => {
                     let allow_more_cids = self
                         .local_cid_state
-                        .on_cid_retirement(sequence, self.peer_params.issue_cids_limit())?;
+                        .on_cid_retirement(sequence, self.issue_cids_limit())?;
                     self.endpoint_events
                         .push_back(EndpointEventInner::RetireConnectionId(
                             now,
@@ -3093,7 +3102,7 @@ impl Connection {
             prev.challenge_pending = true;
             // We haven't updated the remote CID yet, this captures the remote CID we were using on
             // the previous path.
-            self.prev_path = Some((self.rem_cids.active(), prev));
+            self.prev_path = Some(Box::new((self.rem_cids.active(), prev)));
         }
 
         self.timers.set(
@@ -3133,17 +3142,25 @@ impl Connection {
     }
 
     /// Issue an initial set of connection IDs to the peer upon connection
+    /// How many connection IDs the peer may hold at a time (Herald: also capped by
+    /// [`TransportConfig::issued_cid_limit`])
+    fn issue_cids_limit(&self) -> u64 {
+        self.peer_params
+            .issue_cids_limit()
+            .min(self.config.issued_cid_limit)
+    }
+
     fn issue_first_cids(&mut self, now: Instant) {
         if self.local_cid_state.cid_len() == 0 {
             return;
         }
 
         // Subtract 1 to account for the CID we supplied while handshaking
-        let mut n = self.peer_params.issue_cids_limit() - 1;
+        let mut n = self.issue_cids_limit() - 1;
         if let ConnectionSide::Server { server_config } = &self.side {
             if server_config.has_preferred_address() {
                 // We also sent a CID in the transport parameters
-                n -= 1;
+                n = n.saturating_sub(1);
             }
         }
         self.endpoint_events
@@ -3686,6 +3703,18 @@ impl Connection {
         self.path.total_recvd
     }
 
+    /// Whether the Initial and Handshake packet spaces are freed (Herald's patch)
+    #[cfg(test)]
+    pub(crate) fn early_spaces_freed(&self) -> bool {
+        self.spaces.early_freed()
+    }
+
+    /// Packets of the Data space neither acknowledged nor lost
+    #[cfg(test)]
+    pub(crate) fn data_packets_in_flight(&self) -> usize {
+        self.spaces[SpaceId::Data].sent_packets.len()
+    }
+
     #[cfg(test)]
     pub(crate) fn active_local_cid_seq(&self) -> (u64, u64) {
         self.local_cid_state.active_seq()
@@ -3720,7 +3749,7 @@ impl Connection {
             || self.path.challenge_pending
             || self
                 .prev_path
-                .as_ref()
+                .as_deref()
                 .is_some_and(|(_, x)| x.challenge_pending)
             || !self.path_responses.is_empty()
             || self.datagrams.outgoing.can_send_1rtt(max_size)
@@ -3731,7 +3760,7 @@ impl Connection {
         // Visit known paths from newest to oldest to find the one `packet` was sent on
         for path in [&mut self.path]
             .into_iter()
-            .chain(self.prev_path.as_mut().map(|(_, data)| data))
+            .chain(self.prev_path.as_deref_mut().map(|(_, data)| data))
         {
             if path.remove_in_flight(packet) {
                 return;
@@ -3792,7 +3821,7 @@ impl Connection {
         let ConnectionSide::Server { server_config } = &self.side else {
             return;
         };
-        let new_tokens = &mut self.spaces[SpaceId::Data as usize].pending.new_tokens;
+        let new_tokens = &mut self.spaces[SpaceId::Data].pending.new_tokens;
         new_tokens.clear();
         for _ in 0..server_config.validation_token.sent {
             new_tokens.push(self.path.remote);

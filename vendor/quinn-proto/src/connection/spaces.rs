@@ -207,6 +207,11 @@ impl PacketSpace {
     /// Stop tracking sent packet `number`, and return what we knew about it
     pub(super) fn take(&mut self, number: u64) -> Option<SentPacket> {
         let packet = self.sent_packets.remove(&number)?;
+        if self.sent_packets.is_empty() {
+            // Herald: an emptied `BTreeMap` keeps its root leaf (~1.1 KiB for `SentPacket`s);
+            // an idle connection has nothing in flight, so give the node back.
+            self.sent_packets = BTreeMap::new();
+        }
         if !packet.ack_eliciting && number > self.largest_ack_eliciting_sent {
             self.unacked_non_ack_eliciting_tail =
                 self.unacked_non_ack_eliciting_tail.checked_sub(1).unwrap();
@@ -265,16 +270,82 @@ impl PacketSpace {
     }
 }
 
-impl Index<SpaceId> for [PacketSpace; 3] {
-    type Output = PacketSpace;
-    fn index(&self, space: SpaceId) -> &PacketSpace {
-        &self.as_ref()[space as usize]
+/// The three packet number spaces (Herald: was `[PacketSpace; 3]` inline in `Connection`).
+///
+/// The Initial and Handshake spaces are boxed together and freed once both have been discarded:
+/// an established connection lives for hours on the Data space alone, and two inline spaces are
+/// ~1.5 KiB of every idle connection. Reading a freed space sees an empty one (no keys, nothing
+/// pending or in flight: what a discarded space holds); writing to one re-creates it, so a code
+/// path that still touches it stays correct and only loses the saving.
+pub(super) struct Spaces {
+    early: Option<Box<[PacketSpace; 2]>>,
+    data: PacketSpace,
+    /// Initial and Handshake discarded, in that order of `SpaceId`
+    discarded: [bool; 2],
+    /// When the early spaces were freed: the `now` a re-created space starts from
+    freed_at: Option<Instant>,
+}
+
+/// What a freed Initial or Handshake space reads as; made at the first release (quinn-proto
+/// never reads the clock itself).
+static FREED: std::sync::OnceLock<PacketSpace> = std::sync::OnceLock::new();
+
+impl Spaces {
+    pub(super) fn new(initial: PacketSpace, now: Instant) -> Self {
+        Self {
+            early: Some(Box::new([initial, PacketSpace::new(now)])),
+            data: PacketSpace::new(now),
+            discarded: [false; 2],
+            freed_at: None,
+        }
+    }
+
+    /// Records that `space` was discarded; frees the early spaces once both are
+    pub(super) fn discarded(&mut self, space: SpaceId, now: Instant) {
+        if space == SpaceId::Data {
+            return;
+        }
+        self.discarded[space as usize] = true;
+        if self.discarded == [true; 2] && self.early.is_some() {
+            FREED.get_or_init(|| PacketSpace::new(now));
+            self.early = None;
+            self.freed_at = Some(now);
+        }
+    }
+
+    /// Whether the Initial and Handshake spaces are freed
+    #[cfg(test)]
+    pub(super) fn early_freed(&self) -> bool {
+        self.early.is_none()
     }
 }
 
-impl IndexMut<SpaceId> for [PacketSpace; 3] {
+impl Index<SpaceId> for Spaces {
+    type Output = PacketSpace;
+    fn index(&self, space: SpaceId) -> &PacketSpace {
+        match space {
+            SpaceId::Data => &self.data,
+            early => match &self.early {
+                Some(spaces) => &spaces[early as usize],
+                None => FREED.get().expect("set before the early spaces are freed"),
+            },
+        }
+    }
+}
+
+impl IndexMut<SpaceId> for Spaces {
     fn index_mut(&mut self, space: SpaceId) -> &mut PacketSpace {
-        &mut self.as_mut()[space as usize]
+        match space {
+            SpaceId::Data => &mut self.data,
+            early => {
+                let spaces = self.early.get_or_insert_with(|| {
+                    let now = self.freed_at.expect("set when the early spaces are freed");
+                    trace!("re-creating the discarded Initial and Handshake spaces");
+                    Box::new([PacketSpace::new(now), PacketSpace::new(now)])
+                });
+                &mut spaces[early as usize]
+            }
+        }
     }
 }
 

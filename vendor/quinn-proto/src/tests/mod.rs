@@ -37,6 +37,8 @@ use util::*;
 
 mod token;
 
+mod herald;
+
 #[cfg(all(target_family = "wasm", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
