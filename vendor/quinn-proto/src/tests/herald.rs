@@ -12,7 +12,7 @@ fn idle_pair(server: ServerConfig) -> (Pair, ConnectionHandle, ConnectionHandle)
     pair.drive();
     let mut recv = pair.server_recv(server_ch, s);
     let mut chunks = recv.read(false).unwrap();
-    assert_matches!(chunks.next(usize::MAX), Ok(Some(chunk)) if chunk.bytes == &b"login"[..]);
+    assert_matches!(chunks.next(usize::MAX), Ok(Some(chunk)) if chunk.bytes[..] == b"login"[..]);
     let _ = chunks.finalize();
     pair.server_send(server_ch, s).write(b"ok").unwrap();
     pair.drive();
