@@ -75,6 +75,8 @@ mod metrics;
 mod mqtt;
 mod outbound;
 mod quic;
+#[doc(hidden)]
+pub use quic::hostile as quic_hostile;
 mod tables;
 mod worker;
 

@@ -8,12 +8,16 @@
 //!   that land on the wrong core after a NAT rebinding or a migration reach their connection.
 //! - `tls`: certificate and key, the transport tuned for idle sessions, the development
 //!   certificate.
+//! - `hostile`: a server endpoint set up like a core's, fed a script of datagrams and validly
+//!   protected Initial packets around arbitrary frames (the fuzz target `quic_initial` and a test).
 
 mod cid;
 mod crypto;
 mod endpoint;
 #[cfg(test)]
 mod footprint;
+#[doc(hidden)]
+pub mod hostile;
 mod keys;
 mod tls;
 
