@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use common::*;
 use herald_gateway::{Driver, Gateway};
 use herald_protocol::CloseCode;
-use herald_protocol::frame::{Ack, AckRange, Decoder, Frame, Login, LoginOk, encode_ping};
+use herald_protocol::frame::{Ack, AckRange, Decoder, Frame, Login, LoginOk, PushFlags, encode_ping};
 use herald_protocol::link::{LinkMessage, Target};
 
 /// A development certificate in a fresh directory (kept alive by the returned guard).
@@ -252,7 +252,9 @@ fn rebinding_keeps_the_session(driver: Driver) {
     let ca = std::fs::read(dir.path().join("quic-dev-cert.pem")).unwrap();
     let (mut t, ok) = QTerm::login(gw.quic_addr().unwrap(), &ca, "mover", "phone");
     cp.wait_online("mover", "phone");
-    cp.push(1, Target::User("mover".into()), 1, 0, b"before".to_vec());
+    cp.subscribe("mover", &[], &["traffic"]);
+    // A push that wants an acknowledgement, received here and acknowledged only after the moves.
+    cp.push(1, Target::User("mover".into()), 1, PushFlags::ACK_REQUIRED.0, b"before".to_vec());
     expect_push(&mut t, 1);
     // Rebind until a datagram from the new address has landed on the other core at least once
     // (SO_REUSEPORT hashes the 4-tuple; each new port is a coin toss between the two cores).
@@ -268,6 +270,23 @@ fn rebinding_keeps_the_session(driver: Driver) {
         }
     }
     assert!(gw.quic_forwarded() > 0, "no datagram ever reached the other core");
+    // The subscription made before the moves still holds.
+    seq += 1;
+    cp.push(u64::from(seq), Target::Topic("traffic".into()), seq, 0, b"jam".to_vec());
+    expect_push(&mut t, seq);
+    // A push sent as the terminal moves (possibly to the old address) still arrives: QUIC
+    // retransmits it on the new path.
+    seq += 1;
+    cp.push(u64::from(seq), Target::User("mover".into()), seq, 0, b"in flight".to_vec());
+    t.rebind();
+    expect_push(&mut t, seq);
+    // The message left unacknowledged before the moves is acknowledged from the new address.
+    t.send_frame(&Frame::Ack(Ack::new(&[AckRange { stream: 1, first: 1, last: 1 }])));
+    let r = cp.expect("receipt", |m| match m {
+        LinkMessage::Receipts(rs) => rs.first().cloned(),
+        _ => None,
+    });
+    assert_eq!((r.user.as_str(), r.device.as_str(), r.last), ("mover", "phone", 1));
     // Same session all along: no new login, no offline.
     let m = gw.metrics_text();
     let logins: u64 = m
