@@ -39,24 +39,7 @@ pub(crate) const FIELDS: &[&str] = &[
 /// Checks results.json and the charts: every scenario present with every field, all terminals
 /// connected, every push delivered, the floor measured.
 pub(crate) fn check_results(dir: &Path, conns: u64, scenarios: &[&str]) {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
-    for k in ["command", "date", "machine", "versions"] {
-        assert!(!v[k].is_null(), "results.json lacks {k}");
-    }
-    let list = v["scenarios"].as_array().unwrap();
-    for name in scenarios {
-        let s = list.iter().find(|s| s["scenario"] == *name).unwrap_or_else(|| panic!("no {name} in {v}"));
-        for f in FIELDS {
-            assert!(s.get(f).is_some(), "{name} lacks {f}");
-        }
-        assert_eq!(s["conns"].as_u64(), Some(conns), "{name}: {s}");
-        if let Some(e) = s["expected_deliveries"].as_u64() {
-            assert!(e > 0, "{name}: {s}");
-            assert_eq!(s["deliveries"].as_u64(), Some(e), "{name}: {s}");
-            assert!(s["p50_ms"].is_number(), "{name}: {s}");
-        }
-    }
+    let list = check_scenarios(dir, conns, scenarios, &["command", "date", "machine", "versions"]);
     let get = |n: &str| list.iter().find(|s| s["scenario"] == n).unwrap();
     if scenarios.contains(&"hold") {
         assert!(get("hold")["logins_per_s"].is_number());
@@ -83,12 +66,25 @@ pub(crate) fn check_results(dir: &Path, conns: u64, scenarios: &[&str]) {
 /// `compare`): every scenario present with every field, all terminals connected, every push
 /// delivered.
 pub(crate) fn check_results_without_floor(dir: &Path, conns: u64, scenarios: &[&str]) {
+    let list =
+        check_scenarios(dir, conns, scenarios, &["command", "date", "machine", "versions", "protocol"]);
+    if scenarios.contains(&"hold") {
+        let s = list.iter().find(|s| s["scenario"] == "hold").unwrap();
+        assert!(s["logins_per_s"].is_number(), "{s}");
+        assert_eq!(s["connect_failures"].as_u64(), Some(0), "{s}");
+        assert!(s["heartbeats"].as_u64().unwrap_or(0) > 0, "no heartbeat answered: {s}");
+    }
+}
+
+/// What both checks share: results.json has the header keys `keys`, and each of `scenarios` is
+/// there with every field, `conns` terminals and every expected delivery. Returns the scenarios.
+fn check_scenarios(dir: &Path, conns: u64, scenarios: &[&str], keys: &[&str]) -> Vec<serde_json::Value> {
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
-    for k in ["command", "date", "machine", "versions", "protocol"] {
+    for k in keys {
         assert!(!v[k].is_null(), "results.json lacks {k}");
     }
-    let list = v["scenarios"].as_array().unwrap();
+    let list = v["scenarios"].as_array().unwrap().clone();
     for name in scenarios {
         let s = list.iter().find(|s| s["scenario"] == *name).unwrap_or_else(|| panic!("no {name} in {v}"));
         for f in FIELDS {
@@ -100,10 +96,6 @@ pub(crate) fn check_results_without_floor(dir: &Path, conns: u64, scenarios: &[&
             assert_eq!(s["deliveries"].as_u64(), Some(e), "{name}: {s}");
             assert!(s["p50_ms"].is_number(), "{name}: {s}");
         }
-        if *name == "hold" {
-            assert!(s["logins_per_s"].is_number(), "{s}");
-            assert_eq!(s["connect_failures"].as_u64(), Some(0), "{s}");
-            assert!(s["heartbeats"].as_u64().unwrap_or(0) > 0, "no heartbeat answered: {s}");
-        }
     }
+    list
 }
