@@ -17,6 +17,10 @@ use herald_protocol::credential::MAX_ID_BYTES;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+mod body;
+
+pub(crate) use body::MAX_BODY_BYTES;
+
 use crate::core::{Accepted, NewPush};
 use crate::store::TargetSpec;
 use crate::{Shared, now_ms};
@@ -173,10 +177,16 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             open = open.route(r.path, r.handler);
         }
     }
-    let guarded = guarded.layer(middleware::from_fn_with_state(shared.clone(), authorize));
+    // Layers run outermost last: the key is checked before a body is read.
+    let guarded = guarded
+        .layer(middleware::from_fn_with_state(shared.clone(), body::read_body))
+        .layer(middleware::from_fn_with_state(shared.clone(), authorize));
     open.merge(guarded)
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        // `read_body` has enforced the limit already; the extractors' own (2 MB) must not undercut it.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(body::json_errors))
         .with_state(shared)
 }
 

@@ -109,6 +109,7 @@
 mod api;
 mod committer;
 mod core;
+mod http;
 mod link;
 mod metrics;
 mod openapi;
@@ -159,6 +160,15 @@ pub struct ControlPlaneConfig {
     pub push_record_retention_secs: u64,
     /// Pushes queued for one gateway node before it counts as behind (see the crate docs).
     pub link_queue_messages: usize,
+    /// A request head (line and headers) must arrive within this time of the server waiting
+    /// for it, which also closes keep-alive connections idle that long (slow loris, idle fds).
+    pub admin_header_timeout_secs: u64,
+    /// A request body must arrive within this time of its head (else `408`): a client trickling
+    /// a body cannot hold a connection. 5 MiB (the body limit) at 1 Mbit/s takes 42 s.
+    pub admin_body_timeout_secs: u64,
+    /// Admin API connections served at once; more wait in the listen backlog. The binary
+    /// reserves this many file descriptors for the API out of the process's limit.
+    pub admin_max_connections: usize,
 }
 
 impl Default for ControlPlaneConfig {
@@ -175,6 +185,9 @@ impl Default for ControlPlaneConfig {
             worker_threads: 2,
             push_record_retention_secs: 86_400,
             link_queue_messages: 65_536,
+            admin_header_timeout_secs: 10,
+            admin_body_timeout_secs: 60,
+            admin_max_connections: 64,
         }
     }
 }
@@ -504,7 +517,7 @@ async fn run(
     shared: Arc<Shared>,
     admin: std::net::TcpListener,
     link: std::net::TcpListener,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let (admin, link) =
         match (tokio::net::TcpListener::from_std(admin), tokio::net::TcpListener::from_std(link)) {
@@ -531,9 +544,6 @@ async fn run(
             }
         }
     });
-    let app = api::router(shared);
-    let stop = async move { stopped(&mut shutdown).await };
-    if let Err(e) = axum::serve(admin, app).with_graceful_shutdown(stop).await {
-        tracing::error!(error = %e, "admin API server failed");
-    }
+    let app = api::router(shared.clone());
+    http::serve(admin, app, &shared.config, shared.metrics.clone(), shutdown).await;
 }

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub pushes_accepted: Counter,
     pub pushes_idempotent: Counter,
     pub api_errors: Counter,
+    /// Admin API connections ended by a timeout or a protocol error, and failed accepts.
+    pub api_connections_failed: Counter,
     pub push_orders_sent: Counter,
     pub backlog_pushes_sent: Counter,
     pub receipts: Counter,
@@ -156,6 +158,11 @@ impl Metrics {
         for (name, help, g) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", g.get());
         }
+        let _ = writeln!(
+            out,
+            "# HELP herald_cp_api_connections_failed_total Admin API connections ended by a timeout or a protocol error, and failed accepts.\n# TYPE herald_cp_api_connections_failed_total counter\nherald_cp_api_connections_failed_total {}",
+            self.api_connections_failed.get()
+        );
         out
     }
 }

@@ -34,6 +34,8 @@ fn op(summary: &str, params: Vec<Value>, request: Option<Value>, ok: (&str, Valu
     });
     if let Some(r) = request {
         o["requestBody"] = r;
+        o["responses"]["408"] = err("The request body did not arrive in time");
+        o["responses"]["413"] = err("Request body over the limit (see the API description)");
     }
     o
 }
@@ -51,14 +53,24 @@ pub(crate) fn document() -> Value {
 }
 
 fn paths_and_components() -> Value {
-    let names = json!({ "type": "array", "items": { "type": "string", "minLength": 1, "maxLength": 255 } });
+    let names = json!({ "type": "array", "maxItems": 10_000, "items": { "type": "string", "minLength": 1, "maxLength": 255 } });
     let user_view = json!({ "$ref": "#/components/schemas/User" });
     json!({
         "openapi": "3.0.3",
         "info": {
             "title": "Herald control plane admin API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Credentials, groups and topics, pushes and their status. Every route but /healthz needs `Authorization: Bearer <admin key>`. Errors are JSON {\"error\": reason}."
+            "description": format!(
+                "Credentials, groups and topics, pushes and their status. Every route but /healthz needs \
+                 `Authorization: Bearer <admin key>`. Errors are JSON {{\"error\": reason}}, every status \
+                 included (404 unknown route, 405, 408, 413). A request body may be up to {} bytes: the \
+                 largest request the documented limits allow (10,000 names of 255 bytes, a 16 KiB payload), \
+                 JSON-escaped; it must arrive within the body timeout (default 60 s) of the request head, \
+                 and the head within the header timeout (default 10 s), which also closes idle keep-alive \
+                 connections.",
+                crate::api::MAX_BODY_BYTES
+            ),
+            "x-max-body-bytes": crate::api::MAX_BODY_BYTES
         },
         "security": [{ "bearer": [] }],
         "paths": {
