@@ -75,6 +75,7 @@ mod metrics;
 mod mqtt;
 mod outbound;
 mod quic;
+mod scrape;
 #[doc(hidden)]
 pub use quic::hostile as quic_hostile;
 mod tables;
@@ -490,7 +491,7 @@ pub fn start(config: GatewayConfig) -> Result<Gateway, GatewayError> {
             Some(
                 std::thread::Builder::new()
                     .name("herald-metrics".into())
-                    .spawn(move || metrics::serve(l, reg, stop))
+                    .spawn(move || scrape::serve(l, reg, stop))
                     .map_err(|source| GatewayError::Spawn { what: "metrics thread", source })?,
             )
         }

@@ -5,11 +5,8 @@
 //! contention). The metrics thread reads every core's cells and sums or labels them.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use herald_protocol::CloseCode;
 
@@ -133,6 +130,9 @@ pub(crate) struct Registry {
     pub(crate) link_connects: AtomicU64,
     /// Terminals' messages dropped while the link was down (QoS 0 and wills beyond the bound).
     pub(crate) publishes_dropped: AtomicU64,
+    /// Scrapes closed without an answer (deadline, eviction, oversized request); written by the
+    /// metrics thread only.
+    pub(crate) scrapes_failed: AtomicU64,
 }
 
 impl Registry {
@@ -142,6 +142,7 @@ impl Registry {
             link_connected: AtomicU64::new(0),
             link_connects: AtomicU64::new(0),
             publishes_dropped: AtomicU64::new(0),
+            scrapes_failed: AtomicU64::new(0),
         }
     }
 
@@ -265,42 +266,11 @@ impl Registry {
             "# HELP herald_publishes_dropped_total Terminal messages dropped while the link was down.\n# TYPE herald_publishes_dropped_total counter\nherald_publishes_dropped_total {}",
             self.publishes_dropped.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP herald_metrics_scrapes_failed_total Metrics requests closed unanswered: over the deadline, evicted, or too large.\n# TYPE herald_metrics_scrapes_failed_total counter\nherald_metrics_scrapes_failed_total {}",
+            self.scrapes_failed.load(Ordering::Relaxed)
+        );
         out
-    }
-}
-
-/// Serves `GET /metrics` (any path, in fact) until `stop` is set. Runs on its own thread.
-pub(crate) fn serve(listener: TcpListener, registry: Arc<Registry>, stop: Arc<AtomicBool>) {
-    if listener.set_nonblocking(true).is_err() {
-        return;
-    }
-    let mut req = [0u8; 4096];
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((mut s, _)) => {
-                let _ = s.set_nonblocking(false);
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut got = 0;
-                while got < req.len() {
-                    match s.read(&mut req[got..]) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => got += n,
-                    }
-                    if req[..got].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                let body = registry.render();
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = s.write_all(head.as_bytes()).and_then(|()| s.write_all(body.as_bytes()));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
     }
 }
