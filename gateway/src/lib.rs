@@ -161,6 +161,13 @@ pub struct GatewayConfig {
     /// Whether MQTT terminals may PUBLISH: when true a PUBLISH is acknowledged and dropped (Herald
     /// takes pushes from the admin API only); when false (the default) it is refused.
     pub mqtt_allow_publish: bool,
+    /// Most TCP terminal connections (Herald and MQTT) held at once; each core holds at most its
+    /// share (rounded up) and closes connections over it at once (Herald: CLOSE `OVERLOADED`),
+    /// counted in `herald_connections_refused_total`. Every connection is a file descriptor:
+    /// the binary sets this below the process's descriptor limit, keeping a reserve for the
+    /// admin API, the store, the link and the metrics endpoint. QUIC connections share the
+    /// core's UDP socket and are not counted. Default: no cap.
+    pub max_connections: usize,
 }
 
 impl Default for GatewayConfig {
@@ -184,6 +191,7 @@ impl Default for GatewayConfig {
             quic_key: None,
             mqtt_addr: None,
             mqtt_allow_publish: false,
+            max_connections: usize::MAX,
         }
     }
 }

@@ -74,6 +74,12 @@ pub(crate) struct CoreMetrics {
     /// QUIC datagrams this core read for a connection of another core and passed on.
     pub(crate) quic_forwarded: Cell,
     pub(crate) mqtt: MqttMetrics,
+    /// Open TCP terminal connections (Herald and MQTT): the descriptors `max_connections` caps.
+    pub(crate) tcp_connections: Cell,
+    /// Connections accepted over the core's share of `max_connections` and closed at once.
+    pub(crate) refused: Cell,
+    /// Failed accepts (out of file descriptors, most often).
+    pub(crate) accept_errors: Cell,
 }
 
 /// What a core's MQTT connections did (their logins, closes, heartbeats and deliveries are in
@@ -210,7 +216,24 @@ impl Registry {
                 m.mqtt.filters_refused.get()
             }),
         ];
-        for (name, kind, help, f) in per_core {
+        let limits: [PerCore; 3] = [
+            ("herald_tcp_connections", "gauge", "Open TCP terminal connections (Herald and MQTT).", |m| {
+                m.tcp_connections.get()
+            }),
+            (
+                "herald_connections_refused_total",
+                "counter",
+                "Connections closed at accept: the core held its share of max_connections.",
+                |m| m.refused.get(),
+            ),
+            (
+                "herald_accept_errors_total",
+                "counter",
+                "Failed accepts (e.g. out of file descriptors).",
+                |m| m.accept_errors.get(),
+            ),
+        ];
+        for (name, kind, help, f) in per_core.into_iter().chain(limits) {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (i, c) in self.cores.iter().enumerate() {
                 let _ = writeln!(out, "{name}{{core=\"{i}\"}} {}", f(c));

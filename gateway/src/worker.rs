@@ -22,6 +22,7 @@
 //! which [`Transport`] carries its frames, and the core's QUIC task (`worker::quic`) feeds stream
 //! bytes into the same [`Worker::on_input`] that TCP reads go through.
 
+mod accept;
 mod mqtt;
 mod quic;
 
@@ -372,28 +373,34 @@ async fn drain(w: &Rc<RefCell<Worker>>) {
     quic::linger(w).await;
 }
 
+/// Accepts terminals up to the core's share of `max_connections`, refusing the rest and backing
+/// off while accepts fail (see `accept.rs`).
 async fn accept_loop(w: Rc<RefCell<Worker>>, listener: TcpListener, mqtt: bool) {
+    let mut gate = accept::Gate::new();
     loop {
         let res = listener.accept().await;
-        let failed = {
+        let pause = {
             let mut wk = w.borrow_mut();
             if wk.draining {
                 return;
             }
             match res {
                 Ok((stream, _)) => {
-                    wk.on_accept(stream, mqtt);
-                    false
+                    gate.accepted(wk.n);
+                    let cap = accept::core_cap(wk.node.config.max_connections, wk.node.cores.len());
+                    if wk.m.tcp_connections.get() >= cap as u64 {
+                        gate.refuse(wk.n, cap, stream, mqtt, &wk.m);
+                    } else {
+                        wk.on_accept(stream, mqtt);
+                    }
+                    None
                 }
-                Err(e) => {
-                    tracing::warn!(core = wk.n, error = %e, "accept failed");
-                    true
-                }
+                Err(e) => Some(gate.failed(wk.n, &e, &wk.m, Instant::now())),
             }
         };
-        if failed {
+        if let Some(pause) = pause {
             // Out of descriptors or similar: back off instead of spinning.
-            monoio::time::sleep(Duration::from_millis(10)).await;
+            monoio::time::sleep(pause).await;
         }
     }
 }
@@ -534,6 +541,8 @@ impl Worker {
             Proto::Herald
         };
         let (slot, generation) = self.insert_conn(Transport::Tcp { _sock: sock, fd }, proto);
+        // Counted against `max_connections` until `finish` closes the descriptor.
+        self.m.tcp_connections.inc();
         if let Err(e) =
             epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, fd, READ_EVENTS, epoll_key(slot, generation))
         {
@@ -963,6 +972,7 @@ impl Worker {
                 shutdown(*fd, libc::SHUT_RDWR);
                 let _ = epoll_ctl(self.epfd, libc::EPOLL_CTL_DEL, *fd, 0, 0);
                 // `c` drops below: its socket is closed.
+                self.m.tcp_connections.sub(1);
             }
             (Transport::Quic(qc), Some(q)) => {
                 let _ = c.out.flush(q.writer(*qc));

@@ -1,6 +1,7 @@
 //! What a hostile or unlucky client cannot do to the gateway's side endpoints: the metrics
 //! endpoint keeps answering scrapes while other clients trickle bytes or sit idle, and closes
-//! them at its deadline. Real sockets, bounded waits.
+//! them at its deadline; terminal connections past `max_connections` are refused at once,
+//! counted, and the node keeps serving the ones it holds. Real sockets, bounded waits.
 
 mod common;
 
@@ -8,8 +9,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::gateway;
+use common::{Term, gateway};
 use herald_gateway::Driver;
+use herald_protocol::CloseCode;
+use herald_protocol::frame::Frame;
 
 /// One scrape over a fresh connection; panics unless a 200 with the metrics arrives within `limit`.
 fn scrape(addr: SocketAddr, limit: Duration) -> String {
@@ -74,3 +77,40 @@ fn idle_connections_past_the_bound_do_not_lock_scrapes_out() {
     }
     drop(idle);
 }
+
+/// Sum of a per-core series in the metrics text.
+fn metric(text: &str, name: &str) -> u64 {
+    let prefix = format!("{name}{{");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn connections_past_max_connections_get_overloaded_at_once(driver: Driver) {
+    // Two cores, a cap of 4: each core holds at most 2.
+    let (gw, _cp) = gateway(driver, |c| {
+        c.max_connections = 4;
+        c.login_timeout_ms = 3_000;
+    });
+    let mut terms: Vec<Term> = (0..12).map(|_| Term::connect(gw.tcp_addr())).collect();
+    let mut overloaded = 0;
+    let mut held = 0;
+    for t in &mut terms {
+        // Refused ones are told at once; held ones wait for a LOGIN until their login deadline.
+        match t.next() {
+            Some(Frame::Close(c)) if c.code == CloseCode::OVERLOADED => overloaded += 1,
+            Some(Frame::Close(c)) if c.code == CloseCode::LOGIN_TIMEOUT => held += 1,
+            other => panic!("expected CLOSE OVERLOADED or LOGIN_TIMEOUT, got {other:?}"),
+        }
+    }
+    assert!((1..=4).contains(&held), "{held} connections held with max_connections 4");
+    assert_eq!(overloaded + held, 12);
+    let m = gw.metrics_text();
+    assert_eq!(metric(&m, "herald_connections_refused_total"), overloaded as u64, "{m}");
+    // Closed connections give their place back.
+    common::eventually("connections closed", || metric(&gw.metrics_text(), "herald_tcp_connections") == 0);
+    let (_t, _ok) = Term::login(gw.tcp_addr(), "alice", "phone");
+}
+
+both_drivers!(connections_past_max_connections_get_overloaded_at_once);
