@@ -41,7 +41,7 @@ pub struct TargetArgs {
     #[arg(long, default_value = "127.0.0.1:7401")]
     pub admin: String,
     /// Admin API key (with --spawn, the bench passes it to Herald as HERALD_ADMIN_KEY).
-    #[arg(long, default_value = "herald-bench-key")]
+    #[arg(long, default_value = "herald-bench-admin-key-0123456789abcdef")]
     pub admin_key: String,
     /// Metrics addresses of running gateways (repeatable).
     #[arg(long)]

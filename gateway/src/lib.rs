@@ -196,6 +196,9 @@ impl Default for GatewayConfig {
     }
 }
 
+/// Most connections the metrics endpoint serves at once (each is a file descriptor).
+pub const MAX_METRICS_CONNECTIONS: usize = scrape::MAX_SCRAPES;
+
 /// Why the gateway could not start or stopped badly. Every variant is a local fault (bad config
 /// or an OS refusal): terminals and the control plane cannot cause one.
 #[derive(Debug, thiserror::Error)]

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// The admin key every test process is started with.
-pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdefghijklmnop";
 
 /// Path of the `herald` binary of this workspace's target dir, (re)built once per test process
 /// so a test never runs a stale binary (`cargo build` is a no-op when it is current).
@@ -70,14 +70,19 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str]) -> anyhow::Result<Proc> {
-        let mut child = Command::new(herald_bin())
-            .args(args)
+        Proc::spawn_with(args, |_| {})
+    }
+
+    /// [`Proc::spawn`] with the command adjusted first (stderr to a file, resource limits...).
+    pub fn spawn_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> anyhow::Result<Proc> {
+        let mut cmd = Command::new(herald_bin());
+        cmd.args(args)
             .env("HERALD_ADMIN_KEY", ADMIN_KEY)
             .env("RUST_LOG", std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("spawning herald")?;
+            .stderr(Stdio::inherit());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().context("spawning herald")?;
         let stdout = child.stdout.take().context("stdout")?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -168,6 +173,11 @@ impl Serve {
     }
 
     pub fn start_with(extra: &[&str]) -> anyhow::Result<Serve> {
+        Serve::start_configured(extra, |_| {})
+    }
+
+    /// [`Serve::start_with`], the command adjusted first as [`Proc::spawn_with`] does.
+    pub fn start_configured(extra: &[&str], configure: impl FnOnce(&mut Command)) -> anyhow::Result<Serve> {
         let data = tempfile::tempdir()?;
         let data_arg = data.path().to_str().context("utf-8 temp path")?.to_owned();
         let mut args = vec![
@@ -186,7 +196,7 @@ impl Serve {
             args.extend_from_slice(&["--mqtt", "off"]);
         }
         args.extend_from_slice(extra);
-        let mut proc = Proc::spawn(&args)?;
+        let mut proc = Proc::spawn_with(&args, configure)?;
         let admin = proc.wait_addr("herald: admin API on ")?;
         let tcp = proc.wait_addr("herald: gateway on ")?;
         Ok(Serve { proc, admin: Admin::new(admin), tcp, data })

@@ -16,6 +16,9 @@ pub(crate) struct FileConfig {
     pub admin_key: Option<String>,
     pub default_ttl_secs: Option<u32>,
     pub credential_ttl_secs: Option<u64>,
+    pub admin_header_timeout_secs: Option<u64>,
+    pub admin_body_timeout_secs: Option<u64>,
+    pub admin_max_connections: Option<usize>,
 
     pub tcp: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
@@ -34,6 +37,7 @@ pub(crate) struct FileConfig {
     pub max_frame_bytes: Option<usize>,
     pub outbound_queue_frames: Option<usize>,
     pub drain_timeout_ms: Option<u64>,
+    pub max_connections: Option<usize>,
 
     pub log_filter: Option<String>,
 }
@@ -44,7 +48,20 @@ pub(crate) struct FileConfig {
 pub(crate) struct ConfigErrors(pub Vec<String>);
 
 const SECTIONS: &[(&str, &[&str])] = &[
-    ("control_plane", &["data", "admin", "link", "admin_key", "default_ttl_secs", "credential_ttl_secs"]),
+    (
+        "control_plane",
+        &[
+            "data",
+            "admin",
+            "link",
+            "admin_key",
+            "default_ttl_secs",
+            "credential_ttl_secs",
+            "admin_header_timeout_secs",
+            "admin_body_timeout_secs",
+            "admin_max_connections",
+        ],
+    ),
     (
         "gateway",
         &[
@@ -65,6 +82,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "max_frame_bytes",
             "outbound_queue_frames",
             "drain_timeout_ms",
+            "max_connections",
         ],
     ),
     ("log", &["filter"]),
@@ -104,6 +122,9 @@ impl FileConfig {
             admin_key: r.get("control_plane", "admin_key"),
             default_ttl_secs: r.get("control_plane", "default_ttl_secs"),
             credential_ttl_secs: r.get("control_plane", "credential_ttl_secs"),
+            admin_header_timeout_secs: r.get("control_plane", "admin_header_timeout_secs"),
+            admin_body_timeout_secs: r.get("control_plane", "admin_body_timeout_secs"),
+            admin_max_connections: r.get("control_plane", "admin_max_connections"),
             tcp: r.addr("gateway", "tcp"),
             metrics: r.addr("gateway", "metrics"),
             mqtt: r.listen("gateway", "mqtt"),
@@ -121,6 +142,7 @@ impl FileConfig {
             max_frame_bytes: r.get("gateway", "max_frame_bytes"),
             outbound_queue_frames: r.get("gateway", "outbound_queue_frames"),
             drain_timeout_ms: r.get("gateway", "drain_timeout_ms"),
+            max_connections: r.get("gateway", "max_connections"),
             log_filter: r.get("log", "filter"),
         };
         if r.errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(r.errors)) }
@@ -183,7 +205,10 @@ mod tests {
         assert_eq!(cfg.log_filter.as_deref(), Some("info"));
         assert_eq!(cfg.mqtt, Some(super::super::Listen::At("0.0.0.0:1883".parse().unwrap())));
         assert_eq!(cfg.mqtt_allow_publish, Some(false));
-        assert_eq!((cfg.admin_key, cfg.node_id), (None, None));
+        assert_eq!((cfg.admin_key, cfg.node_id, cfg.max_connections), (None, None, None));
+        assert_eq!(cfg.admin_header_timeout_secs, Some(10));
+        assert_eq!(cfg.admin_body_timeout_secs, Some(60));
+        assert_eq!(cfg.admin_max_connections, Some(64));
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! defaults; every flag has a key of the same name in `herald.example.toml`.
 
 mod config;
+mod fds;
 mod listen;
 mod quic_client;
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -110,6 +112,10 @@ struct GwArgs {
     /// Login deadline for new connections, in milliseconds.
     #[arg(long)]
     login_timeout_ms: Option<u64>,
+    /// Most TCP terminal connections at once [default: what the open-file limit leaves after a
+    /// reserve for the API, store, link and metrics].
+    #[arg(long)]
+    max_connections: Option<usize>,
 }
 
 /// A usage or configuration problem: printed, exit 64.
@@ -152,11 +158,13 @@ fn run_inner(cli: Cli) -> Result<(), Failure> {
     init_tracing(file.log_filter.as_deref());
     match cli.mode {
         Mode::CheckConfig => {
+            configured_admin_key(std::env::var("HERALD_ADMIN_KEY").ok(), file.admin_key.as_deref())?;
             println!("configuration is valid");
             Ok(())
         }
         Mode::Listen(args) => listen::run(args).map_err(Failure::Runtime),
         Mode::ControlPlane { cp } => {
+            raise_fd_limit();
             let cp = start_control_plane(&file, &cp)?;
             wait_for_signal()?;
             cp.shutdown();
@@ -167,7 +175,8 @@ fn run_inner(cli: Cli) -> Result<(), Failure> {
             let addr = control_plane.or(file.control_plane).ok_or_else(|| {
                 usage("`herald gateway` needs --control-plane ADDR (or gateway.control_plane in the config)")
             })?;
-            let gw = start_gateway(&file, &gw, addr, None)?;
+            let fds = raise_fd_limit();
+            let gw = start_gateway(&file, &gw, addr, None, fds, 0)?;
             wait_for_signal()?;
             drain(gw)
         }
@@ -177,13 +186,16 @@ fn run_inner(cli: Cli) -> Result<(), Failure> {
             if cp_args.link.is_none() && file.link.is_none() {
                 cp_args.link = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
             }
+            let fds = raise_fd_limit();
             let cp = start_control_plane(&file, &cp_args)?;
             let data = cp_args
                 .data
                 .clone()
                 .or(file.data.clone())
                 .unwrap_or_else(|| ControlPlaneConfig::default().data_dir);
-            let gw = start_gateway(&file, &gw, cp.link_addr(), Some(&data))?;
+            let admin_connections =
+                file.admin_max_connections.unwrap_or(ControlPlaneConfig::default().admin_max_connections);
+            let gw = start_gateway(&file, &gw, cp.link_addr(), Some(&data), fds, admin_connections)?;
             wait_for_signal()?;
             let drained = drain(gw);
             cp.shutdown();
@@ -199,7 +211,40 @@ fn init_tracing(file_filter: Option<&str>) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(log_colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref()))
         .try_init();
+}
+
+/// Colour codes only for a person at a terminal: a log file or a pipe into a collector would
+/// keep the raw `ESC[` sequences. `NO_COLOR` set to anything non-empty turns colour off too
+/// (<https://no-color.org>).
+fn log_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// Shortest admin key accepted from the config file or `HERALD_ADMIN_KEY`. The key guards
+/// every admin route (minting credentials included); 32 characters of a random alphabet are
+/// beyond guessing, and the generated key is 43.
+pub(crate) const MIN_ADMIN_KEY_CHARS: usize = 32;
+
+/// The admin key the operator chose (the environment wins over the file), refused if short;
+/// `None`: the control plane reads or generates `<data>/admin.key`.
+fn configured_admin_key(env: Option<String>, file: Option<&str>) -> Result<Option<String>, Failure> {
+    let (key, from) = match env.filter(|k| !k.is_empty()) {
+        Some(k) => (k, "HERALD_ADMIN_KEY"),
+        None => match file {
+            Some(k) => (k.to_owned(), "control_plane.admin_key"),
+            None => return Ok(None),
+        },
+    };
+    let chars = key.trim().chars().count();
+    if chars < MIN_ADMIN_KEY_CHARS {
+        return Err(usage(format!(
+            "{from} is {chars} characters; an admin key needs at least {MIN_ADMIN_KEY_CHARS} \
+             (unset it to have one generated into the data dir)"
+        )));
+    }
+    Ok(Some(key))
 }
 
 fn start_control_plane(file: &FileConfig, args: &CpArgs) -> Result<ControlPlane, Failure> {
@@ -213,13 +258,21 @@ fn start_control_plane(file: &FileConfig, args: &CpArgs) -> Result<ControlPlane,
     if let Some(a) = args.link.or(file.link) {
         cfg.link_addr = a;
     }
-    cfg.admin_key =
-        std::env::var("HERALD_ADMIN_KEY").ok().filter(|k| !k.is_empty()).or(file.admin_key.clone());
+    cfg.admin_key = configured_admin_key(std::env::var("HERALD_ADMIN_KEY").ok(), file.admin_key.as_deref())?;
     if let Some(t) = file.default_ttl_secs {
         cfg.default_ttl_secs = t;
     }
     if let Some(t) = file.credential_ttl_secs {
         cfg.credential_ttl_secs = t;
+    }
+    if let Some(t) = file.admin_header_timeout_secs {
+        cfg.admin_header_timeout_secs = t;
+    }
+    if let Some(t) = file.admin_body_timeout_secs {
+        cfg.admin_body_timeout_secs = t;
+    }
+    if let Some(n) = file.admin_max_connections {
+        cfg.admin_max_connections = n;
     }
     let cp = herald_control_plane::start(cfg).map_err(|e| anyhow::anyhow!("control plane: {e}"))?;
     if let Some(key) = cp.generated_admin_key() {
@@ -230,13 +283,33 @@ fn start_control_plane(file: &FileConfig, args: &CpArgs) -> Result<ControlPlane,
     Ok(cp)
 }
 
+/// Raises the open-file soft limit to the hard one and says so; returns the soft limit now.
+fn raise_fd_limit() -> Option<u64> {
+    match fds::raise_soft_limit() {
+        Ok(l) => {
+            if l.soft > l.before {
+                tracing::info!(from = l.before, to = l.soft, hard = l.hard, "raised the open file limit");
+            }
+            Some(l.soft)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open file limit; terminal connections are not capped");
+            None
+        }
+    }
+}
+
 /// `dev_cert_dir`: where `herald serve` keeps a development certificate for QUIC when none is
-/// configured (`herald gateway` requires one).
+/// configured (`herald gateway` requires one). `fd_limit`: the open-file soft limit, and
+/// `admin_connections` the admin API connections this process may also hold (0 without a
+/// control plane), from which the terminal connection cap is derived (`fds.rs`).
 fn start_gateway(
     file: &FileConfig,
     args: &GwArgs,
     control_plane: SocketAddr,
     dev_cert_dir: Option<&std::path::Path>,
+    fd_limit: Option<u64>,
+    admin_connections: usize,
 ) -> Result<Gateway, Failure> {
     let mut cfg = GatewayConfig { control_plane_addr: control_plane, ..GatewayConfig::default() };
     if let Some(a) = args.tcp.or(file.tcp) {
@@ -310,6 +383,43 @@ fn start_gateway(
     }
     if let Some(d) = file.drain_timeout_ms {
         cfg.drain_timeout_ms = d;
+    }
+    let configured = args.max_connections.or(file.max_connections);
+    if let Some(soft) = fd_limit {
+        let cores = if cfg.cores == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            cfg.cores
+        };
+        let reserve = fds::reserve(cores, admin_connections);
+        cfg.max_connections = match fds::terminal_cap(soft, reserve, configured) {
+            Some(Ok(cap)) => cap,
+            Some(Err(cap)) => {
+                tracing::warn!(
+                    configured = configured.unwrap_or_default(),
+                    cap,
+                    open_file_limit = soft,
+                    reserve,
+                    "max_connections is over what the open file limit allows; lowered"
+                );
+                cap
+            }
+            None => {
+                return Err(usage(format!(
+                    "the open file limit ({soft}) leaves fewer than {} descriptors for terminals after \
+                     the {reserve} kept for the API, store, link and metrics; raise it (ulimit -n, LimitNOFILE=)",
+                    fds::MIN_TERMINALS
+                )));
+            }
+        };
+        tracing::info!(
+            max_connections = cfg.max_connections,
+            open_file_limit = soft,
+            reserve,
+            "terminal connection cap"
+        );
+    } else if let Some(c) = configured {
+        cfg.max_connections = c;
     }
     let gw = herald_gateway::start(cfg).map_err(|e| anyhow::anyhow!("gateway: {e}"))?;
     // Logins are refused (OVERLOADED) until the control plane's tables arrive; announce the
@@ -389,4 +499,38 @@ fn drain(gw: Gateway) -> Result<(), Failure> {
     gw.shutdown();
     gw.join().map_err(|e| anyhow::anyhow!("gateway: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_admin_key_is_refused_from_the_environment_or_the_file() {
+        let short = "x".repeat(MIN_ADMIN_KEY_CHARS - 1);
+        let long = "k".repeat(MIN_ADMIN_KEY_CHARS);
+        for (env, file, from) in [
+            (Some(short.clone()), None, "HERALD_ADMIN_KEY"),
+            (None, Some(short.as_str()), "control_plane.admin_key"),
+            // The environment wins, so its short key is refused even beside a good file key.
+            (Some(short.clone()), Some(long.as_str()), "HERALD_ADMIN_KEY"),
+        ] {
+            match configured_admin_key(env, file) {
+                Err(Failure::Usage(Usage(msg))) => assert!(msg.contains(from), "{msg}"),
+                _ => panic!("a {}-character key from {from} was accepted", MIN_ADMIN_KEY_CHARS - 1),
+            }
+        }
+        assert!(matches!(configured_admin_key(Some(long.clone()), None), Ok(Some(k)) if k == long));
+        assert!(matches!(configured_admin_key(Some(String::new()), Some(&long)), Ok(Some(k)) if k == long));
+        assert!(matches!(configured_admin_key(None, None), Ok(None)));
+    }
+
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(log_colour(true, None));
+        assert!(log_colour(true, Some(OsStr::new(""))));
+        assert!(!log_colour(true, Some(OsStr::new("1"))));
+        assert!(!log_colour(false, None));
+    }
 }
