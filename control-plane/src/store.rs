@@ -207,13 +207,14 @@ fn dberr<E: Into<redb::Error>>(e: E) -> StoreError {
     }
 }
 
-/// The message of a caught panic.
+/// The message of a caught panic, on one line (assertion messages span several).
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
-        (Some(s), _) => (*s).to_owned(),
-        (_, Some(s)) => s.clone(),
-        _ => "panic".to_owned(),
-    }
+    let text = match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(s), _) => s,
+        (_, Some(s)) => s.as_str(),
+        _ => "panic",
+    };
+    text.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
 }
 
 /// Durable storage for the control plane's state.
@@ -272,7 +273,11 @@ impl RedbStore {
         match std::fs::metadata(path) {
             Ok(m) if m.len() == 0 => return Err(StoreError::Empty { path: path.to_path_buf() }),
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Created private, so that its first bytes (the signing keys) are never readable by
+            // others; redb initialises an empty file it is given.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                create_private(path).map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?
+            }
             Err(source) => return Err(StoreError::Io { path: path.to_path_buf(), source }),
         }
         let damaged = |why| StoreError::Damaged { path: path.to_path_buf(), why };
@@ -321,6 +326,17 @@ impl RedbStore {
             }),
         }
     }
+}
+
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    opts.open(path).map(drop)
 }
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
