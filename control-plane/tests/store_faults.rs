@@ -115,3 +115,114 @@ fn a_failed_commit_is_rolled_back_and_the_store_recovers_without_restart() {
     admin.ok("POST", "/v1/credentials/revoke", json!({"user": "alice"}));
     gw.expect("the revocation", |m| matches!(m, LinkMessage::TablesDelta(cs) if !cs.is_empty()));
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// None when this process may not mount (not root, no mount namespace): the caller skips.
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(SmallDisk { dir }),
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: cannot mount a small tmpfs for a real full disk ({}); the injected-fault test covers the logic",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run mount ({e}); the injected-fault test covers the logic");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// Writes `max_bytes` to `path`, or less if the filesystem fills up first.
+fn fill(path: &std::path::Path, max_bytes: usize) {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0xA5u8; 4096];
+    let mut written = 0;
+    while written < max_bytes {
+        match f.write(&chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => written += n,
+        }
+    }
+    let _ = f.sync_all();
+}
+
+#[test]
+fn a_full_disk_fails_writes_with_503_and_they_work_again_once_space_is_freed() {
+    let Some(disk) = SmallDisk::mount("4m") else { return };
+    let data = disk.path().join("data");
+    let cp = herald_control_plane::start(config(&data)).unwrap();
+    let admin = Admin::new(&cp);
+    admin.token("alice", "phone");
+    // About 1 MiB left: some pushes fit, then the disk is full.
+    fill(&disk.path().join("filler"), 3 << 20);
+
+    // Pushes of ~15 KB until one fails.
+    let body = "x".repeat(15_000);
+    let mut accepted = Vec::new();
+    let mut failed_key = None;
+    for i in 0..400 {
+        let key = format!("k{i}");
+        let push = json!({"to": {"user": "alice"}, "payload": {"body": body}, "idempotency_key": key});
+        let (status, v) = admin.call("POST", "/v1/pushes", Some(push));
+        match status {
+            202 => accepted.push(v["push_id"].as_u64().unwrap()),
+            503 => {
+                assert!(v["error"].as_str().unwrap().contains("store is failing"), "{v}");
+                failed_key = Some(key);
+                break;
+            }
+            s => panic!("unexpected {s}: {v}"),
+        }
+    }
+    let failed_key = failed_key.expect("a push failed once the disk was full");
+    assert!(!accepted.is_empty());
+    assert_eq!(healthz(&admin), 503);
+    assert_eq!(metric(&admin, "herald_cp_store_failing"), 1);
+    // Still failing while the disk is full: refused, not queued.
+    let (status, _) = admin.call("PUT", "/v1/groups/g", Some(json!({"topics": ["t"]})));
+    assert_eq!(status, 503);
+
+    std::fs::remove_file(disk.path().join("filler")).unwrap();
+    eventually("healthz back to 200 once space is freed", || (healthz(&admin) == 200).then_some(()));
+    // Without a restart: every accepted push is still there, the failed one is not.
+    for id in &accepted {
+        admin.status(*id);
+    }
+    let v = admin.ok("POST", "/v1/pushes", json!({"to": {"user": "alice"}, "idempotency_key": failed_key}));
+    assert_eq!(v["replayed"], false, "{v}");
+    admin.ok("PUT", "/v1/groups/g", json!({"topics": ["t"]}));
+    eprintln!("{} pushes accepted before the disk was full", accepted.len());
+    // And they were durable: a restart finds them.
+    drop(cp);
+    let cp = herald_control_plane::start(config(&data)).unwrap();
+    let admin = Admin::new(&cp);
+    for id in &accepted {
+        admin.status(*id);
+    }
+    drop(cp);
+}
