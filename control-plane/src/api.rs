@@ -75,6 +75,18 @@ impl ApiError {
         }
     }
 
+    /// Writes are refused while the store is failing (see `health.rs`): the reason names the
+    /// store error (the admin API is authenticated; `/healthz` does not show it).
+    pub fn store_failing(error: &str) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason: format!(
+                "the store is failing ({error}); writes are refused until it is reopened, retry later"
+            ),
+            cause: None,
+        }
+    }
+
     /// A bug or an impossible state; the cause is logged, the caller learns nothing more.
     pub fn internal(cause: impl Into<String>) -> ApiError {
         ApiError {
@@ -210,8 +222,18 @@ async fn authorize(State(shared): State<Arc<Shared>>, req: Request, next: Next) 
     resp
 }
 
-async fn healthz() -> Api {
-    ok(StatusCode::OK, json!({ "status": "ok" }))
+/// 200 `{"status":"ok","store":"ok"}`, or 503 with `"store":"failing"` and a reason while store
+/// commits fail (until the store is reopened and the state reloaded). The store's own error is
+/// not shown here (no authentication); the metrics and the log have it.
+async fn healthz(State(shared): State<Arc<Shared>>) -> Api {
+    if shared.health.is_failing() {
+        return ok(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "status": "unavailable", "store": "failing",
+                    "error": "store commits are failing; writes are refused while the store is reopened" }),
+        );
+    }
+    ok(StatusCode::OK, json!({ "status": "ok", "store": "ok" }))
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Api {
@@ -464,8 +486,13 @@ async fn create_push(State(shared): State<Arc<Shared>>, body: Bytes) -> Api {
         }
         Accepted::Existing { push_id } => {
             shared.wait_committed(push_id).await?;
+            // A push whose commit failed is gone once the state is rebuilt from the store
+            // (push ids are not reused): never answer `replayed` for it.
+            let Some(status) = shared.lock().push_status(push_id, now) else {
+                return Err(ApiError::unavailable("the push was not stored; retry"));
+            };
             shared.metrics.pushes_idempotent.inc();
-            let targeted = shared.lock().push_status(push_id, now).map_or(0, |s| s.targeted);
+            let targeted = status.targeted;
             ok(StatusCode::ACCEPTED, json!({ "push_id": push_id, "targeted": targeted, "replayed": true }))
         }
     }

@@ -5,18 +5,33 @@
 //!
 //! Jobs are applied and published in submission order, and submitters enqueue while holding the
 //! core lock, so the order of commits is the order of sequence numbers on every stream.
+//!
+//! A failed commit is not retried: its batch and every job queued after it fail (their callers
+//! get 503 / `Unavailable`), `/healthz` reports the store failing, and the committer reopens the
+//! store and rebuilds the working state from it (see `health.rs`), retrying with backoff until
+//! that works. Nothing a failed job changed in memory survives the rebuild.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::health::StoreHealth;
 use crate::metrics::Metrics;
-use crate::store::{Op, Store};
+use crate::store::{Op, Snapshot, Store};
 
 /// Most jobs folded into one transaction.
 const MAX_BATCH_JOBS: usize = 4096;
+
+/// First and longest wait between attempts to reopen a failed store.
+const REOPEN_BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Rebuilds the working state from a reloaded store (under the core lock, bumping the
+/// generation) and returns the store changes that made (a first signing key if there was none).
+pub(crate) type Reload = Box<dyn Fn(Snapshot) -> Vec<Op> + Send>;
 
 /// A unit of work for the committer.
 #[derive(Debug, Default)]
@@ -26,6 +41,9 @@ pub(crate) struct Job {
     pub publish: Vec<u64>,
     /// Told `true` once durable (and published), `false` if the store failed.
     pub done: Option<oneshot::Sender<bool>>,
+    /// The store generation the changes were made in ([`StoreHealth::generation`]): a job of
+    /// an earlier one was made on state a rebuild discarded, and fails.
+    pub generation: u64,
 }
 
 /// The sending side; dropping every clone of it (via [`Committer::close`]) stops the thread
@@ -41,12 +59,14 @@ impl Committer {
     pub(crate) fn start(
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
+        health: Arc<StoreHealth>,
         publish: impl Fn(&[u64]) + Send + 'static,
+        reload: Reload,
     ) -> std::io::Result<Committer> {
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("herald-cp-store".into())
-            .spawn(move || run(&*store, &metrics, rx, publish))?;
+            .spawn(move || run(&*store, &metrics, &health, rx, publish, &reload))?;
         Ok(Committer { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
     }
 
@@ -74,7 +94,20 @@ impl Committer {
     }
 }
 
-fn run(store: &dyn Store, metrics: &Metrics, rx: mpsc::Receiver<Job>, publish: impl Fn(&[u64])) {
+fn fail(job: Job) {
+    if let Some(done) = job.done {
+        let _ = done.send(false);
+    }
+}
+
+fn run(
+    store: &dyn Store,
+    metrics: &Metrics,
+    health: &StoreHealth,
+    rx: mpsc::Receiver<Job>,
+    publish: impl Fn(&[u64]),
+    reload: &Reload,
+) {
     let mut batch: Vec<Job> = Vec::new();
     let mut ops: Vec<Op> = Vec::new();
     let mut ids: Vec<u64> = Vec::new();
@@ -86,9 +119,12 @@ fn run(store: &dyn Store, metrics: &Metrics, rx: mpsc::Receiver<Job>, publish: i
                 Err(_) => break,
             }
         }
+        let generation = health.generation();
         for job in &mut batch {
-            ops.append(&mut job.ops);
-            ids.extend_from_slice(&job.publish);
+            if job.generation == generation {
+                ops.append(&mut job.ops);
+                ids.extend_from_slice(&job.publish);
+            }
         }
         let started = std::time::Instant::now();
         let ok = match ops.is_empty() {
@@ -96,8 +132,10 @@ fn run(store: &dyn Store, metrics: &Metrics, rx: mpsc::Receiver<Job>, publish: i
             false => match store.commit(&ops) {
                 Ok(()) => true,
                 Err(e) => {
-                    tracing::error!(error = %e, ops = ops.len(), "store commit failed");
+                    tracing::error!(error = %e, ops = ops.len(), "store commit failed; reopening the store");
                     metrics.store_errors.inc();
+                    metrics.store_failing.set(1);
+                    health.set_failing(e.to_string());
                     false
                 }
             },
@@ -110,10 +148,62 @@ fn run(store: &dyn Store, metrics: &Metrics, rx: mpsc::Receiver<Job>, publish: i
         }
         for job in batch.drain(..) {
             if let Some(done) = job.done {
-                let _ = done.send(ok);
+                let _ = done.send(ok && job.generation == generation);
             }
         }
         ops.clear();
         ids.clear();
+        if !ok && !recover(store, metrics, health, &rx, reload) {
+            return;
+        }
     }
+}
+
+/// After a failed commit: reopens the store and rebuilds the working state from it, failing
+/// every job queued meanwhile, until it works. False if the committer was closed meanwhile.
+fn recover(
+    store: &dyn Store,
+    metrics: &Metrics,
+    health: &StoreHealth,
+    rx: &mpsc::Receiver<Job>,
+    reload: &Reload,
+) -> bool {
+    let mut backoff = REOPEN_BACKOFF_FIRST;
+    for attempt in 1u64.. {
+        // Made on the state being discarded (or refused while failing: link traffic).
+        loop {
+            match rx.try_recv() {
+                Ok(job) => fail(job),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => return false,
+            }
+        }
+        let outcome = store.reopen().and_then(|()| store.load()).and_then(|snap| {
+            let ops = reload(snap);
+            match ops.is_empty() {
+                true => Ok(()),
+                false => store.commit(&ops),
+            }
+        });
+        match outcome {
+            Ok(()) => {
+                health.set_ok();
+                metrics.store_failing.set(0);
+                metrics.store_recoveries.inc();
+                tracing::warn!(
+                    attempt,
+                    "store reopened; working state reloaded from it, writes accepted again"
+                );
+                return true;
+            }
+            // Logged at attempts 1, 2, 4, 8...: a long outage does not flood the log.
+            Err(e) if attempt.is_power_of_two() => {
+                tracing::error!(error = %e, attempt, "store still failing; retrying")
+            }
+            Err(_) => {}
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(REOPEN_BACKOFF_MAX);
+    }
+    false
 }

@@ -430,6 +430,26 @@ impl Core {
         std::mem::take(&mut self.ops)
     }
 
+    /// Replaces the working state with `snap`, reloaded after a failed commit (see
+    /// `health.rs`): every change memory held that the store does not — the failed batch and
+    /// whatever was built on it — is dropped, as a restart would drop it. What is not durable
+    /// goes too: every node's link is closed (each gateway reconnects, gets the tables and
+    /// resends its sessions, as after a control-plane restart) and pending wills are lost.
+    /// Push ids stay above every id handed out, so a failed push's id is never reused.
+    pub(crate) fn reload(&mut self, snap: Snapshot, now_ms: u64, first_secret: [u8; 32]) {
+        for node in self.nodes.values() {
+            node.queue.close();
+        }
+        let mut fresh =
+            Core::load(snap, self.metrics.clone(), now_ms, now_ms / 1000, first_secret, self.retention_ms);
+        fresh.next_conn = self.next_conn;
+        fresh.last_push_id = fresh.last_push_id.max(self.last_push_id);
+        fresh.last_published = fresh.last_push_id;
+        fresh.tables_version = self.tables_version + 1;
+        fresh.metrics.pending_wills.set(0);
+        *self = fresh;
+    }
+
     /// Refreshes the gauges; walks every stream and online user, so only the sweeper calls it.
     fn update_gauges(&self) {
         self.metrics.nodes.set(self.nodes.len() as u64);

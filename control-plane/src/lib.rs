@@ -39,6 +39,13 @@
 //! - **Durability.** Every admin change is durable before the API answers; a push is durable
 //!   before `202`, and reaches the gateways only after it is durable (a crash can never leave
 //!   a terminal holding a message id the store does not know). Writes are group-committed.
+//! - **A failed commit** (disk full, I/O error) fails its batch and every write queued after it
+//!   (`503`, or `Unavailable` to a terminal), writes are refused and `/healthz` answers `503`
+//!   while the store is failing, and the control plane reopens the store and rebuilds its state
+//!   from it (retrying with backoff until that works), as a restart would, without one: so
+//!   nothing that did not become durable — a push, its id and idempotency key, a revocation, a
+//!   group change, a key — stays in effect. Gateway links are closed at the rebuild and resync;
+//!   pending wills are lost. Push ids are not reused. See `health.rs`.
 //!
 //! **Push status** (`GET /v1/pushes/{id}`): `targeted` = the devices the push was for when it
 //! was accepted (TTL > 0: every known device of every target user; TTL 0: the interested devices
@@ -109,10 +116,12 @@
 mod api;
 mod committer;
 mod core;
+mod health;
 mod http;
 mod link;
 mod metrics;
 mod openapi;
+mod perms;
 mod queue;
 pub mod store;
 
@@ -132,6 +141,8 @@ pub use crate::store::{RedbStore, Store, StoreError};
 
 use crate::committer::{Committer, Job};
 use crate::core::Core;
+use crate::health::StoreHealth;
+use crate::store::Snapshot;
 
 /// How the control plane runs. Units are in the field names.
 #[derive(Debug, Clone)]
@@ -217,6 +228,7 @@ pub enum Error {
 pub(crate) struct Shared {
     core: Mutex<Core>,
     committer: Committer,
+    pub(crate) health: Arc<StoreHealth>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) admin_key: String,
     pub(crate) config: ControlPlaneConfig,
@@ -248,12 +260,20 @@ impl Shared {
         &self,
         f: impl FnOnce(&mut Core) -> Result<(T, Vec<u64>), ApiError>,
     ) -> Result<T, ApiError> {
+        // While the store is failing, memory is about to be rebuilt from it: a change made now
+        // would be lost, and its answer could only be 503 anyway.
+        if let Some(reason) = self.health.failing() {
+            return Err(ApiError::store_failing(&reason));
+        }
         let (value, durable) = self.submit(f)?;
         match durable {
             None => Ok(value),
             Some(rx) => match rx.await {
                 Ok(true) => Ok(value),
-                _ => Err(ApiError::unavailable("the store is not accepting writes")),
+                _ => Err(match self.health.failing() {
+                    Some(reason) => ApiError::store_failing(&reason),
+                    None => ApiError::unavailable("the store is not accepting writes"),
+                }),
             },
         }
     }
@@ -268,11 +288,12 @@ impl Shared {
         let mut core = self.lock();
         let result = f(&mut core);
         let ops = core.take_ops();
+        let generation = self.health.generation();
         let (value, publish) = match result {
             Ok(v) => v,
             Err(e) => {
                 if !ops.is_empty() {
-                    self.committer.submit(Job { ops, publish: Vec::new(), done: None });
+                    self.committer.submit(Job { ops, publish: Vec::new(), done: None, generation });
                 }
                 return Err(e);
             }
@@ -281,7 +302,7 @@ impl Shared {
             return Ok((value, None));
         }
         let (tx, rx) = oneshot::channel();
-        self.committer.submit(Job { ops, publish, done: Some(tx) });
+        self.committer.submit(Job { ops, publish, done: Some(tx), generation });
         Ok((value, Some(rx)))
     }
 
@@ -291,7 +312,8 @@ impl Shared {
         let v = f(&mut core);
         let ops = core.take_ops();
         if !ops.is_empty() {
-            self.committer.submit(Job { ops, publish: Vec::new(), done: None });
+            let generation = self.health.generation();
+            self.committer.submit(Job { ops, publish: Vec::new(), done: None, generation });
         }
         v
     }
@@ -426,10 +448,12 @@ pub fn start(config: ControlPlaneConfig) -> Result<ControlPlane, Error> {
 
 /// Starts a control plane on any [`Store`].
 pub fn start_with_store(config: ControlPlaneConfig, store: Arc<dyn Store>) -> Result<ControlPlane, Error> {
-    std::fs::create_dir_all(&config.data_dir)
+    perms::private_dir(&config.data_dir)
         .map_err(|source| Error::AdminKey { path: config.data_dir.clone(), source })?;
     let rng = SystemRandom::new();
     let (admin_key, admin_key_generated) = resolve_admin_key(&config, &rng)?;
+    let key_path = config.data_dir.join("admin.key");
+    perms::private_file(&key_path).map_err(|source| Error::AdminKey { path: key_path, source })?;
     let snapshot = store.load()?;
     let metrics = Arc::new(Metrics::default());
     let mut first_secret = [0u8; 32];
@@ -445,18 +469,35 @@ pub fn start_with_store(config: ControlPlaneConfig, store: Arc<dyn Store>) -> Re
     let committed_at = core.last_push_id();
     let slot: Arc<OnceLock<Weak<Shared>>> = Arc::new(OnceLock::new());
     let publish_slot = slot.clone();
-    let committer = Committer::start(store, metrics.clone(), move |ids| {
-        if let Some(shared) = publish_slot.get().and_then(Weak::upgrade) {
-            shared.lock().publish(ids);
-            if let Some(&max) = ids.iter().max() {
-                shared.committed.send_if_modified(|c| {
-                    let changed = max > *c;
-                    *c = (*c).max(max);
-                    changed
-                });
+    let reload_slot = slot.clone();
+    let health = Arc::new(StoreHealth::default());
+    let reload = Box::new(move |snap: Snapshot| {
+        let Some(shared) = reload_slot.get().and_then(Weak::upgrade) else { return Vec::new() };
+        let secret = shared.random();
+        let mut core = shared.lock();
+        core.reload(snap, now_ms(), secret);
+        // Under the core lock: every job submitted from now on belongs to the new state.
+        shared.health.next_generation();
+        core.take_ops()
+    });
+    let committer = Committer::start(
+        store,
+        metrics.clone(),
+        health.clone(),
+        move |ids| {
+            if let Some(shared) = publish_slot.get().and_then(Weak::upgrade) {
+                shared.lock().publish(ids);
+                if let Some(&max) = ids.iter().max() {
+                    shared.committed.send_if_modified(|c| {
+                        let changed = max > *c;
+                        *c = (*c).max(max);
+                        changed
+                    });
+                }
             }
-        }
-    })
+        },
+        reload,
+    )
     .map_err(Error::Runtime)?;
     let (committed, _) = watch::channel(committed_at);
     let admin = bind(config.admin_addr)?;
@@ -466,6 +507,7 @@ pub fn start_with_store(config: ControlPlaneConfig, store: Arc<dyn Store>) -> Re
     let shared = Arc::new(Shared {
         core: Mutex::new(core),
         committer,
+        health,
         metrics,
         admin_key: admin_key.clone(),
         config: config.clone(),

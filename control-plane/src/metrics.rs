@@ -50,6 +50,8 @@ pub struct Metrics {
     pub store_ops: Counter,
     pub store_commit_micros: Counter,
     pub store_errors: Counter,
+    /// Store reopened (and the state reloaded from it) after failed commits.
+    pub store_recoveries: Counter,
     pub messages_expired: Counter,
     pub messages_delivered_removed: Counter,
     pub pushes_pruned: Counter,
@@ -65,13 +67,15 @@ pub struct Metrics {
     pub online_devices: Gauge,
     pub stored_messages: Gauge,
     pub pending_wills: Gauge,
+    /// 1 while store commits fail (from a failed commit until the store is reopened).
+    pub store_failing: Gauge,
 }
 
 impl Metrics {
     /// The Prometheus exposition text.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
-        let counters: [(&str, &str, &Counter); 21] = [
+        let counters: [(&str, &str, &Counter); 22] = [
             ("herald_cp_pushes_accepted_total", "Pushes accepted (durable).", &self.pushes_accepted),
             (
                 "herald_cp_pushes_idempotent_total",
@@ -98,6 +102,11 @@ impl Metrics {
                 &self.store_commit_micros,
             ),
             ("herald_cp_store_errors_total", "Failed store commits.", &self.store_errors),
+            (
+                "herald_cp_store_recoveries_total",
+                "Store reopened and state reloaded from it after failed commits.",
+                &self.store_recoveries,
+            ),
             (
                 "herald_cp_messages_expired_total",
                 "Stored messages removed at TTL expiry.",
@@ -149,11 +158,16 @@ impl Metrics {
         for (name, help, c) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.get());
         }
-        let gauges: [(&str, &str, &Gauge); 4] = [
+        let gauges: [(&str, &str, &Gauge); 5] = [
             ("herald_cp_nodes", "Connected gateway nodes.", &self.nodes),
             ("herald_cp_online_devices", "Devices online on some node.", &self.online_devices),
             ("herald_cp_stored_messages", "Messages held for delivery.", &self.stored_messages),
             ("herald_cp_pending_wills", "Terminals' wills waiting for their delay.", &self.pending_wills),
+            (
+                "herald_cp_store_failing",
+                "1 while store commits fail, until it is reopened.",
+                &self.store_failing,
+            ),
         ];
         for (name, help, g) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", g.get());

@@ -74,8 +74,9 @@ fn paths_and_components() -> Value {
         },
         "security": [{ "bearer": [] }],
         "paths": {
-            "/healthz": { "get": { "summary": "Liveness",
-                "responses": { "200": ok_json("Up", json!({ "type": "object" })) } } },
+            "/healthz": { "get": { "summary": "Liveness and store health",
+                "responses": { "200": ok_json("Up, the store accepts writes", json!({ "type": "object" })),
+                    "503": err("Store commits are failing (`\"store\": \"failing\"`); writes are refused until the store is reopened") } } },
             "/metrics": { "get": { "summary": "Prometheus metrics",
                 "responses": { "200": { "description": "Prometheus text format",
                     "content": { "text/plain": { "schema": { "type": "string" } } } },

@@ -14,7 +14,9 @@
 //! `committer.rs`).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -165,10 +167,54 @@ pub enum StoreError {
     Db(String),
     #[error("store record {what} is corrupt: {why}")]
     Corrupt { what: &'static str, why: String },
+    /// The store file exists but holds nothing. redb would silently initialise a new database
+    /// in it: new signing keys (every issued credential invalid) and no queues, so it is refused.
+    #[error(
+        "store file {} is empty; refusing to start a new database over it (new signing keys \
+         would invalidate every issued credential) - delete it to start fresh",
+        path.display()
+    )]
+    Empty { path: PathBuf },
+    /// The store file is not a readable redb database (truncated, overwritten pages): redb
+    /// reported corruption or panicked reading it.
+    #[error(
+        "store file {} is damaged ({why}); refusing to start on it - restore it from a backup, \
+         or move it away to start a new, empty database",
+        path.display()
+    )]
+    Damaged { path: PathBuf, why: String },
+    /// The data directory or a store file could not be created, read or given private
+    /// permissions.
+    #[error("store path {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
 }
 
-fn dberr<E: std::fmt::Display>(e: E) -> StoreError {
-    StoreError::Db(e.to_string())
+impl StoreError {
+    /// Whether the store's content is the problem (empty, damaged or undecodable), as opposed
+    /// to the disk or the operating system: the binary exits with EX_DATAERR (65) for these and
+    /// EX_IOERR (74) for the others.
+    pub fn is_data_error(&self) -> bool {
+        matches!(self, StoreError::Empty { .. } | StoreError::Damaged { .. } | StoreError::Corrupt { .. })
+    }
+}
+
+fn dberr<E: Into<redb::Error>>(e: E) -> StoreError {
+    match e.into() {
+        // Corruption is worded by redb for its own developers; the path and what to do are
+        // added where the file is known (`RedbStore::damaged`).
+        redb::Error::Corrupted(why) => StoreError::Damaged { path: PathBuf::new(), why },
+        other => StoreError::Db(other.to_string()),
+    }
+}
+
+/// The message of a caught panic, on one line (assertion messages span several).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(s), _) => s,
+        (_, Some(s)) => s.as_str(),
+        _ => "panic",
+    };
+    text.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
 }
 
 /// Durable storage for the control plane's state.
@@ -178,6 +224,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Applies `ops` in order, atomically and durably: when this returns `Ok`, the changes
     /// survive a crash.
     fn commit(&self, ops: &[Op]) -> Result<(), StoreError>;
+    /// Called after a failed commit, before the control plane reloads the store: drops whatever
+    /// state the failure left (redb refuses every later transaction after an I/O error: "Previous
+    /// I/O error occurred. Please close and re-open the database") and opens the store again. An
+    /// error means "not yet": the control plane retries with backoff.
+    fn reopen(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -192,31 +245,98 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_LAST_PUSH_ID: &str = "last_push_id";
 
 /// The embedded default store: one redb file, `herald.redb`, in the data directory.
+///
+/// The directory is kept `0700` and the file `0600` (they hold the signing keys: anyone who can
+/// read them can mint credentials); looser permissions found at start are tightened, with a
+/// warning. An empty file is refused ([`StoreError::Empty`]), a damaged one too
+/// ([`StoreError::Damaged`], including redb panics, which are caught).
 #[derive(Debug)]
 pub struct RedbStore {
-    db: Database,
+    path: PathBuf,
+    /// `None` between a failed reopen and the next one. Only the committer writes; `load` at
+    /// start and after a reopen. The lock is taken once per transaction, not per record.
+    db: RwLock<Option<Database>>,
 }
 
 impl RedbStore {
     /// Opens (or creates) the store in `dir`, creating the directory if needed.
     pub fn open(dir: &Path) -> Result<RedbStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(dberr)?;
-        let db = Database::create(dir.join("herald.redb")).map_err(dberr)?;
-        let txn = db.begin_write().map_err(dberr)?;
-        {
-            txn.open_table(USERS).map_err(dberr)?;
-            txn.open_table(GROUPS).map_err(dberr)?;
-            txn.open_table(KEYS).map_err(dberr)?;
-            txn.open_table(REVOCATIONS).map_err(dberr)?;
-            txn.open_table(STREAMS).map_err(dberr)?;
-            txn.open_table(MESSAGES).map_err(dberr)?;
-            txn.open_table(PUSHES).map_err(dberr)?;
-            txn.open_table(CURSORS).map_err(dberr)?;
-            txn.open_table(META).map_err(dberr)?;
-        }
-        txn.commit().map_err(dberr)?;
-        Ok(RedbStore { db })
+        crate::perms::private_dir(dir)
+            .map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
+        let path = dir.join("herald.redb");
+        let db = Self::open_file(&path)?;
+        crate::perms::private_file(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+        Ok(RedbStore { path, db: RwLock::new(Some(db)) })
     }
+
+    fn open_file(path: &Path) -> Result<Database, StoreError> {
+        match std::fs::metadata(path) {
+            Ok(m) if m.len() == 0 => return Err(StoreError::Empty { path: path.to_path_buf() }),
+            Ok(_) => {}
+            // Created private, so that its first bytes (the signing keys) are never readable by
+            // others; redb initialises an empty file it is given.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                create_private(path).map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?
+            }
+            Err(source) => return Err(StoreError::Io { path: path.to_path_buf(), source }),
+        }
+        let damaged = |why| StoreError::Damaged { path: path.to_path_buf(), why };
+        // redb panics on some damaged files (a truncated file: "range end index out of range")
+        // instead of returning an error; a panic here is a bad file, not a bug of ours.
+        let opened = catch_unwind(AssertUnwindSafe(|| -> Result<Database, StoreError> {
+            let db = Database::create(path).map_err(dberr)?;
+            let txn = db.begin_write().map_err(dberr)?;
+            {
+                txn.open_table(USERS).map_err(dberr)?;
+                txn.open_table(GROUPS).map_err(dberr)?;
+                txn.open_table(KEYS).map_err(dberr)?;
+                txn.open_table(REVOCATIONS).map_err(dberr)?;
+                txn.open_table(STREAMS).map_err(dberr)?;
+                txn.open_table(MESSAGES).map_err(dberr)?;
+                txn.open_table(PUSHES).map_err(dberr)?;
+                txn.open_table(CURSORS).map_err(dberr)?;
+                txn.open_table(META).map_err(dberr)?;
+            }
+            txn.commit().map_err(dberr)?;
+            Ok(db)
+        }));
+        match opened {
+            Ok(Ok(db)) => Ok(db),
+            Ok(Err(StoreError::Damaged { why, .. })) => Err(damaged(why)),
+            Ok(Err(e)) => Err(e),
+            Err(panic) => Err(damaged(format!("redb panicked: {}", panic_text(&*panic)))),
+        }
+    }
+
+    /// Runs `f` on the open database, turning redb's panics and corruption errors into
+    /// [`StoreError::Damaged`] naming this file.
+    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let Some(db) = guard.as_ref() else {
+            return Err(StoreError::Db("the store is closed after a failed reopen".into()));
+        };
+        match catch_unwind(AssertUnwindSafe(|| f(db))) {
+            Ok(Err(StoreError::Damaged { why, .. })) => {
+                Err(StoreError::Damaged { path: self.path.clone(), why })
+            }
+            Ok(r) => r,
+            Err(panic) => Err(StoreError::Damaged {
+                path: self.path.clone(),
+                why: format!("redb panicked: {}", panic_text(&*panic)),
+            }),
+        }
+    }
+}
+
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    opts.open(path).map(drop)
 }
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -283,104 +403,122 @@ impl MessageRecord {
 
 impl Store for RedbStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
-        let txn = self.db.begin_read().map_err(dberr)?;
-        let mut s = Snapshot::default();
-        for row in txn.open_table(USERS).map_err(dberr)?.iter().map_err(dberr)? {
-            let (k, v) = row.map_err(dberr)?;
-            s.users.push((k.value().to_owned(), from_json("user", v.value())?));
-        }
-        for row in txn.open_table(GROUPS).map_err(dberr)?.iter().map_err(dberr)? {
-            let (k, v) = row.map_err(dberr)?;
-            s.groups.push((k.value().to_owned(), from_json("group", v.value())?));
-        }
-        for row in txn.open_table(KEYS).map_err(dberr)?.iter().map_err(dberr)? {
-            let (_, v) = row.map_err(dberr)?;
-            s.keys.push(from_json("key", v.value())?);
-        }
-        for row in txn.open_table(REVOCATIONS).map_err(dberr)?.iter().map_err(dberr)? {
-            let (k, v) = row.map_err(dberr)?;
-            s.revocations.push((k.value().to_owned(), from_json("revocation", v.value())?));
-        }
-        for row in txn.open_table(STREAMS).map_err(dberr)?.iter().map_err(dberr)? {
-            let (_, v) = row.map_err(dberr)?;
-            s.streams.push(from_json("stream", v.value())?);
-        }
-        for row in txn.open_table(MESSAGES).map_err(dberr)?.iter().map_err(dberr)? {
-            let (k, v) = row.map_err(dberr)?;
-            let (stream, seq) = k.value();
-            s.messages.push((stream, seq, MessageRecord::from_bytes(v.value())?));
-        }
-        for row in txn.open_table(PUSHES).map_err(dberr)?.iter().map_err(dberr)? {
-            let (_, v) = row.map_err(dberr)?;
-            s.pushes.push(from_json("push", v.value())?);
-        }
-        for row in txn.open_table(CURSORS).map_err(dberr)?.iter().map_err(dberr)? {
-            let (k, v) = row.map_err(dberr)?;
-            let (user, device, stream) = k.value();
-            s.cursors.push((user.to_owned(), device.to_owned(), stream, from_json("cursor", v.value())?));
-        }
-        let meta = txn.open_table(META).map_err(dberr)?;
-        s.last_push_id = meta.get(META_LAST_PUSH_ID).map_err(dberr)?.map_or(0, |v| v.value());
-        Ok(s)
+        self.with_db(load_db)
     }
 
     fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(dberr)?;
-        {
-            let mut users = txn.open_table(USERS).map_err(dberr)?;
-            let mut groups = txn.open_table(GROUPS).map_err(dberr)?;
-            let mut keys = txn.open_table(KEYS).map_err(dberr)?;
-            let mut revocations = txn.open_table(REVOCATIONS).map_err(dberr)?;
-            let mut streams = txn.open_table(STREAMS).map_err(dberr)?;
-            let mut messages = txn.open_table(MESSAGES).map_err(dberr)?;
-            let mut pushes = txn.open_table(PUSHES).map_err(dberr)?;
-            let mut cursors = txn.open_table(CURSORS).map_err(dberr)?;
-            let mut meta = txn.open_table(META).map_err(dberr)?;
-            for op in ops {
-                match op {
-                    Op::User(name, rec) => {
-                        users.insert(name.as_str(), json(rec).as_slice()).map_err(dberr)?;
-                    }
-                    Op::Group(name, topics) => {
-                        groups.insert(name.as_str(), json(topics).as_slice()).map_err(dberr)?;
-                    }
-                    Op::Key(rec) => {
-                        keys.insert(rec.id, json(rec).as_slice()).map_err(dberr)?;
-                    }
-                    Op::KeyRemoved(id) => {
-                        keys.remove(*id).map_err(dberr)?;
-                    }
-                    Op::Revocation(user, rec) => {
-                        revocations.insert(user.as_str(), json(rec).as_slice()).map_err(dberr)?;
-                    }
-                    Op::Stream(rec) => {
-                        streams.insert(rec.id, json(rec).as_slice()).map_err(dberr)?;
-                    }
-                    Op::Message(stream, seq, Some(m)) => {
-                        messages.insert((*stream, *seq), m.to_bytes().as_slice()).map_err(dberr)?;
-                    }
-                    Op::Message(stream, seq, None) => {
-                        messages.remove((*stream, *seq)).map_err(dberr)?;
-                    }
-                    Op::Push(rec) => {
-                        pushes.insert(rec.id, json(rec).as_slice()).map_err(dberr)?;
-                    }
-                    Op::PushRemoved(id) => {
-                        pushes.remove(*id).map_err(dberr)?;
-                    }
-                    Op::LastPushId(id) => {
-                        meta.insert(META_LAST_PUSH_ID, *id).map_err(dberr)?;
-                    }
-                    Op::Cursor { user, device, stream, cursor } => {
-                        cursors
-                            .insert((user.as_str(), device.as_str(), *stream), json(cursor).as_slice())
-                            .map_err(dberr)?;
-                    }
+        self.with_db(|db| commit_db(db, ops))
+    }
+
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
+        // The old handle must be gone first: redb refuses a second open of the same file.
+        if let Some(old) = guard.take() {
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(old)));
+        }
+        *guard = Some(Self::open_file(&self.path)?);
+        Ok(())
+    }
+}
+
+fn load_db(db: &Database) -> Result<Snapshot, StoreError> {
+    let txn = db.begin_read().map_err(dberr)?;
+    let mut s = Snapshot::default();
+    for row in txn.open_table(USERS).map_err(dberr)?.iter().map_err(dberr)? {
+        let (k, v) = row.map_err(dberr)?;
+        s.users.push((k.value().to_owned(), from_json("user", v.value())?));
+    }
+    for row in txn.open_table(GROUPS).map_err(dberr)?.iter().map_err(dberr)? {
+        let (k, v) = row.map_err(dberr)?;
+        s.groups.push((k.value().to_owned(), from_json("group", v.value())?));
+    }
+    for row in txn.open_table(KEYS).map_err(dberr)?.iter().map_err(dberr)? {
+        let (_, v) = row.map_err(dberr)?;
+        s.keys.push(from_json("key", v.value())?);
+    }
+    for row in txn.open_table(REVOCATIONS).map_err(dberr)?.iter().map_err(dberr)? {
+        let (k, v) = row.map_err(dberr)?;
+        s.revocations.push((k.value().to_owned(), from_json("revocation", v.value())?));
+    }
+    for row in txn.open_table(STREAMS).map_err(dberr)?.iter().map_err(dberr)? {
+        let (_, v) = row.map_err(dberr)?;
+        s.streams.push(from_json("stream", v.value())?);
+    }
+    for row in txn.open_table(MESSAGES).map_err(dberr)?.iter().map_err(dberr)? {
+        let (k, v) = row.map_err(dberr)?;
+        let (stream, seq) = k.value();
+        s.messages.push((stream, seq, MessageRecord::from_bytes(v.value())?));
+    }
+    for row in txn.open_table(PUSHES).map_err(dberr)?.iter().map_err(dberr)? {
+        let (_, v) = row.map_err(dberr)?;
+        s.pushes.push(from_json("push", v.value())?);
+    }
+    for row in txn.open_table(CURSORS).map_err(dberr)?.iter().map_err(dberr)? {
+        let (k, v) = row.map_err(dberr)?;
+        let (user, device, stream) = k.value();
+        s.cursors.push((user.to_owned(), device.to_owned(), stream, from_json("cursor", v.value())?));
+    }
+    let meta = txn.open_table(META).map_err(dberr)?;
+    s.last_push_id = meta.get(META_LAST_PUSH_ID).map_err(dberr)?.map_or(0, |v| v.value());
+    Ok(s)
+}
+
+fn commit_db(db: &Database, ops: &[Op]) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(dberr)?;
+    {
+        let mut users = txn.open_table(USERS).map_err(dberr)?;
+        let mut groups = txn.open_table(GROUPS).map_err(dberr)?;
+        let mut keys = txn.open_table(KEYS).map_err(dberr)?;
+        let mut revocations = txn.open_table(REVOCATIONS).map_err(dberr)?;
+        let mut streams = txn.open_table(STREAMS).map_err(dberr)?;
+        let mut messages = txn.open_table(MESSAGES).map_err(dberr)?;
+        let mut pushes = txn.open_table(PUSHES).map_err(dberr)?;
+        let mut cursors = txn.open_table(CURSORS).map_err(dberr)?;
+        let mut meta = txn.open_table(META).map_err(dberr)?;
+        for op in ops {
+            match op {
+                Op::User(name, rec) => {
+                    users.insert(name.as_str(), json(rec).as_slice()).map_err(dberr)?;
+                }
+                Op::Group(name, topics) => {
+                    groups.insert(name.as_str(), json(topics).as_slice()).map_err(dberr)?;
+                }
+                Op::Key(rec) => {
+                    keys.insert(rec.id, json(rec).as_slice()).map_err(dberr)?;
+                }
+                Op::KeyRemoved(id) => {
+                    keys.remove(*id).map_err(dberr)?;
+                }
+                Op::Revocation(user, rec) => {
+                    revocations.insert(user.as_str(), json(rec).as_slice()).map_err(dberr)?;
+                }
+                Op::Stream(rec) => {
+                    streams.insert(rec.id, json(rec).as_slice()).map_err(dberr)?;
+                }
+                Op::Message(stream, seq, Some(m)) => {
+                    messages.insert((*stream, *seq), m.to_bytes().as_slice()).map_err(dberr)?;
+                }
+                Op::Message(stream, seq, None) => {
+                    messages.remove((*stream, *seq)).map_err(dberr)?;
+                }
+                Op::Push(rec) => {
+                    pushes.insert(rec.id, json(rec).as_slice()).map_err(dberr)?;
+                }
+                Op::PushRemoved(id) => {
+                    pushes.remove(*id).map_err(dberr)?;
+                }
+                Op::LastPushId(id) => {
+                    meta.insert(META_LAST_PUSH_ID, *id).map_err(dberr)?;
+                }
+                Op::Cursor { user, device, stream, cursor } => {
+                    cursors
+                        .insert((user.as_str(), device.as_str(), *stream), json(cursor).as_slice())
+                        .map_err(dberr)?;
                 }
             }
         }
-        txn.commit().map_err(dberr)
     }
+    txn.commit().map_err(dberr)
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //!
 //! Modes: `serve` (control plane + gateway in one process on the embedded store), `control-plane`,
 //! `gateway --control-plane ADDR` (several gateways to one control plane), `listen` (a terminal
-//! client for people) and `check-config`. Bad arguments or config exit with code 64.
+//! client for people) and `check-config`. Bad arguments or config exit with code 64; an empty or
+//! damaged store file 65 (EX_DATAERR), a store that cannot be opened for a system reason 74
+//! (EX_IOERR).
 
 use std::process::ExitCode;
 

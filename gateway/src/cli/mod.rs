@@ -19,6 +19,12 @@ use config::FileConfig;
 
 /// Exit code for bad arguments or configuration (EX_USAGE).
 pub(crate) const EXIT_USAGE: u8 = 64;
+/// Exit code for a store file that is empty, damaged or undecodable (EX_DATAERR): refused
+/// rather than replaced; restore it or move it away.
+pub(crate) const EXIT_DATAERR: u8 = 65;
+/// Exit code for a store that cannot be created, opened or read for a system reason: disk,
+/// permissions, already open (EX_IOERR).
+pub(crate) const EXIT_IOERR: u8 = 74;
 
 #[derive(Debug, Parser)]
 #[command(name = "herald", version, about = "Herald push gateway")]
@@ -132,12 +138,18 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
             eprintln!("herald: {e:#}");
             ExitCode::FAILURE
         }
+        Err(Failure::Exit(code, e)) => {
+            eprintln!("herald: {e:#}");
+            ExitCode::from(code)
+        }
     }
 }
 
 enum Failure {
     Usage(Usage),
     Runtime(anyhow::Error),
+    /// A failure with its own exit code (sysexits).
+    Exit(u8, anyhow::Error),
 }
 
 impl From<anyhow::Error> for Failure {
@@ -274,7 +286,18 @@ fn start_control_plane(file: &FileConfig, args: &CpArgs) -> Result<ControlPlane,
     if let Some(n) = file.admin_max_connections {
         cfg.admin_max_connections = n;
     }
-    let cp = herald_control_plane::start(cfg).map_err(|e| anyhow::anyhow!("control plane: {e}"))?;
+    let cp = herald_control_plane::start(cfg).map_err(|e| {
+        let code = match &e {
+            herald_control_plane::Error::Store(s) if s.is_data_error() => Some(EXIT_DATAERR),
+            herald_control_plane::Error::Store(_) => Some(EXIT_IOERR),
+            _ => None,
+        };
+        let e = anyhow::anyhow!("control plane: {e}");
+        match code {
+            Some(code) => Failure::Exit(code, e),
+            None => Failure::Runtime(e),
+        }
+    })?;
     if let Some(key) = cp.generated_admin_key() {
         println!("herald: generated admin key (stored in the data dir, shown once): {key}");
     }
