@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use herald_protocol::CloseCode;
-use herald_tests::{Serve, Terminal, push_body};
+use herald_tests::{Proc, Serve, Terminal, push_body};
 use serde_json::json;
 
 #[test]
@@ -17,6 +17,20 @@ fn a_session_ends_when_its_credential_expires() -> anyhow::Result<()> {
     assert_eq!(t.recv()?.title(), "before expiry");
     assert_eq!(t.wait_closed().context("expiry")?, Some(CloseCode::AUTH_EXPIRED));
     assert!(t.session.gave_up(), "the client waits for a new credential");
+    Ok(())
+}
+
+#[test]
+fn herald_listen_exits_when_its_credential_expires() -> anyhow::Result<()> {
+    let h = Serve::start()?;
+    let (status, v) =
+        h.admin.call("POST", "/v1/credentials", Some(&json!({"user": "l", "device": "d", "ttl_secs": 2})));
+    assert_eq!(status, 200, "{v}");
+    let token = v["token"].as_str().context("token")?;
+    let mut listen = Proc::spawn(&["listen", "--gateway", &h.tcp.to_string(), "--token", token])?;
+    h.admin.push(push_body(json!({"user": "l"}), "while valid"));
+    assert!(listen.wait_line("{")?.contains("while valid"), "the push is printed");
+    assert_eq!(listen.wait_exit()?.code(), Some(1), "exits once the session is closed at expiry");
     Ok(())
 }
 
