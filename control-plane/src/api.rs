@@ -167,6 +167,7 @@ pub(crate) fn routes() -> Vec<Route> {
         route("/v1/credentials", &["post"], true, post(issue_credential)),
         route("/v1/credentials/revoke", &["post"], true, post(revoke)),
         route("/v1/keys/rotate", &["post"], true, post(rotate_key)),
+        route("/v1/keys/{id}/withdraw", &["post"], true, post(withdraw_key)),
         route("/v1/users/{user}", &["get"], true, get(get_user)),
         route("/v1/users/{user}/groups", &["put"], true, put(put_user_groups)),
         route("/v1/users/{user}/topics", &["put"], true, put(put_user_topics)),
@@ -302,6 +303,20 @@ async fn rotate_key(State(shared): State<Arc<Shared>>, body: Bytes) -> Api {
     let (id, previous, retiring) =
         shared.write(|core| Ok((core.rotate_key(secret, now), Vec::new()))).await?;
     ok(StatusCode::OK, json!({ "key_id": id, "previous_key_id": previous, "retiring": retiring }))
+}
+
+/// `POST /v1/keys/{id}/withdraw` (see `Core::withdraw_key`). The body, if any, is an empty
+/// JSON object.
+async fn withdraw_key(State(shared): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) -> Api {
+    if !body.is_empty() {
+        let _: serde_json::Map<String, Value> = parse_json(&body)?;
+    }
+    let id: u32 =
+        id.parse().map_err(|_| ApiError::bad_request("key id must be an integer 0..=4294967295"))?;
+    let secret = shared.random();
+    let now = now_ms() / 1000;
+    let w = shared.write(|core| Ok((core.withdraw_key(id, secret, now)?, Vec::new()))).await?;
+    ok(StatusCode::OK, json!(w))
 }
 
 async fn get_user(State(shared): State<Arc<Shared>>, Path(user): Path<String>) -> Api {

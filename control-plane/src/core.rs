@@ -216,6 +216,17 @@ pub struct PresenceView {
     pub session_id: u64,
 }
 
+/// What `POST /v1/keys/{id}/withdraw` did.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct KeyWithdrawal {
+    pub key_id: u32,
+    /// Unix seconds; the first withdrawal's, when the key was already withdrawn.
+    pub withdrawn_at: u64,
+    /// The key was the signing key: this new one replaced it first.
+    pub rotated_to: Option<u32>,
+    pub current_key_id: Option<u32>,
+}
+
 /// A retired signing key that still verifies until `valid_until`.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct RetiringKey {
@@ -417,6 +428,7 @@ impl Core {
                 created_secs: now_secs,
                 max_expires_at: 0,
                 current: true,
+                withdrawn_secs: None,
             };
             core.ops.push(Op::Key(rec.clone()));
             core.keys.insert(id, rec);
@@ -485,7 +497,10 @@ impl Core {
     fn tables(&self) -> Tables {
         Tables {
             version: self.tables_version,
-            keys: self.keys.values().map(|k| KeyEntry { key_id: k.id, secret: k.secret }).collect(),
+            keys: (self.keys.values())
+                .filter(|k| k.withdrawn_secs.is_none())
+                .map(|k| KeyEntry { key_id: k.id, secret: k.secret })
+                .collect(),
             revocations: self.revocations.iter().map(|(u, r)| revocation_entry(u, r)).collect(),
             groups: self
                 .groups
@@ -611,17 +626,55 @@ impl Core {
             k.current = false;
             self.ops.push(Op::Key(k.clone()));
         }
-        let rec = KeyRecord { id, secret, created_secs: now_secs, max_expires_at: 0, current: true };
+        let rec = KeyRecord {
+            id,
+            secret,
+            created_secs: now_secs,
+            max_expires_at: 0,
+            current: true,
+            withdrawn_secs: None,
+        };
         self.ops.push(Op::Key(rec.clone()));
         self.keys.insert(id, rec);
         self.broadcast(vec![TableChange::KeyAdded(KeyEntry { key_id: id, secret })]);
         let retiring = self
             .keys
             .values()
-            .filter(|k| !k.current)
+            .filter(|k| !k.current && k.withdrawn_secs.is_none())
             .map(|k| RetiringKey { key_id: k.id, valid_until: k.max_expires_at })
             .collect();
         (id, previous, retiring)
+    }
+
+    /// Withdraws key `id` at once (a leaked key): gateways drop it, which closes the live
+    /// sessions it signed (`AUTH_REVOKED`) and refuses new logins with them (`AUTH_FORGED`, an
+    /// unknown key). The signing key is first replaced by a new one (`fresh_secret`) so that
+    /// credentials can still be issued. Idempotent: a withdrawn key is answered with its first
+    /// withdrawal. Unknown (never existed, or retired after its last token expired) → 404.
+    pub(crate) fn withdraw_key(
+        &mut self,
+        id: u32,
+        fresh_secret: [u8; 32],
+        now_secs: u64,
+    ) -> Result<KeyWithdrawal, ApiError> {
+        let Some(k) = self.keys.get(&id) else {
+            return Err(ApiError::not_found(format!("unknown key {id}")));
+        };
+        if let Some(at) = k.withdrawn_secs {
+            let current_key_id = self.current_key().map(|k| k.id);
+            return Ok(KeyWithdrawal { key_id: id, withdrawn_at: at, rotated_to: None, current_key_id });
+        }
+        let rotated_to = k.current.then(|| self.rotate_key(fresh_secret, now_secs).0);
+        if let Some(k) = self.keys.get_mut(&id) {
+            k.current = false;
+            k.withdrawn_secs = Some(now_secs);
+            // Nothing verifies with it any more; do not keep a leaked secret on disk.
+            k.secret = [0; 32];
+            self.ops.push(Op::Key(k.clone()));
+        }
+        self.broadcast(vec![TableChange::KeyRemoved(id)]);
+        let current_key_id = self.current_key().map(|k| k.id);
+        Ok(KeyWithdrawal { key_id: id, withdrawn_at: now_secs, rotated_to, current_key_id })
     }
 
     // ---- users, groups, topics ----------------------------------------------------------
@@ -1794,8 +1847,10 @@ impl Core {
         self.metrics.messages_expired.add(dropped);
         self.prune_pushes(now_ms);
         let now_secs = now_ms / 1000;
-        let retired: Vec<u32> =
-            self.keys.values().filter(|k| !k.current && k.max_expires_at <= now_secs).map(|k| k.id).collect();
+        let retired: Vec<u32> = (self.keys.values())
+            .filter(|k| !k.current && k.withdrawn_secs.is_none() && k.max_expires_at <= now_secs)
+            .map(|k| k.id)
+            .collect();
         for id in &retired {
             self.keys.remove(id);
             self.ops.push(Op::KeyRemoved(*id));

@@ -40,6 +40,30 @@ fn op(summary: &str, params: Vec<Value>, request: Option<Value>, ok: (&str, Valu
     o
 }
 
+/// `POST /v1/keys/{id}/withdraw`: its path parameter is an integer and it has a 404.
+fn withdraw_op() -> Value {
+    let mut o = op(
+        "Withdraw a signing key at once (a leaked key): gateways drop it and close the sessions it signed (AUTH_REVOKED), logins with its credentials are refused (AUTH_FORGED); the signing key is first replaced by a new one. Idempotent",
+        vec![json!({ "name": "id", "in": "path", "required": true, "description": "Key id",
+                        "schema": { "type": "integer", "minimum": 0, "maximum": 4_294_967_295_u64 } })],
+        None,
+        (
+            "200",
+            ok_json(
+                "Withdrawn",
+                json!({ "type": "object", "properties": {
+                        "key_id": { "type": "integer" },
+                        "withdrawn_at": { "type": "integer", "description": "Unix seconds of the first withdrawal" },
+                        "rotated_to": { "type": "integer", "nullable": true,
+                            "description": "the new signing key, when the withdrawn key was the signing key" },
+                        "current_key_id": { "type": "integer", "nullable": true } } }),
+            ),
+        ),
+    );
+    o["responses"]["404"] = err("Unknown key (never existed, or retired once its last credential expired)");
+    o
+}
+
 /// The document.
 pub(crate) fn document() -> Value {
     let mut doc = paths_and_components();
@@ -101,6 +125,7 @@ fn paths_and_components() -> Value {
                     "key_id": { "type": "integer" }, "previous_key_id": { "type": "integer", "nullable": true },
                     "retiring": { "type": "array", "items": { "type": "object", "properties": {
                         "key_id": { "type": "integer" }, "valid_until": { "type": "integer" } } } } } })))) },
+            "/v1/keys/{id}/withdraw": { "post": withdraw_op() },
             "/v1/users/{user}": { "get": op("A user's groups, effective topics, devices and presence",
                 vec![path_param("user", "User id")], None, ("200", ok_json("User", user_view.clone()))) },
             "/v1/users/{user}/groups": { "put": op("Replace a user's groups",

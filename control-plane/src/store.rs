@@ -52,6 +52,11 @@ pub struct KeyRecord {
     pub max_expires_at: u64,
     /// Whether this is the key new tokens are signed with.
     pub current: bool,
+    /// When (Unix seconds) it was withdrawn (`POST /v1/keys/{id}/withdraw`): gateways no longer
+    /// get it and its secret is erased; the record stays so that the withdrawal is answered
+    /// the same way again and its id is never reused. Absent in records written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdrawn_secs: Option<u64>,
 }
 
 /// Revoked credentials of one user: tokens issued before the given seconds are refused.

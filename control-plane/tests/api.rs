@@ -70,6 +70,7 @@ async fn every_route_refuses_callers_without_the_admin_key() {
         ("POST", "/v1/credentials"),
         ("POST", "/v1/credentials/revoke"),
         ("POST", "/v1/keys/rotate"),
+        ("POST", "/v1/keys/1/withdraw"),
         ("GET", "/v1/users/u"),
         ("PUT", "/v1/users/u/groups"),
         ("PUT", "/v1/users/u/topics"),

@@ -53,6 +53,7 @@ fn committed_records_survive_reopen_and_deletes_stick() {
                     created_secs: 1,
                     max_expires_at: 9,
                     current: true,
+                    withdrawn_secs: None,
                 }),
                 Op::Key(KeyRecord {
                     id: 2,
@@ -60,6 +61,7 @@ fn committed_records_survive_reopen_and_deletes_stick() {
                     created_secs: 1,
                     max_expires_at: 9,
                     current: false,
+                    withdrawn_secs: Some(5),
                 }),
                 Op::Revocation("bob".into(), RevocationRecord { all_before: 4, devices: BTreeMap::new() }),
                 Op::Stream(StreamRecord { id: 1, name: "u:alice".into(), head: 2 }),

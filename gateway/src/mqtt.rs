@@ -11,7 +11,10 @@
 //!   for another user, gets CONNACK 0x86 (3.1.1: 0x04); a revoked one 0x87 (0x05); a client id
 //!   that is not the credential's device 0x85 (0x02); enhanced authentication 0x8C (5.0 only);
 //!   no tables from the control plane yet 0x88 (0x03). Keep-alive `k` closes a connection silent
-//!   for 1.5·k seconds (k = 0: the node's heartbeat grace). CONNACK says: maximum QoS 1, no
+//!   for 1.5·k seconds (k = 0: the node's heartbeat grace). A connected client whose credential
+//!   expires, is revoked or whose signing key is withdrawn is closed then (5.0: DISCONNECT 0x87
+//!   Not authorized, MQTT having no "credential expired"; 3.1.1: closed): EMQX does the same with
+//!   an expired JWT. The client must connect again with a new password. CONNACK says: maximum QoS 1, no
 //!   retain, no shared subscriptions, no topic aliases, no subscription identifiers, receive
 //!   maximum [`MAX_PUBLISHING`].
 //! - **Topics**: a topic push is published on the topic's name; a group push on

@@ -20,6 +20,15 @@ pub(crate) struct Snapshot {
     pub(crate) group_topics: HashMap<Box<str>, HashSet<Box<str>>>,
     /// topic → groups that follow it (the reverse of `group_topics`).
     pub(crate) topic_groups: HashMap<Box<str>, Vec<Box<str>>>,
+    /// Moves (gateway-local, stamped by [`SharedTables::store`]) whenever a snapshot may
+    /// invalidate a live session: a whole `Tables` (after a reconnect: what happened during a
+    /// partition is only in there) or a delta that removes a key or adds a revocation. Each core
+    /// re-checks its live sessions when it sees it move, and only then: a group change does
+    /// not make cores walk their connections.
+    pub(crate) auth_epoch: u64,
+    /// Set by the constructors: whether this snapshot may refuse a credential the one before it
+    /// accepted.
+    auth_changed: bool,
 }
 
 impl Snapshot {
@@ -40,6 +49,8 @@ impl Snapshot {
             revocations,
             group_topics,
             topic_groups: HashMap::new(),
+            auth_epoch: 0,
+            auth_changed: true,
         };
         s.reindex();
         s
@@ -53,6 +64,10 @@ impl Snapshot {
             revocations: self.revocations.clone(),
             group_topics: self.group_topics.clone(),
             topic_groups: HashMap::new(),
+            auth_epoch: 0,
+            auth_changed: changes
+                .iter()
+                .any(|c| matches!(c, TableChange::KeyRemoved(_) | TableChange::Revoked(_))),
         };
         for c in changes {
             match c {
@@ -118,7 +133,10 @@ impl SharedTables {
         self.current.load_full()
     }
 
-    pub(crate) fn store(&self, s: Snapshot) {
+    /// Publishes `s`, stamping its `auth_epoch`. Only the link thread stores, so reading the
+    /// current epoch and storing its successor is not a race.
+    pub(crate) fn store(&self, mut s: Snapshot) {
+        s.auth_epoch = self.current.load().auth_epoch + u64::from(s.auth_changed);
         self.current.store(Arc::new(s));
     }
 }

@@ -23,6 +23,7 @@
 //! bytes into the same [`Worker::on_input`] that TCP reads go through.
 
 mod accept;
+mod creds;
 mod mqtt;
 mod quic;
 
@@ -132,6 +133,8 @@ struct Auth {
     session_id: u64,
     /// The user's id in the core's index.
     uid: u32,
+    /// The credential's signing key: the session ends if the key is withdrawn (`creds`).
+    key_id: u32,
 }
 
 /// What carries a connection's frames.
@@ -221,6 +224,8 @@ struct Worker {
     /// The core's epoll instance for its TCP connections (owned by the readiness task's
     /// [`Watch`]).
     epfd: RawFd,
+    /// What live sessions' credentials must still satisfy (expiry, revocations, keys).
+    creds: creds::Creds,
 }
 
 /// Runs core `n` until its drain has finished. Called on thread `herald-core-{n}`.
@@ -298,6 +303,7 @@ async fn core_main(n: usize, node: Arc<Node>, listeners: Listeners, inbox: Mailb
         draining: false,
         quic: None,
         epfd,
+        creds: creds::Creds::default(),
     }));
     monoio::spawn(readiness_loop(w.clone(), watch));
     monoio::spawn(accept_loop(w.clone(), listener, false));
@@ -804,6 +810,8 @@ impl Worker {
         grace_ms: u32,
     ) -> (u64, Arc<str>) {
         let session_id = self.node.next_session_id();
+        self.creds.set(slot, claims.issued_at, claims.expires_at);
+        let key_id = claims.key_id;
         let user: Arc<str> = claims.user.into();
         let device: Arc<str> = claims.device.into();
         self.replace(&user, &device, session_id);
@@ -814,8 +822,15 @@ impl Worker {
         }
         let uid = self.index.add_conn(&user, slot);
         let c = &mut self.conns[slot];
+        // The connection's pending deadline is its login deadline; a credential that expires
+        // before it needs a deadline of its own (the sweep keeps one when both come due alike).
+        let login_left = c.live.check(Tick::from_millis(now)).map_or(0, u64::from);
+        let expiry_left = self.creds.left_ms(slot, unix_now().as_millis() as u64);
+        if expiry_left < login_left {
+            self.deadlines.push(Reverse((now + expiry_left, slot as u32, c.generation)));
+        }
         c.live.logged_in(Tick::from_millis(now), grace_ms);
-        c.auth = Some(Auth { user: user.clone(), device: device.clone(), session_id, uid });
+        c.auth = Some(Auth { user: user.clone(), device: device.clone(), session_id, uid, key_id });
         self.m.logins_ok.inc();
         let _ = self.node.upstream.send(Upstream::Online {
             core: self.n,
@@ -1004,22 +1019,36 @@ impl Worker {
         }
     }
 
-    /// Closes connections whose login deadline or heartbeat grace has passed.
+    /// Closes connections whose login deadline, heartbeat grace or credential has expired, and
+    /// sessions that new tables no longer accept (`creds`).
     fn sweep(&mut self) {
+        self.recheck_sessions();
         let now = self.now_ms();
-        while let Some(&Reverse((due, slot, generation))) = self.deadlines.peek() {
+        let unix_ms = unix_now().as_millis() as u64;
+        while let Some(&Reverse(entry @ (due, slot, generation))) = self.deadlines.peek() {
             if due > now {
                 break;
             }
             self.deadlines.pop();
+            // A connection can have two entries (see `admit`); once they name the same time,
+            // one is enough.
+            while self.deadlines.peek() == Some(&Reverse(entry)) {
+                self.deadlines.pop();
+            }
             let (slot, generation) = (slot as usize, generation);
             let Some(c) = self.conn(slot, generation) else { continue };
             if c.closing.is_some() {
                 continue;
             }
-            match c.live.check(Tick::from_millis(now)) {
+            let checked = c.live.check(Tick::from_millis(now));
+            let expiry_left = if c.auth.is_some() { self.creds.left_ms(slot, unix_ms) } else { u64::MAX };
+            if expiry_left == 0 {
+                self.close_conn(slot, CloseCode::AUTH_EXPIRED, false, false);
+                continue;
+            }
+            match checked {
                 Ok(left) => {
-                    let next = now + u64::from(left.max(1));
+                    let next = now + u64::from(left.max(1)).min(expiry_left);
                     self.deadlines.push(Reverse((next, slot as u32, generation)));
                 }
                 Err(code) => {
@@ -1078,6 +1107,7 @@ impl Worker {
     }
 
     fn on_push(&mut self, job: &PushJob) {
+        self.recheck_for(&job.tables);
         self.m.pushes.inc();
         self.pending_fanout.push(job.received);
         let mut slots = std::mem::take(&mut self.scratch);

@@ -633,7 +633,29 @@ fn backlog_reaches_persistent_sessions_only(driver: Driver) {
     }
 }
 
+/// Both MQTT versions are closed at the credential's expiry, well before their keep-alive
+/// (60 s): 5.0 with DISCONNECT 0x87 Not authorized (MQTT has no "credential expired"; a client
+/// reconnecting with the same password is refused the same way), 3.1.1 by closing.
+fn a_session_is_closed_when_its_credential_expires(driver: Driver) {
+    let (_gw, cp, addr) = mqtt_gateway(driver);
+    let expires_at = now_secs() + 2;
+    let mut clients = Vec::new();
+    for (v, device) in [(V3, "d3"), (V5, "d5")] {
+        let mut o = Opts::new("exp", device);
+        o.password = Some(token_with(&key(), "exp", device, now_secs() - 10, expires_at));
+        let mut c = Client::open(addr, v, &o);
+        assert_eq!(c.connack(), 0, "CONNACK of {device}");
+        clients.push(c);
+    }
+    for c in &mut clients {
+        c.expect_closed(0x87);
+    }
+    assert!(now_secs() >= expires_at, "closed before the credential expired");
+    assert_eq!(cp.wait_offline("exp"), CloseCode::AUTH_EXPIRED.0);
+}
+
 both_drivers!(
+    a_session_is_closed_when_its_credential_expires,
     connect_accepted_and_refused,
     subscribe_codes_and_deliveries,
     keep_alive_and_refused_publish,

@@ -83,15 +83,19 @@ impl QTerm {
     }
 
     fn login(addr: SocketAddr, ca_pem: &[u8], user: &str, device: &str) -> (QTerm, LoginOk) {
+        QTerm::login_token(addr, ca_pem, &token(user, device), device)
+    }
+
+    fn login_token(addr: SocketAddr, ca_pem: &[u8], token: &str, device: &str) -> (QTerm, LoginOk) {
         let mut t = QTerm::connect(addr, ca_pem).expect("quic connect");
         t.send_frame(&Frame::Login(Login::new(
-            Bytes::copy_from_slice(token(user, device).as_bytes()),
+            Bytes::copy_from_slice(token.as_bytes()),
             Bytes::copy_from_slice(device.as_bytes()),
             &[],
         )));
         match t.next() {
             Some(Frame::LoginOk(ok)) => (t, ok),
-            other => panic!("login of {user}/{device} refused: {other:?}"),
+            other => panic!("login of {device} refused: {other:?}"),
         }
     }
 
@@ -364,7 +368,26 @@ fn hostile_datagrams_do_not_hurt_a_core(driver: Driver) {
     fresh.expect_pong(4);
 }
 
+/// Over QUIC too, a session ends with CLOSE `AUTH_EXPIRED` when its credential expires (the
+/// heartbeat grace, 60 s, is far away).
+fn a_session_is_closed_when_its_credential_expires(driver: Driver) {
+    let (gw, cp, dir) = quic_gateway(driver);
+    let ca = std::fs::read(dir.path().join("quic-dev-cert.pem")).unwrap();
+    let addr = gw.quic_addr().unwrap();
+    let expires_at = now_secs() + 2;
+    let token = token_with(&key(), "short", "d", now_secs() - 10, expires_at);
+    let (mut t, _) = QTerm::login_token(addr, &ca, &token, "d");
+    match t.next() {
+        Some(Frame::Close(c)) => assert_eq!(c.code, CloseCode::AUTH_EXPIRED),
+        other => panic!("expected close, got {other:?}"),
+    }
+    assert!(now_secs() >= expires_at, "closed before the credential expired");
+    assert!(t.next().is_none(), "the stream stays open after close");
+    assert_eq!(cp.wait_offline("short"), CloseCode::AUTH_EXPIRED.0);
+}
+
 both_drivers!(
+    a_session_is_closed_when_its_credential_expires,
     login_and_push_over_quic,
     both_transports_in_one_fanout,
     rebinding_keeps_the_session,

@@ -130,6 +130,12 @@ impl KeySet {
         self.keys.len()
     }
 
+    /// Whether key `id` is in the set: a live session signed with a key that left it (withdrawn)
+    /// no longer holds.
+    pub fn contains(&self, id: u32) -> bool {
+        self.keys.contains_key(&id)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
@@ -234,14 +240,21 @@ impl Revocations {
 
     /// Refuses `claims` if a revocation covers them. No allocation.
     pub fn check(&self, claims: &Claims) -> Result<(), CredentialError> {
-        let Some(r) = self.by_user.get(&claims.user) else {
-            return Ok(());
-        };
-        let device_before = r.device_before.get(&claims.device).copied().unwrap_or(0);
-        if claims.issued_at < r.all_before.max(device_before) {
+        if self.revoked(&claims.user, &claims.device, claims.issued_at) {
             return Err(CredentialError::Revoked);
         }
         Ok(())
+    }
+
+    /// Whether a token of `user`/`device` issued at `issued_at` (Unix seconds) is revoked: what
+    /// [`Revocations::check`] decides, for a server that kept only these parts of the claims
+    /// (re-checking live sessions when the table changes). No allocation.
+    pub fn revoked(&self, user: &str, device: &str, issued_at: u64) -> bool {
+        let Some(r) = self.by_user.get(user) else {
+            return false;
+        };
+        let device_before = r.device_before.get(device).copied().unwrap_or(0);
+        issued_at < r.all_before.max(device_before)
     }
 
     /// Every revocation: (user, device or `None` for all devices, issued-before second).

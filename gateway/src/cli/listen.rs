@@ -1,7 +1,8 @@
 //! `herald listen`: a terminal for people and scripts. It drives the protocol crate's client
 //! [`Session`] over a blocking TCP socket or a QUIC stream (`--transport quic`): logs in, prints every new push as one JSON line on
 //! stdout, acknowledges it (batched), heartbeats, and reconnects with backoff. Status goes to
-//! stderr. It exits 0 after `--count` pushes, 1 when the credential is refused.
+//! stderr. It exits 0 after `--count` pushes, 1 when the credential is refused or expires (the
+//! gateway closes the session then; a new credential is a new `--token`).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -130,6 +131,10 @@ pub(crate) fn run(args: ListenArgs) -> anyhow::Result<()> {
                     let reason = String::from_utf8_lossy(&reason);
                     eprintln!("herald listen: closed by server: {code} {reason}");
                     conn = None;
+                    if code == herald_protocol::CloseCode::AUTH_EXPIRED {
+                        // During a session too: the gateway closes it when the credential expires.
+                        bail!("the credential expired: get a new one (POST /v1/credentials) and run again");
+                    }
                     if !reconnect {
                         bail!("the gateway refused this terminal: {code} {reason}");
                     }
