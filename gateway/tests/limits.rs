@@ -114,3 +114,70 @@ fn connections_past_max_connections_get_overloaded_at_once(driver: Driver) {
 }
 
 both_drivers!(connections_past_max_connections_get_overloaded_at_once);
+
+/// Set in the child process of `accept_failures_back_off_and_are_logged_at_most_once_a_second`.
+const FD_CHILD: &str = "HERALD_TEST_FD_CHILD";
+
+/// The child: a gateway with no connection cap in a process whose descriptors run out. It
+/// prints its terminal address, waits until its cores have counted `failures` failed accepts,
+/// and prints how long that took.
+fn out_of_descriptors_child(failures: u64) {
+    let _ = tracing_subscriber::fmt().with_ansi(false).with_writer(std::io::stderr).try_init();
+    let (gw, _cp) = gateway(Driver::Epoll, |_| {});
+    println!("tcp {}", gw.tcp_addr());
+    let start = Instant::now();
+    common::eventually("failed accepts", || {
+        metric(&gw.metrics_text(), "herald_accept_errors_total") >= failures
+    });
+    println!("failures after {} ms", start.elapsed().as_millis());
+}
+
+#[test]
+fn accept_failures_back_off_and_are_logged_at_most_once_a_second() {
+    const FAILURES: u64 = 12;
+    if std::env::var_os(FD_CHILD).is_some() {
+        out_of_descriptors_child(FAILURES);
+        return;
+    }
+    use std::io::BufRead as _;
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "accept_failures_back_off_and_are_logged_at_most_once_a_second", "--nocapture"])
+        .env(FD_CHILD, "1")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit { rlim_cur: 64, rlim_max: 64 };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr: SocketAddr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("tcp ")?.parse().ok())
+        .expect("the child's gateway address");
+    // Far more connections than the child has descriptors: the rest wait in the backlog and
+    // every accept fails with EMFILE while they do.
+    let held: Vec<TcpStream> = (0..150).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let took_ms: u64 = lines
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("failures after ")?.strip_suffix(" ms")?.parse().ok())
+        .expect("the child counted its failed accepts");
+    let out = child.wait_with_output().unwrap();
+    drop(held);
+    let log = String::from_utf8_lossy(&out.stderr);
+    let lines = log.lines().filter(|l| l.contains("accept failed")).count() as u64;
+    // Two cores, at most one line per second each, plus each core's first.
+    let allowed = 2 * (took_ms / 1000 + 1);
+    assert!(lines >= 1 && lines <= allowed, "{lines} 'accept failed' lines in {took_ms} ms:\n{log}");
+    // Backing off, 12 failures take a while (10 + 20 + 40 + ... ms per core), not 12 × 10 ms.
+    assert!(took_ms >= 100, "{FAILURES} failed accepts in {took_ms} ms: no backoff");
+}
