@@ -208,7 +208,9 @@ fn a_full_disk_fails_writes_with_503_and_they_work_again_once_space_is_freed() {
     assert_eq!(status, 503);
 
     std::fs::remove_file(disk.path().join("filler")).unwrap();
+    let freed = std::time::Instant::now();
     eventually("healthz back to 200 once space is freed", || (healthz(&admin) == 200).then_some(()));
+    eprintln!("healthy again {:?} after space was freed", freed.elapsed());
     // Without a restart: every accepted push is still there, the failed one is not.
     for id in &accepted {
         admin.status(*id);
