@@ -110,12 +110,15 @@ fn a_failed_commit_is_rolled_back_and_the_store_recovers_without_restart() {
     // gets tables without it (and one connected during the fault is disconnected, to resync).
     let mut gw = FakeGateway::connect(cp.link_addr(), "n1", Vec::new());
     gw.expect("tables", |m| matches!(m, LinkMessage::Tables(_)));
+    assert_eq!(metric(&admin, "herald_cp_nodes"), 1);
     store.fail.store(true, Ordering::SeqCst);
     let (status, body) = admin.call("POST", "/v1/credentials/revoke", Some(json!({"user": "alice"})));
     assert_eq!(status, 503, "{body}");
     assert_eq!(healthz(&admin), 503);
     store.fail.store(false, Ordering::SeqCst);
     eventually("healthz back to 200", || (healthz(&admin) == 200).then_some(()));
+    // The node's link was closed at the reload: the node is gone until it reconnects.
+    assert_eq!(metric(&admin, "herald_cp_nodes"), 0);
     let closed = gw.drain(Duration::from_millis(100));
     assert!(gw.recv_within(Duration::from_secs(2)).is_none(), "link closed at the reload; got {closed:?}");
     let mut gw = FakeGateway::connect(cp.link_addr(), "n1", Vec::new());
