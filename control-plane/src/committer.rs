@@ -14,7 +14,7 @@
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -25,12 +25,16 @@ use crate::store::{Op, Snapshot, Store};
 /// Most jobs folded into one transaction.
 const MAX_BATCH_JOBS: usize = 4096;
 
-/// First and longest wait between attempts to reopen a failed store.
+/// First and longest wait before an attempt to reopen a failed store.
 const REOPEN_BACKOFF_FIRST: Duration = Duration::from_millis(50);
-const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(2);
+const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A failure within this long of the last recovery continues that recovery's backoff instead
+/// of starting again at the first wait: a disk that takes small writes but not a push would
+/// otherwise fail, reload and resync every gateway link many times a second.
+const REFAIL_WINDOW: Duration = Duration::from_secs(60);
 
 /// Rebuilds the working state from a reloaded store (under the core lock, bumping the
-/// generation) and returns the store changes that made (a first signing key if there was none).
+/// generation) and returns the store changes that made (see `Core::reload`).
 pub(crate) type Reload = Box<dyn Fn(Snapshot) -> Vec<Op> + Send>;
 
 /// A unit of work for the committer.
@@ -111,6 +115,8 @@ fn run(
     let mut batch: Vec<Job> = Vec::new();
     let mut ops: Vec<Op> = Vec::new();
     let mut ids: Vec<u64> = Vec::new();
+    let mut backoff = REOPEN_BACKOFF_FIRST;
+    let mut recovered_at: Option<Instant> = None;
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH_JOBS {
@@ -153,8 +159,14 @@ fn run(
         }
         ops.clear();
         ids.clear();
-        if !ok && !recover(store, metrics, health, &rx, reload) {
-            return;
+        if !ok {
+            if recovered_at.is_none_or(|t| t.elapsed() > REFAIL_WINDOW) {
+                backoff = REOPEN_BACKOFF_FIRST;
+            }
+            if !recover(store, metrics, health, &rx, reload, &mut backoff) {
+                return;
+            }
+            recovered_at = Some(Instant::now());
         }
     }
 }
@@ -167,23 +179,30 @@ fn recover(
     health: &StoreHealth,
     rx: &mpsc::Receiver<Job>,
     reload: &Reload,
+    backoff: &mut Duration,
 ) -> bool {
-    let mut backoff = REOPEN_BACKOFF_FIRST;
     for attempt in 1u64.. {
-        // Made on the state being discarded (or refused while failing: link traffic).
+        // The wait fails whatever is queued meanwhile (made on the state being discarded, or
+        // link traffic: the API refuses writes while failing) and ends at once on shutdown.
+        let until = Instant::now() + *backoff;
+        *backoff = (*backoff * 2).min(REOPEN_BACKOFF_MAX);
         loop {
-            match rx.try_recv() {
+            let left = until.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
                 Ok(job) => fail(job),
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => return false,
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+            }
+            if left.is_zero() {
+                break;
             }
         }
         let outcome = store.reopen().and_then(|()| store.load()).and_then(|snap| {
-            let ops = reload(snap);
-            match ops.is_empty() {
-                true => Ok(()),
-                false => store.commit(&ops),
-            }
+            // Reopening needs no space: a write proves the store takes writes again before the
+            // state is rebuilt (and links closed) and `/healthz` says so. It rewrites a value
+            // the store already holds.
+            store.commit(&[Op::LastPushId(snap.last_push_id)])?;
+            store.commit(&reload(snap))
         });
         match outcome {
             Ok(()) => {
@@ -202,8 +221,6 @@ fn recover(
             }
             Err(_) => {}
         }
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(REOPEN_BACKOFF_MAX);
     }
     false
 }

@@ -447,7 +447,8 @@ impl Core {
     /// whatever was built on it — is dropped, as a restart would drop it. What is not durable
     /// goes too: every node's link is closed (each gateway reconnects, gets the tables and
     /// resends its sessions, as after a control-plane restart) and pending wills are lost.
-    /// Push ids stay above every id handed out, so a failed push's id is never reused.
+    /// Push ids stay above every id handed out, so a failed push's id is never reused; the
+    /// returned ops (see [`Core::take_ops`]) store that.
     pub(crate) fn reload(&mut self, snap: Snapshot, now_ms: u64, first_secret: [u8; 32]) {
         for node in self.nodes.values() {
             node.queue.close();
@@ -460,6 +461,8 @@ impl Core {
         fresh.tables_version = self.tables_version + 1;
         fresh.metrics.pending_wills.set(0);
         *self = fresh;
+        // Stored, so that failed pushes' ids are not reused after a restart either.
+        self.ops.push(Op::LastPushId(self.last_push_id));
     }
 
     /// Refreshes the gauges; walks every stream and online user, so only the sweeper calls it.

@@ -6,6 +6,10 @@
 //! then fails every such job, reopens the store and rebuilds the working state from it (see
 //! `Core::reload`), exactly what a restart would do, without the restart. The generation tells
 //! jobs made before the rebuild (discarded) from those made after it (committed).
+//!
+//! "Failing" lasts from a failed commit until the store has been reopened and has taken a write
+//! (a small one: a disk that is still nearly full may take it and fail the next push, which
+//! starts the cycle again, with the backoff carried over so that it cannot churn).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

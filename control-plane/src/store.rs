@@ -14,7 +14,7 @@
 //! `committer.rs`).
 
 use std::collections::BTreeMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -212,6 +212,30 @@ fn dberr<E: Into<redb::Error>>(e: E) -> StoreError {
     }
 }
 
+thread_local! {
+    /// Set while this thread runs redb under [`quietly`].
+    static IN_REDB: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, catching a panic. redb panics on some damaged files; that panic is reported as
+/// [`StoreError::Damaged`], so the default hook's message and backtrace (which read like a
+/// crash of Herald) are not printed for it. Panics elsewhere, on any thread, print as before.
+fn quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_REDB.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    IN_REDB.with(|c| c.set(true));
+    let r = std::panic::catch_unwind(AssertUnwindSafe(f));
+    IN_REDB.with(|c| c.set(false));
+    r
+}
+
 /// The message of a caught panic, on one line (assertion messages span several).
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     let text = match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
@@ -286,9 +310,10 @@ impl RedbStore {
             Err(source) => return Err(StoreError::Io { path: path.to_path_buf(), source }),
         }
         let damaged = |why| StoreError::Damaged { path: path.to_path_buf(), why };
-        // redb panics on some damaged files (a truncated file: "range end index out of range")
-        // instead of returning an error; a panic here is a bad file, not a bug of ours.
-        let opened = catch_unwind(AssertUnwindSafe(|| -> Result<Database, StoreError> {
+        // redb panics on some damaged files (a truncated one: "assertion failed:
+        // storage.raw_file_len()? >= header.layout().len()") instead of returning an error; a
+        // panic here is a bad file, not a bug of ours.
+        let opened = quietly(|| -> Result<Database, StoreError> {
             let db = Database::create(path).map_err(dberr)?;
             let txn = db.begin_write().map_err(dberr)?;
             {
@@ -304,7 +329,7 @@ impl RedbStore {
             }
             txn.commit().map_err(dberr)?;
             Ok(db)
-        }));
+        });
         match opened {
             Ok(Ok(db)) => Ok(db),
             Ok(Err(StoreError::Damaged { why, .. })) => Err(damaged(why)),
@@ -320,7 +345,7 @@ impl RedbStore {
         let Some(db) = guard.as_ref() else {
             return Err(StoreError::Db("the store is closed after a failed reopen".into()));
         };
-        match catch_unwind(AssertUnwindSafe(|| f(db))) {
+        match quietly(|| f(db)) {
             Ok(Err(StoreError::Damaged { why, .. })) => {
                 Err(StoreError::Damaged { path: self.path.clone(), why })
             }
@@ -419,7 +444,7 @@ impl Store for RedbStore {
         let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
         // The old handle must be gone first: redb refuses a second open of the same file.
         if let Some(old) = guard.take() {
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(old)));
+            let _ = quietly(move || drop(old));
         }
         *guard = Some(Self::open_file(&self.path)?);
         Ok(())

@@ -7,7 +7,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{Admin, FakeGateway, config, eventually};
@@ -20,6 +20,18 @@ use serde_json::json;
 struct FaultyStore {
     inner: RedbStore,
     fail: AtomicBool,
+    /// Commits of more ops than this fail too (a disk that takes small writes only).
+    fail_over_ops: AtomicUsize,
+}
+
+impl FaultyStore {
+    fn new(dir: &std::path::Path) -> Arc<FaultyStore> {
+        Arc::new(FaultyStore {
+            inner: RedbStore::open(dir).unwrap(),
+            fail: AtomicBool::new(false),
+            fail_over_ops: AtomicUsize::new(usize::MAX),
+        })
+    }
 }
 
 impl Store for FaultyStore {
@@ -28,7 +40,7 @@ impl Store for FaultyStore {
     }
 
     fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
-        if self.fail.load(Ordering::SeqCst) {
+        if self.fail.load(Ordering::SeqCst) || ops.len() > self.fail_over_ops.load(Ordering::SeqCst) {
             return Err(StoreError::Db("injected fault: No space left on device".into()));
         }
         self.inner.commit(ops)
@@ -55,8 +67,7 @@ fn metric(admin: &Admin, name: &str) -> u64 {
 #[test]
 fn a_failed_commit_is_rolled_back_and_the_store_recovers_without_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        Arc::new(FaultyStore { inner: RedbStore::open(dir.path()).unwrap(), fail: AtomicBool::new(false) });
+    let store = FaultyStore::new(dir.path());
     let cp = herald_control_plane::start_with_store(config(dir.path()), store.clone()).unwrap();
     let admin = Admin::new(&cp);
     admin.token("alice", "phone");
@@ -99,12 +110,15 @@ fn a_failed_commit_is_rolled_back_and_the_store_recovers_without_restart() {
     // gets tables without it (and one connected during the fault is disconnected, to resync).
     let mut gw = FakeGateway::connect(cp.link_addr(), "n1", Vec::new());
     gw.expect("tables", |m| matches!(m, LinkMessage::Tables(_)));
+    assert_eq!(metric(&admin, "herald_cp_nodes"), 1);
     store.fail.store(true, Ordering::SeqCst);
     let (status, body) = admin.call("POST", "/v1/credentials/revoke", Some(json!({"user": "alice"})));
     assert_eq!(status, 503, "{body}");
     assert_eq!(healthz(&admin), 503);
     store.fail.store(false, Ordering::SeqCst);
     eventually("healthz back to 200", || (healthz(&admin) == 200).then_some(()));
+    // The node's link was closed at the reload: the node is gone until it reconnects.
+    assert_eq!(metric(&admin, "herald_cp_nodes"), 0);
     let closed = gw.drain(Duration::from_millis(100));
     assert!(gw.recv_within(Duration::from_secs(2)).is_none(), "link closed at the reload; got {closed:?}");
     let mut gw = FakeGateway::connect(cp.link_addr(), "n1", Vec::new());
@@ -114,6 +128,36 @@ fn a_failed_commit_is_rolled_back_and_the_store_recovers_without_restart() {
     // And writes work again: the revocation, now durable.
     admin.ok("POST", "/v1/credentials/revoke", json!({"user": "alice"}));
     gw.expect("the revocation", |m| matches!(m, LinkMessage::TablesDelta(cs) if !cs.is_empty()));
+}
+
+#[test]
+fn a_store_that_takes_small_writes_but_fails_pushes_does_not_reload_many_times_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FaultyStore::new(dir.path());
+    let cp = herald_control_plane::start_with_store(config(dir.path()), store.clone()).unwrap();
+    let admin = Admin::new(&cp);
+    admin.token("alice", "phone");
+    // The recovery's probe and reload write one op each; a push writes several.
+    store.fail_over_ops.store(1, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let mut attempts = 0;
+    while started.elapsed() < Duration::from_millis(2500) {
+        let (status, v) = admin.call("POST", "/v1/pushes", Some(json!({"to": {"user": "alice"}})));
+        assert_eq!(status, 503, "{v}");
+        attempts += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let recoveries = metric(&admin, "herald_cp_store_recoveries_total");
+    eprintln!("{attempts} pushes refused in 2.5 s, {recoveries} reloads");
+    // Backoff carried over between failures: 50 + 100 + 200 + 400 + 800 ms... not one reload
+    // (and gateway resync) per failed push.
+    assert!(attempts >= 20, "{attempts}");
+    assert!(recoveries <= 6, "{recoveries} reloads in 2.5 s");
+    store.fail_over_ops.store(usize::MAX, Ordering::SeqCst);
+    eventually("a push is accepted again", || {
+        let (status, _) = admin.call("POST", "/v1/pushes", Some(json!({"to": {"user": "alice"}})));
+        (status == 202).then_some(())
+    });
 }
 
 /// A small tmpfs mounted for one test, unmounted when dropped.
@@ -208,7 +252,9 @@ fn a_full_disk_fails_writes_with_503_and_they_work_again_once_space_is_freed() {
     assert_eq!(status, 503);
 
     std::fs::remove_file(disk.path().join("filler")).unwrap();
+    let freed = std::time::Instant::now();
     eventually("healthz back to 200 once space is freed", || (healthz(&admin) == 200).then_some(()));
+    eprintln!("healthy again {:?} after space was freed", freed.elapsed());
     // Without a restart: every accepted push is still there, the failed one is not.
     for id in &accepted {
         admin.status(*id);

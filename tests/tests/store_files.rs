@@ -57,6 +57,7 @@ fn an_empty_or_damaged_store_exits_65_and_an_unusable_data_path_74() -> anyhow::
     let (code, err) = control_plane_exit(h.data.path())?;
     assert_eq!(code, Some(65), "{err}");
     assert!(err.contains("herald.redb is damaged") && err.contains("refusing to start"), "{err}");
+    assert!(!err.contains("panicked at"), "redb's caught panic is not printed as a crash: {err}");
 
     // Empty: refused, and left empty (no fresh database, no new signing key).
     std::fs::write(&file, b"")?;
