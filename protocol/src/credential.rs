@@ -323,5 +323,18 @@ mod tests {
         r.revoke("bob", None, 101);
         assert_eq!(r.check(&c), Err(CredentialError::Revoked));
         assert_eq!(r.iter().count(), 3);
+        // What a gateway re-checks a live session with: the same answer from the kept parts.
+        assert!(r.revoked("bob", "tablet", c.issued_at));
+        assert!(!r.revoked("bob", "tablet", 101));
+        assert!(r.revoked("bob", "phone", 149));
+        assert!(!r.revoked("alice", "tablet", 0));
+    }
+
+    #[test]
+    fn a_removed_key_is_no_longer_contained() {
+        let mut keys = KeySet::new([SigningKey::new(1, [1; 32]), SigningKey::new(2, [2; 32])]);
+        assert!(keys.contains(1) && keys.contains(2));
+        keys.remove(2);
+        assert!(keys.contains(1) && !keys.contains(2));
     }
 }

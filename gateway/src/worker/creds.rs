@@ -114,3 +114,56 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use herald_protocol::link::{KeyEntry, RevocationEntry, Tables};
+
+    use super::*;
+
+    /// What one re-check walk costs per live session (the walk runs once per snapshot that
+    /// moves `auth_epoch`, never per frame): `cargo test --release -p herald-gateway --lib
+    /// worker::creds::tests::walk_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement; run it in release"]
+    fn walk_cost() {
+        const SESSIONS: usize = 100_000;
+        let tables = Tables {
+            version: 1,
+            keys: vec![KeyEntry { key_id: 1, secret: [1; 32] }, KeyEntry { key_id: 2, secret: [2; 32] }],
+            revocations: (0..10_000)
+                .map(|i| RevocationEntry { user: format!("user-{i}"), all_before: 50, devices: vec![] })
+                .collect(),
+            groups: vec![],
+        };
+        let snap = Snapshot::from_tables(&tables);
+        let mut creds = Creds::default();
+        let sessions: Vec<Auth> = (0..SESSIONS)
+            .map(|i| {
+                creds.set(i, 100, u64::from(u32::MAX));
+                Auth {
+                    user: Arc::from(format!("user-{i}")),
+                    device: Arc::from("phone"),
+                    session_id: i as u64,
+                    uid: i as u32,
+                    key_id: 1 + (i % 2) as u32,
+                }
+            })
+            .collect();
+        let started = Instant::now();
+        let refused = sessions
+            .iter()
+            .enumerate()
+            .filter(|(slot, a)| creds.refuse(*slot, a, &snap, 1_000).is_some())
+            .count();
+        let took = started.elapsed();
+        assert_eq!(refused, 0);
+        println!(
+            "re-check walk: {SESSIONS} sessions in {took:?}, {:.0} ns per session",
+            took.as_nanos() as f64 / SESSIONS as f64
+        );
+    }
+}
