@@ -43,6 +43,10 @@ enum Command {
     Latency(Common),
     /// Every scenario in one run, with the raw floor.
     Suite(Common),
+    /// Hostile floods (pre-login PINGs, PINGs and MQTT PINGREQs never read, ACKs with many
+    /// ranges), each bounded in bytes and time: peak gateway RSS per hostile byte and a
+    /// legitimate terminal's push latency meanwhile.
+    Abuse(AbuseArgs),
     /// hold, fanout and burst over MQTT against Herald's MQTT listener and against Mosquitto
     /// (started by the bench on loopback), one after the other, with the ratios.
     Compare(CompareArgs),
@@ -70,6 +74,14 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         endpoints: usize,
     },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct AbuseArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    abuse: crate::abuse::AbuseKnobs,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -123,6 +135,7 @@ pub fn main() -> i32 {
             endpoints,
         }),
         Command::Compare(c) => compare(c),
+        Command::Abuse(a) => abuse(a),
         Command::Hold(c) => run(c, &[Which::Hold]),
         Command::Storm(c) => run(c, &[Which::Storm]),
         Command::Fanout(c) => run(c, &[Which::Fanout]),
@@ -192,6 +205,32 @@ fn run_session(
     }
     s.close();
     Ok((report, outcome))
+}
+
+/// `abuse`: the floods of `crate::abuse` against Herald (spawned with its MQTT listener, or
+/// running), one report with a result per flood.
+fn abuse(a: AbuseArgs) -> anyhow::Result<()> {
+    let c = a.common;
+    let logs = c.out.as_ref().map(|d| d.join("logs"));
+    let need = crate::target::Listeners { mqtt: true, quic: false };
+    let target = crate::target::Target::open(&c.target, logs.as_deref(), need)?;
+    let started = crate::clock::now_ns();
+    let scenarios = crate::abuse::run(&target, &a.abuse)?;
+    let report = Report {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        date: crate::clock::rfc3339(started),
+        herald_version: target.version.clone(),
+        target_mode: target.mode.clone(),
+        protocol: "herald/tcp, mqtt/tcp".into(),
+        workers: 0,
+        scenarios,
+    };
+    print!("{}", report.table());
+    if let Some(dir) = &c.out {
+        report.write(dir, &crate::scenario::Charts::default())?;
+        println!("results: {}", dir.join("results.json").display());
+    }
+    Ok(())
 }
 
 /// `compare`: Herald's MQTT listener, then Mosquitto, each alone on the machine, the same

@@ -11,10 +11,12 @@
 //! worker process, Herald frames or MQTT over TCP), `mqtt` (the minimal MQTT 3.1.1 client codec
 //! and the publisher `compare` uses for a broker), `quic_worker` (the worker for
 //! `--transport quic`: quinn client endpoints on tokio), `pool` (the parent's
-//! side of the workers), `scenario` (hold, storm, fanout, burst, latency), `floor` (the bare
+//! side of the workers), `scenario` (hold, storm, fanout, burst, latency), `abuse` (hostile
+//! floods against a running Herald and a legitimate terminal's latency meanwhile), `floor` (the bare
 //! `send(2)` baseline), `procfs` (gateway and kernel figures), `report` (JSON, table) and `svg`
 //! (charts).
 
+pub mod abuse;
 pub mod admin;
 pub mod cli;
 pub mod clock;

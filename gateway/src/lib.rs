@@ -29,11 +29,17 @@
 //!   any core, replaces older ones: they get GOAWAY `REPLACED` and are closed.
 //! - **Heartbeats**: any frame counts; a logged-in connection silent for `heartbeat_grace_secs`
 //!   is closed with `HEARTBEAT_TIMEOUT` and reported offline.
-//! - **Backpressure**: each connection queues at most `outbound_queue_frames` push frames beyond
-//!   what its socket takes. When full, the oldest queued frame without `ACK_REQUIRED` is
+//! - **Backpressure**: each connection queues at most `outbound_queue_frames` push frames and
+//!   `outbound_queue_bytes` bytes beyond what its socket takes. When full, the oldest queued
+//!   frame without `ACK_REQUIRED` is
 //!   dropped; if the new frame has no `ACK_REQUIRED` and all queued frames do, the new one is
 //!   dropped; if both are persistent, the connection is closed with `SLOW_CONSUMER`. Each case is
 //!   counted (`herald_drops_total`, `herald_closes_total`) and reported per push (`dropped`).
+//!   Replies count too: a PONG (MQTT PINGRESP) replaces a waiting one, any other reply (SUBACK,
+//!   PUBACK, ...) must fit or the connection is closed `SLOW_CONSUMER`
+//!   (`herald_reply_overflows_total`). A connection whose socket is full is not read until it
+//!   drains (`herald_input_paused_total`): a peer that sends without reading fills its own
+//!   socket, not the gateway's memory.
 //! - **Hostile bytes**: a frame that does not decode, or is not allowed in the connection's
 //!   state, closes that connection only, with the decoder's close code.
 //! - **Drain**: stop accepting, GOAWAY `SHUTTING_DOWN` with `drain_reconnect_after_ms`, flush for
@@ -144,6 +150,9 @@ pub struct GatewayConfig {
     pub max_frame_bytes: usize,
     /// Frames a connection's outbound queue holds before the slow-consumer policy applies.
     pub outbound_queue_frames: usize,
+    /// Bytes a connection's outbound queue holds (pushes and replies alike) before the
+    /// slow-consumer policy applies; a frame alone in the queue is always taken.
+    pub outbound_queue_bytes: usize,
     /// How long a drain waits for outbound queues to flush before closing anyway.
     pub drain_timeout_ms: u64,
     /// Reconnect hint sent in GOAWAY on drain.
@@ -184,6 +193,7 @@ impl Default for GatewayConfig {
             heartbeat_grace_secs: 600,
             max_frame_bytes: herald_protocol::frame::DEFAULT_MAX_FRAME_BYTES,
             outbound_queue_frames: 256,
+            outbound_queue_bytes: 4 << 20,
             drain_timeout_ms: 5_000,
             drain_reconnect_after_ms: 1_000,
             quic_addr: None,

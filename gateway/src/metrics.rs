@@ -73,6 +73,10 @@ pub(crate) struct CoreMetrics {
     pub(crate) fanout_sum_us: Cell,
     /// QUIC datagrams this core read for a connection of another core and passed on.
     pub(crate) quic_forwarded: Cell,
+    /// Connections closed because replies they did not read overflowed their queue.
+    pub(crate) reply_overflows: Cell,
+    /// Times a connection's input was paused because its output was blocked.
+    pub(crate) input_paused: Cell,
     pub(crate) mqtt: MqttMetrics,
     /// Open TCP terminal connections (Herald and MQTT): the descriptors `max_connections` caps.
     pub(crate) tcp_connections: Cell,
@@ -159,7 +163,7 @@ impl Registry {
     /// The Prometheus text exposition of every counter.
     pub(crate) fn render(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
-        let per_core: [PerCore; 22] = [
+        let per_core: [PerCore; 24] = [
             ("herald_connections", "gauge", "Open terminal connections.", |m| m.connections.get()),
             ("herald_accepted_total", "counter", "Accepted TCP connections.", |m| m.accepted.get()),
             ("herald_logins_ok_total", "counter", "Successful logins.", |m| m.logins_ok.get()),
@@ -181,6 +185,18 @@ impl Registry {
             ("herald_quic_forwarded_total", "counter", "QUIC datagrams passed to the owning core.", |m| {
                 m.quic_forwarded.get()
             }),
+            (
+                "herald_reply_overflows_total",
+                "counter",
+                "Connections closed (slow_consumer) because the replies they did not read overflowed their queue.",
+                |m| m.reply_overflows.get(),
+            ),
+            (
+                "herald_input_paused_total",
+                "counter",
+                "Times a connection was left unread because its output was blocked.",
+                |m| m.input_paused.get(),
+            ),
             ("herald_mqtt_connections", "gauge", "Open MQTT connections.", |m| m.mqtt.connections.get()),
             ("herald_mqtt_publishes_out_total", "counter", "PUBLISH packets sent to MQTT terminals.", |m| {
                 m.mqtt.publishes_out.get()

@@ -3,6 +3,14 @@
 //! time (so dropping a queued frame never misaligns the ones after it). An entry may be two
 //! pieces written as two iovecs: an MQTT PUBLISH is a per-connection header followed by the
 //! payload every recipient shares.
+//!
+//! The queue is bounded in frames and in bytes (`outbound_queue_frames`,
+//! `outbound_queue_bytes`), and so are control frames: a peer that sends but does not read must
+//! not make the core buffer its answers without bound. A PONG replaces a queued unwritten PONG
+//! (only the latest heartbeat answer matters, so a PING flood queues at most two: one being
+//! written, one waiting); every other reply (MQTT SUBACK, PUBACK, UNSUBACK) must fit under both
+//! bounds or is refused, and the caller closes the connection as a slow consumer. Only the
+//! one-per-connection frames (login answer, GOAWAY, CLOSE) are queued regardless.
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -28,6 +36,29 @@ struct Entry {
     pad: u8,
     /// Bytes of `pad + bytes + tail` already written; 0 = not started (droppable, padding not fixed).
     written: u32,
+    /// A PONG: replaced by a newer one while unwritten.
+    pong: bool,
+}
+
+impl Entry {
+    fn new(bytes: Bytes, tail: Bytes, aligned: bool, persistent: bool) -> Entry {
+        Entry { bytes, tail, aligned, persistent, pad: 0, written: 0, pong: false }
+    }
+
+    /// Frame bytes (padding aside) counted against the byte bound.
+    fn size(&self) -> usize {
+        self.bytes.len() + self.tail.len()
+    }
+}
+
+/// The queued frames and their size, boxed together so that an idle connection pays one
+/// pointer for both.
+#[derive(Debug, Default)]
+struct Queue {
+    q: VecDeque<Entry>,
+    /// Sum of [`Entry::size`] over `q` (written parts included: a frame's memory is held until
+    /// it is fully written).
+    bytes: usize,
 }
 
 /// What [`Outbound::push`] did with a frame.
@@ -70,27 +101,43 @@ impl WriteVectored for RawFd {
 #[derive(Debug, Default)]
 pub(crate) struct Outbound {
     /// Boxed and absent while empty: an idle connection pays one pointer for its queue.
-    #[expect(clippy::box_collection, reason = "a VecDeque is four words in every connection's slot")]
-    q: Option<Box<VecDeque<Entry>>>,
+    q: Option<Box<Queue>>,
     /// Bytes written on this connection so far (the stream offset of the next byte).
     offset: u64,
 }
 
 impl Outbound {
     pub(crate) fn len(&self) -> usize {
-        self.q.as_ref().map_or(0, |q| q.len())
+        self.q.as_ref().map_or(0, |q| q.q.len())
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.q.as_ref().is_none_or(|q| q.is_empty())
+        self.q.as_ref().is_none_or(|q| q.q.is_empty())
     }
 
-    /// Queues a frame under the limit `max` (frames), applying the drop policy.
-    pub(crate) fn push(&mut self, bytes: Bytes, aligned: bool, persistent: bool, max: usize) -> Queued {
-        self.push_parts(bytes, Bytes::new(), aligned, persistent, max)
+    /// Bytes of the queued frames (what the queue holds in memory, beyond its entries).
+    pub(crate) fn bytes(&self) -> usize {
+        self.q.as_ref().map_or(0, |q| q.bytes)
+    }
+
+    /// Queues a frame under the limits `max` (frames) and `max_bytes`, applying the drop policy.
+    pub(crate) fn push(
+        &mut self,
+        bytes: Bytes,
+        aligned: bool,
+        persistent: bool,
+        max: usize,
+        max_bytes: usize,
+    ) -> Queued {
+        self.push_parts(bytes, Bytes::new(), aligned, persistent, max, max_bytes)
     }
 
     /// Like [`Outbound::push`], for a frame in two pieces written back to back.
+    ///
+    /// Over either limit, the oldest unstarted non-persistent frames are dropped until the new
+    /// one fits (each drop is reported as one [`Queued::DroppedOldest`]: the outcome says that
+    /// at least one was). A frame alone in the queue is always taken (a push is never larger
+    /// than the frame limit, which the byte limit is not meant to undercut).
     pub(crate) fn push_parts(
         &mut self,
         bytes: Bytes,
@@ -98,38 +145,62 @@ impl Outbound {
         aligned: bool,
         persistent: bool,
         max: usize,
+        max_bytes: usize,
     ) -> Queued {
         let mut outcome = Queued::Yes;
+        let size = bytes.len() + tail.len();
         let q = self.q.get_or_insert_default();
-        if q.len() >= max {
-            match q.iter().position(|e| !e.persistent && e.written == 0) {
+        while !q.q.is_empty() && (q.q.len() >= max || q.bytes + size > max_bytes) {
+            match q.q.iter().position(|e| !e.persistent && e.written == 0) {
                 Some(i) => {
-                    q.remove(i);
+                    if let Some(e) = q.q.remove(i) {
+                        q.bytes -= e.size();
+                    }
                     outcome = Queued::DroppedOldest;
                 }
                 None if !persistent => return Queued::DroppedNew,
                 None => return Queued::Full,
             }
         }
-        q.push_back(Entry { bytes, tail, aligned, persistent, pad: 0, written: 0 });
+        q.bytes += size;
+        q.q.push_back(Entry::new(bytes, tail, aligned, persistent));
         outcome
     }
 
-    /// Queues a control frame regardless of the limit (login reply, pong, goaway, close).
+    /// Queues a control frame regardless of the limits: only for the frames a connection gets
+    /// once (login answer, GOAWAY, CLOSE).
     pub(crate) fn push_control(&mut self, bytes: Bytes) {
-        self.q.get_or_insert_default().push_back(Entry {
-            bytes,
-            tail: Bytes::new(),
-            aligned: false,
-            persistent: true,
-            pad: 0,
-            written: 0,
-        });
+        let q = self.q.get_or_insert_default();
+        q.bytes += bytes.len();
+        q.q.push_back(Entry::new(bytes, Bytes::new(), false, true));
+    }
+
+    /// Whether a reply (MQTT SUBACK, PUBACK, ...) of `len` bytes fits under both limits; when it
+    /// does not, the peer does not read its replies and the caller closes the connection. A
+    /// reply is never dropped to make room, nor does it drop pushes.
+    pub(crate) fn reply_fits(&self, len: usize, max: usize, max_bytes: usize) -> bool {
+        self.len() < max && self.bytes() + len <= max_bytes
+    }
+
+    /// Queues a PONG, replacing a queued one that has not started to be written: only the
+    /// latest answer matters, so a PING flood holds at most two (one being written).
+    pub(crate) fn push_pong(&mut self, bytes: Bytes) {
+        let q = self.q.get_or_insert_default();
+        // Usually the last entry; the scan is bounded by the queue's limits.
+        if let Some(e) = q.q.iter_mut().rev().find(|e| e.pong && e.written == 0) {
+            q.bytes = q.bytes - e.bytes.len() + bytes.len();
+            e.bytes = bytes;
+            return;
+        }
+        q.bytes += bytes.len();
+        let mut e = Entry::new(bytes, Bytes::new(), false, true);
+        e.pong = true;
+        q.q.push_back(e);
     }
 
     /// Forgets every queued frame (and the queue's memory); returns how many were dropped.
     pub(crate) fn clear(&mut self) -> usize {
-        self.q.take().map_or(0, |q| q.len())
+        self.q.take().map_or(0, |q| q.q.len())
     }
 
     /// Writes a control frame at once when nothing is queued ahead of it (a PONG or a login
@@ -141,6 +212,21 @@ impl Outbound {
             self.push_control(bytes);
             return Some(0);
         }
+        self.send_now(&mut to, bytes, false)
+    }
+
+    /// [`Outbound::send_control`] for a PONG: behind queued frames it replaces a waiting PONG
+    /// ([`Outbound::push_pong`]); a PONG the socket took in part is finished first.
+    pub(crate) fn send_pong(&mut self, mut to: impl WriteVectored, bytes: Bytes) -> Option<usize> {
+        if !self.is_empty() {
+            self.push_pong(bytes);
+            return Some(0);
+        }
+        self.send_now(&mut to, bytes, true)
+    }
+
+    /// Writes `bytes` to an empty queue's peer at once; queues the rest.
+    fn send_now(&mut self, to: &mut impl WriteVectored, bytes: Bytes, pong: bool) -> Option<usize> {
         let iov = [libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() }];
         let n = loop {
             // The iovec points into `bytes`, alive until the write returns.
@@ -154,8 +240,9 @@ impl Outbound {
         self.offset += n as u64;
         if n < bytes.len() {
             self.push_control(bytes);
-            if let Some(e) = self.q.as_mut().and_then(|q| q.front_mut()) {
+            if let Some(e) = self.q.as_mut().and_then(|q| q.q.front_mut()) {
                 e.written = n as u32;
+                e.pong = pong;
             }
         }
         Some(n)
@@ -165,7 +252,7 @@ impl Outbound {
     /// the number of bytes written.
     pub(crate) fn flush(&mut self, mut to: impl WriteVectored) -> (Flushed, usize) {
         let mut total = 0;
-        let Some(q) = self.q.as_mut() else { return (Flushed::Empty, 0) };
+        let Some(Queue { q, bytes }) = self.q.as_deref_mut() else { return (Flushed::Empty, 0) };
         while !q.is_empty() {
             let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV * 3];
             let mut n_iov = 0;
@@ -216,6 +303,7 @@ impl Outbound {
                 let left = usize::from(e.pad) + e.bytes.len() + e.tail.len() - e.written as usize;
                 if n >= left {
                     n -= left;
+                    *bytes -= e.size();
                     q.pop_front();
                 } else {
                     e.written += n as u32;
@@ -241,12 +329,53 @@ mod tests {
     fn drop_policy_prefers_oldest_non_persistent_then_refuses() {
         let mut o = Outbound::default();
         let f = |b: u8| Bytes::from(vec![b; 4]);
-        assert_eq!(o.push(f(1), true, false, 2), Queued::Yes);
-        assert_eq!(o.push(f(2), true, true, 2), Queued::Yes);
-        assert_eq!(o.push(f(3), true, true, 2), Queued::DroppedOldest);
-        assert_eq!(o.push(f(4), true, false, 2), Queued::DroppedNew);
-        assert_eq!(o.push(f(5), true, true, 2), Queued::Full);
+        assert_eq!(o.push(f(1), true, false, 2, usize::MAX), Queued::Yes);
+        assert_eq!(o.push(f(2), true, true, 2, usize::MAX), Queued::Yes);
+        assert_eq!(o.push(f(3), true, true, 2, usize::MAX), Queued::DroppedOldest);
+        assert_eq!(o.push(f(4), true, false, 2, usize::MAX), Queued::DroppedNew);
+        assert_eq!(o.push(f(5), true, true, 2, usize::MAX), Queued::Full);
         assert_eq!(o.len(), 2);
+    }
+
+    #[test]
+    fn the_byte_bound_drops_the_oldest_droppable_frames_until_the_new_one_fits() {
+        let mut o = Outbound::default();
+        let f = |b: u8, n: usize| Bytes::from(vec![b; n]);
+        assert_eq!(o.push(f(1, 40), true, false, 8, 100), Queued::Yes);
+        assert_eq!(o.push(f(2, 40), true, true, 8, 100), Queued::Yes);
+        assert_eq!(o.bytes(), 80);
+        // 80 + 30 > 100: the non-persistent frame goes.
+        assert_eq!(o.push(f(3, 30), true, false, 8, 100), Queued::DroppedOldest);
+        assert_eq!((o.len(), o.bytes()), (2, 70));
+        assert_eq!(o.push(f(4, 40), true, false, 8, 100), Queued::DroppedOldest);
+        assert_eq!((o.len(), o.bytes()), (2, 80));
+        assert_eq!(o.push(f(5, 30), true, true, 8, 100), Queued::DroppedOldest);
+        assert_eq!(o.push(f(6, 40), true, true, 8, 100), Queued::Full);
+        assert_eq!(o.push(f(7, 40), true, false, 8, 100), Queued::DroppedNew);
+        // A frame alone is always taken.
+        o.clear();
+        assert_eq!(o.push(f(8, 500), true, true, 8, 100), Queued::Yes);
+    }
+
+    #[test]
+    fn a_pong_replaces_a_waiting_pong_and_replies_count_against_both_bounds() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        use std::os::fd::AsRawFd;
+        let mut o = Outbound::default();
+        o.push(Bytes::from_static(&[0x12; 16]), true, false, 8, usize::MAX);
+        for nonce in 0..=255u8 {
+            assert_eq!(o.send_pong(a.as_raw_fd(), Bytes::copy_from_slice(&[0x02, nonce])), Some(0));
+        }
+        assert_eq!((o.len(), o.bytes()), (2, 18), "one push and the latest PONG");
+        assert!(o.reply_fits(6, 3, 24));
+        assert!(!o.reply_fits(7, 3, 24), "over the byte bound");
+        assert!(!o.reply_fits(1, 2, 24), "over the frame bound");
+        assert_eq!(o.flush(a.as_raw_fd()), (Flushed::Empty, 18));
+        assert_eq!(o.bytes(), 0);
+        let mut got = [0u8; 18];
+        use std::io::Read;
+        (&b).read_exact(&mut got).unwrap();
+        assert_eq!(&got[16..], &[0x02, 255]);
     }
 
     #[test]
@@ -256,7 +385,7 @@ mod tests {
         let mut o = Outbound::default();
         assert_eq!(o.send_control(a.as_raw_fd(), Bytes::from_static(&[0x02, 7])), Some(2));
         assert!(o.is_empty() && o.q.is_none());
-        o.push(Bytes::from_static(&[0x12; 16]), true, false, 8);
+        o.push(Bytes::from_static(&[0x12; 16]), true, false, 8, usize::MAX);
         // Behind a queued push: queued, then written in order with the push's padding.
         assert_eq!(o.send_control(a.as_raw_fd(), Bytes::from_static(&[0x02, 8])), Some(0));
         assert_eq!(o.flush(a.as_raw_fd()), (Flushed::Empty, 14 + 16 + 2));
@@ -275,9 +404,9 @@ mod tests {
         use std::os::fd::AsRawFd;
         let mut o = Outbound::default();
         let shared = Bytes::from_static(b"payload");
-        o.push_parts(Bytes::from_static(b"h1:"), shared.clone(), false, true, 8);
+        o.push_parts(Bytes::from_static(b"h1:"), shared.clone(), false, true, 8, usize::MAX);
         o.push_control(Bytes::from_static(b"|"));
-        o.push_parts(Bytes::from_static(b"h2:"), shared, false, false, 8);
+        o.push_parts(Bytes::from_static(b"h2:"), shared, false, false, 8, usize::MAX);
         assert_eq!(o.flush(a.as_raw_fd()), (Flushed::Empty, 21));
         let mut got = [0u8; 21];
         use std::io::Read;
@@ -291,9 +420,9 @@ mod tests {
         use std::os::fd::AsRawFd;
         let mut o = Outbound::default();
         o.push_control(Bytes::from_static(&[0x02, 7]));
-        o.push(Bytes::from_static(&[0x12; 20]), true, false, 8);
+        o.push(Bytes::from_static(&[0x12; 20]), true, false, 8, usize::MAX);
         o.push_control(Bytes::from_static(&[0x02, 8]));
-        o.push(Bytes::from_static(&[0x12; 16]), true, false, 8);
+        o.push(Bytes::from_static(&[0x12; 16]), true, false, 8, usize::MAX);
         assert_eq!(o.flush(a.as_raw_fd()), (Flushed::Empty, 2 + 14 + 20 + 2 + 10 + 16));
         let mut got = [0u8; 64];
         use std::io::Read;

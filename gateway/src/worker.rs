@@ -71,8 +71,10 @@ const EVENT_BATCH: usize = 256;
 /// next `epoll_wait`, so nothing has to remember it; and a `shutdown(SHUT_RD)` by the core makes
 /// it readable (end of stream), which is how a close from the core's side reaches `finish`.
 const READ_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
-/// ... and, while its socket is full, writability.
-const WRITE_EVENTS: u32 = READ_EVENTS | libc::EPOLLOUT as u32;
+/// ... and, while its socket is full, writability and the peer's half-close only: a connection
+/// whose output is blocked is not read (see [`Worker::flush_conn`]). `EPOLLRDHUP` (and
+/// `EPOLLHUP`, always reported) still report a hang-up and the core's own `SHUT_RD`.
+const WRITE_EVENTS: u32 = (libc::EPOLLRDHUP | libc::EPOLLOUT) as u32;
 
 /// A message for a core.
 #[derive(Debug)]
@@ -174,6 +176,17 @@ struct Conn {
     /// A partial frame carried over between reads (only while one is in flight; boxed, so an
     /// idle connection pays one pointer for it).
     partial: Option<Box<BytesMut>>,
+}
+
+/// Which bound a control frame is under ([`Worker::send_control`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Control {
+    /// Sent once per connection (login answer, GOAWAY, CLOSE): always queued.
+    Once,
+    /// PONG / PINGRESP: replaces a waiting one.
+    Pong,
+    /// Any other reply: under the queue's bounds, or the connection is closed.
+    Reply,
 }
 
 /// Why a frame ends a connection or that the peer ended it.
@@ -693,6 +706,12 @@ impl Worker {
                 outcome = Some(stop);
                 break;
             }
+            if self.conns[slot].closing.is_some() {
+                // A reply overflowed the queue and the core closed the connection: the rest of
+                // the input is not acted on.
+                outcome = Some(Stop::PeerClosed);
+                break;
+            }
         }
         let keep = match outcome {
             Some(Stop::Close(code)) => {
@@ -729,9 +748,11 @@ impl Worker {
     fn on_frame(&mut self, slot: usize, frame: Frame, now: u64) -> Result<(), Stop> {
         let authed = self.conns[slot].auth.is_some();
         match frame {
-            Frame::Ping { nonce } => {
+            // Before LOGIN, PING is a protocol error (PROTOCOL.md §2): answering it would let an
+            // unauthenticated peer make the core write for it.
+            Frame::Ping { nonce } if authed => {
                 self.m.heartbeats.inc();
-                self.queue_control(slot, Bytes::from_static(&PONGS[usize::from(nonce)]));
+                self.queue_pong(slot, Bytes::from_static(&PONGS[usize::from(nonce)]));
                 Ok(())
             }
             Frame::Login(login) if !authed => self.on_login(slot, &login, now),
@@ -855,9 +876,38 @@ impl Worker {
         self.scratch = old;
     }
 
-    /// Sends a control frame (reply, PONG, GOAWAY, CLOSE): straight to an idle TCP socket (one
-    /// `send`, no queue memory), else behind what is queued.
+    /// Sends a control frame a connection gets once (login answer, GOAWAY, CLOSE): straight to
+    /// an idle TCP socket (one `send`, no queue memory), else behind what is queued, whatever
+    /// the queue's bounds.
     fn queue_control(&mut self, slot: usize, frame: Bytes) {
+        self.send_control(slot, frame, Control::Once);
+    }
+
+    /// Sends a PONG; behind queued frames it replaces a waiting PONG (only the latest matters).
+    fn queue_pong(&mut self, slot: usize, frame: Bytes) {
+        self.send_control(slot, frame, Control::Pong);
+    }
+
+    /// Sends a reply the peer can ask for again and again (MQTT SUBACK, UNSUBACK, PUBACK,
+    /// PINGRESP is a [`Worker::queue_pong`]) under the queue's bounds. A peer that makes replies
+    /// overflow its queue is not reading them: it is closed as a slow consumer (counted in
+    /// `herald_reply_overflows_total` and the closes by code), never buffered without bound.
+    fn queue_reply(&mut self, slot: usize, frame: Bytes) {
+        self.send_control(slot, frame, Control::Reply);
+    }
+
+    fn send_control(&mut self, slot: usize, frame: Bytes, kind: Control) {
+        let (c, cfg) = (&self.conns[slot], &self.node.config);
+        if c.closing.is_some() && kind != Control::Once {
+            return;
+        }
+        if kind == Control::Reply
+            && !c.out.reply_fits(frame.len(), cfg.outbound_queue_frames, cfg.outbound_queue_bytes)
+        {
+            self.m.reply_overflows.inc();
+            self.close_conn(slot, CloseCode::SLOW_CONSUMER, false, false);
+            return;
+        }
         let c = &mut self.conns[slot];
         self.m.frames_out.inc();
         if let Transport::Tcp { fd, .. } = c.transport
@@ -865,7 +915,12 @@ impl Worker {
             && c.out.is_empty()
         {
             let len = frame.len();
-            match c.out.send_control(fd, frame) {
+            let sent = if kind == Control::Pong {
+                c.out.send_pong(fd, frame)
+            } else {
+                c.out.send_control(fd, frame)
+            };
+            match sent {
                 Some(n) => {
                     self.m.bytes_out.add(n as u64);
                     if n == len {
@@ -876,6 +931,13 @@ impl Worker {
                     shutdown(fd, libc::SHUT_RDWR);
                     return;
                 }
+            }
+        } else if kind == Control::Pong {
+            let before = c.out.len();
+            c.out.push_pong(frame);
+            if c.out.len() == before {
+                // Replaced a waiting PONG: nothing more is queued.
+                return;
             }
         } else {
             c.out.push_control(frame);
@@ -924,7 +986,11 @@ impl Worker {
         }
     }
 
-    /// Writes a connection's queue. A full TCP socket is registered for writability.
+    /// Writes a connection's queue. A full socket pauses the connection's input until it drains:
+    /// TCP is registered for writability and hang-up but not input ([`WRITE_EVENTS`]); a QUIC
+    /// stream is no longer read (its flow control then stops the peer). So a peer that sends but
+    /// never reads fills its own socket, not the core's memory; what was read before the pause
+    /// is bounded by the read budget and the frame limit.
     fn flush_conn(&mut self, slot: usize) -> Flushed {
         let c = &mut self.conns[slot];
         let before = c.out.len();
@@ -944,11 +1010,16 @@ impl Worker {
             Flushed::Blocked if !c.writer => {
                 // A QUIC stream reports writability itself (`AppEvent::Writable`).
                 c.writer = true;
-                if let Transport::Tcp { fd, .. } = c.transport {
-                    let key = epoll_key(slot, c.generation);
-                    if epoll_ctl(self.epfd, libc::EPOLL_CTL_MOD, fd, WRITE_EVENTS, key).is_err() {
-                        shutdown(fd, libc::SHUT_RDWR);
+                self.m.input_paused.inc();
+                match (&c.transport, &mut self.quic) {
+                    (Transport::Tcp { fd, .. }, _) => {
+                        let key = epoll_key(slot, c.generation);
+                        if epoll_ctl(self.epfd, libc::EPOLL_CTL_MOD, *fd, WRITE_EVENTS, key).is_err() {
+                            shutdown(*fd, libc::SHUT_RDWR);
+                        }
                     }
+                    (Transport::Quic(qc), Some(q)) => q.pause_input(*qc, true),
+                    (Transport::Quic(_), None) => {}
                 }
             }
             Flushed::Blocked => {}
@@ -1114,6 +1185,7 @@ impl Worker {
         slots.clear();
         self.index.collect(&job.plan, &job.tables, &mut slots);
         let max = self.node.config.outbound_queue_frames;
+        let max_bytes = self.node.config.outbound_queue_bytes;
         let (mut sent, mut dropped) = (0u32, 0u32);
         let mut shared_qos0 = mqtt::SharedQos0::default();
         for &slot in &slots {
@@ -1133,7 +1205,7 @@ impl Worker {
                 continue;
             }
             let (queued, pid) = match &mut c.proto {
-                Proto::Herald => (c.out.push(job.frame.clone(), true, job.persistent, max), None),
+                Proto::Herald => (c.out.push(job.frame.clone(), true, job.persistent, max, max_bytes), None),
                 Proto::Mqtt(m) => match c.auth.as_ref().map_or(mqtt::Publish::Skip, |a| {
                     let (f, inbox, hdr) = (&self.filters, &mut self.inbox, &mut self.hdr);
                     mqtt::publish_for(m, &a.user, job, f, inbox, hdr, &mut shared_qos0)
@@ -1148,11 +1220,11 @@ impl Worker {
                     mqtt::Publish::Send { head, qos1, pid } => {
                         self.m.mqtt.publishes_out.inc();
                         let payload = job.mqtt.as_ref().map(|p| p.payload.clone()).unwrap_or_default();
-                        (c.out.push_parts(head, payload, false, qos1, max), pid)
+                        (c.out.push_parts(head, payload, false, qos1, max, max_bytes), pid)
                     }
                     mqtt::Publish::Whole(packet) => {
                         self.m.mqtt.publishes_out.inc();
-                        (c.out.push(packet, false, false, max), None)
+                        (c.out.push(packet, false, false, max, max_bytes), None)
                     }
                 },
             };

@@ -36,6 +36,7 @@ pub(crate) struct FileConfig {
     pub heartbeat_grace_secs: Option<u32>,
     pub max_frame_bytes: Option<usize>,
     pub outbound_queue_frames: Option<usize>,
+    pub outbound_queue_bytes: Option<usize>,
     pub drain_timeout_ms: Option<u64>,
     pub max_connections: Option<usize>,
 
@@ -81,6 +82,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "heartbeat_grace_secs",
             "max_frame_bytes",
             "outbound_queue_frames",
+            "outbound_queue_bytes",
             "drain_timeout_ms",
             "max_connections",
         ],
@@ -141,6 +143,7 @@ impl FileConfig {
             heartbeat_grace_secs: r.get("gateway", "heartbeat_grace_secs"),
             max_frame_bytes: r.get("gateway", "max_frame_bytes"),
             outbound_queue_frames: r.get("gateway", "outbound_queue_frames"),
+            outbound_queue_bytes: r.get("gateway", "outbound_queue_bytes"),
             drain_timeout_ms: r.get("gateway", "drain_timeout_ms"),
             max_connections: r.get("gateway", "max_connections"),
             log_filter: r.get("log", "filter"),

@@ -401,6 +401,9 @@ fn start_gateway(
     if let Some(m) = file.max_frame_bytes {
         cfg.max_frame_bytes = m;
     }
+    if let Some(q) = file.outbound_queue_bytes {
+        cfg.outbound_queue_bytes = q;
+    }
     if let Some(q) = file.outbound_queue_frames {
         cfg.outbound_queue_frames = q;
     }

@@ -67,6 +67,9 @@ struct Conn {
     stream: Option<StreamId>,
     /// The stream has unread data (or its end) that waits for an owner.
     want_read: bool,
+    /// The owner's output is blocked: its stream is not read (quinn's flow control then stops
+    /// the peer), so a peer that sends but never reads cannot make the core buffer for it.
+    paused: bool,
     /// The owner's last write did not fit. quinn-proto reports `Writable` when stream or peer
     /// flow control reopens, but not when acknowledgements free our own send window, so the
     /// owner is also told after each datagram for this connection (an ack may have freed it).
@@ -354,6 +357,7 @@ impl CoreEndpoint {
                 owner: None,
                 stream: None,
                 want_read: false,
+                paused: false,
                 want_write: false,
                 got_datagram: false,
                 timer: None,
@@ -427,6 +431,15 @@ impl CoreEndpoint {
             (0, Some(k)) => Err(k.into()),
             (0, None) if iov.iter().any(|v| v.iov_len > 0) => Err(io::ErrorKind::WouldBlock.into()),
             (n, _) => Ok(n),
+        }
+    }
+
+    /// Stops (`true`) or resumes reading the connection's stream (see [`Conn::paused`]).
+    pub(crate) fn pause_input(&mut self, c: ConnRef, paused: bool) {
+        let Some(q) = self.conns.get_mut(c) else { return };
+        q.paused = paused;
+        if !paused && q.want_read {
+            self.mark(c);
         }
     }
 
@@ -532,6 +545,7 @@ impl CoreEndpoint {
             events.push_back(AppEvent::Writable(o));
         }
         if q.want_read
+            && !q.paused
             && let (Some(o), Some(id)) = (q.owner, q.stream)
         {
             q.want_read = false;

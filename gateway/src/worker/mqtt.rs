@@ -148,7 +148,7 @@ impl Worker {
     }
 
     fn queue_mqtt(&mut self, slot: usize, f: BytesMut) {
-        self.queue_control(slot, f.freeze());
+        self.queue_reply(slot, f.freeze());
     }
 
     pub(super) fn on_packet(&mut self, slot: usize, packet: Packet, now: u64) -> Result<(), Stop> {
@@ -162,7 +162,7 @@ impl Worker {
         match packet {
             Packet::PingReq => {
                 self.m.heartbeats.inc();
-                self.queue_control(slot, Bytes::from_static(&PINGRESP));
+                self.queue_pong(slot, Bytes::from_static(&PINGRESP));
                 Ok(())
             }
             Packet::PubAck(ack) => {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use herald_protocol::CloseCode;
 
 use super::{CoreCmd, Proto, Transport, Worker};
+use crate::outbound::Flushed;
 use crate::quic::{AppEvent, CoreEndpoint, Owner};
 
 /// Rounds of drive → events → writes in one turn before other tasks of the core run.
@@ -127,9 +128,15 @@ impl Worker {
             AppEvent::Input(o, data) => self.quic_input(o, &data, false),
             AppEvent::Eof(o) => self.quic_input(o, &[], true),
             AppEvent::Writable(o) => {
-                if let Some(c) = self.conn(o.slot, o.generation) {
-                    c.writer = false;
-                    self.flush_conn(o.slot);
+                let Some(c) = self.conn(o.slot, o.generation) else { return };
+                let (was_blocked, Transport::Quic(qc)) = (c.writer, &c.transport) else { return };
+                let qc = *qc;
+                // Still blocked: stays paused (`flush_conn` paused it when it first blocked).
+                if self.flush_conn(o.slot) != Flushed::Blocked && was_blocked {
+                    self.conns[o.slot].writer = false;
+                    if let Some(q) = self.quic.as_mut() {
+                        q.pause_input(qc, false);
+                    }
                 }
             }
             AppEvent::Ended(o) => self.finish(o.slot, o.generation),
