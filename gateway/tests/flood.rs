@@ -1,7 +1,8 @@
 //! Floods from peers that send but do not read (issue #12, item 1), under both drivers: a PING
-//! before LOGIN is a protocol error, and a logged-in PING flood / MQTT PINGREQ flood that never
-//! reads leaves the gateway's queues bounded because the gateway stops reading a connection
-//! whose output is blocked (the flooder's own writes block), and a PONG replaces a waiting one.
+//! before LOGIN is a protocol error, and a logged-in PING flood (TCP and QUIC) / MQTT PINGREQ
+//! flood that never reads leaves the gateway's queues bounded because the gateway stops reading
+//! a connection whose output is blocked (the flooder's own writes block, and the gateway's
+//! `herald_bytes_in_total` stops moving), and a PONG replaces a waiting one.
 
 mod common;
 
@@ -211,9 +212,97 @@ fn mqtt_pingreq_flood_without_reading_stays_bounded(driver: Driver) {
     assert!(n >= 2 && n <= written);
 }
 
+fn quic_client_config(ca_pem: &[u8]) -> quinn::ClientConfig {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![herald_gateway::QUIC_ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut cfg = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+    // A small receive window, as the TCP tests' small socket buffers: the gateway's writes block
+    // after a few PONGs instead of after quinn's default 1.25 MB (with PONGs coalesced per
+    // datagram read, that would take ~1 GB of PINGs).
+    let mut t = quinn::TransportConfig::default();
+    t.stream_receive_window(1024u32.into());
+    cfg.transport_config(std::sync::Arc::new(t));
+    cfg
+}
+
+/// QUIC: a logged-in terminal floods PINGs on its stream and never reads it: once the
+/// gateway's writes are blocked it stops reading the stream, so flow control stops the
+/// terminal's writes, and nothing more is read.
+fn quic_ping_flood_without_reading_stays_bounded(driver: Driver) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = herald_gateway::quic_dev_certificate(dir.path()).unwrap();
+    let ca = std::fs::read(&cert).unwrap();
+    let (gw, cp) = gateway(driver, |c| {
+        c.quic_addr = Some("127.0.0.1:0".parse().unwrap());
+        c.quic_cert = Some(cert);
+        c.quic_key = Some(key);
+    });
+    let addr = gw.quic_addr().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(quic_client_config(&ca));
+        let conn = tokio::time::timeout(WAIT, ep.connect(addr, "localhost").unwrap()).await.unwrap().unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let mut b = BytesMut::new();
+        let login = Login::new(Bytes::from(token("flooder", "d")), Bytes::from_static(b"d"), &[]);
+        Frame::Login(login).encode(&mut b).unwrap();
+        send.write_all(&b).await.unwrap();
+        let (dec, mut buf, mut chunk) = (Decoder::new(1 << 16), BytesMut::new(), vec![0u8; 4096]);
+        loop {
+            if let Some(f) = dec.decode(&mut buf).unwrap() {
+                assert!(matches!(f, Frame::LoginOk(_)), "login refused: {f:?}");
+                break;
+            }
+            let n = tokio::time::timeout(WAIT, recv.read(&mut chunk)).await.unwrap().unwrap().unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        cp.wait_online("flooder", "d");
+        let pings: Vec<u8> = [0x01, 0x00].iter().copied().cycle().take(64 * 1024).collect();
+        let (mut total, started) = (0usize, Instant::now());
+        loop {
+            assert!(
+                total < FLOOD_CAP,
+                "the gateway kept reading {total} bytes from a QUIC peer that reads nothing"
+            );
+            assert!(started.elapsed() < WAIT * 3, "flood did not finish in time ({total} bytes)");
+            match tokio::time::timeout(STALL, send.write(&pings[total % 2..])).await {
+                Ok(Ok(n)) => total += n,
+                Ok(Err(e)) => panic!("flood write failed after {total} bytes: {e}"),
+                Err(_) if metric(&gw, "herald_input_paused_total") >= 1 => break,
+                Err(_) => {}
+            }
+        }
+        let before = metric(&gw, "herald_bytes_in_total");
+        let more = tokio::time::timeout(CONFIRM, send.write(&pings[total % 2..])).await;
+        assert!(more.is_err(), "the flooder could write again: the gateway read from a paused stream");
+        assert_eq!(metric(&gw, "herald_bytes_in_total"), before, "the gateway read from a paused stream");
+        let queued = metric(&gw, "herald_queued_frames");
+        assert!(
+            queued <= 2,
+            "{queued} frames queued for a QUIC peer that does not read (flood of {total} B)"
+        );
+        eprintln!("quic flood: {total} bytes written before the gateway stopped reading");
+        conn.close(0u32.into(), b"");
+    });
+}
+
 both_drivers!(
     ping_before_login_is_a_protocol_error,
     ping_flood_without_reading_stays_bounded,
     mqtt_pingreq_before_connect_is_refused,
     mqtt_pingreq_flood_without_reading_stays_bounded,
+    quic_ping_flood_without_reading_stays_bounded,
 );
