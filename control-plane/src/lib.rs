@@ -159,6 +159,11 @@ pub struct ControlPlaneConfig {
     pub push_record_retention_secs: u64,
     /// Pushes queued for one gateway node before it counts as behind (see the crate docs).
     pub link_queue_messages: usize,
+    /// The link writes a heartbeat to a node when it has written nothing for this long (also the
+    /// TCP keepalive idle time and probe interval).
+    pub link_heartbeat_secs: u64,
+    /// A node's link is dropped when the node has sent nothing, or not read, for this long.
+    pub link_dead_after_secs: u64,
 }
 
 impl Default for ControlPlaneConfig {
@@ -175,6 +180,8 @@ impl Default for ControlPlaneConfig {
             worker_threads: 2,
             push_record_retention_secs: 86_400,
             link_queue_messages: 65_536,
+            link_heartbeat_secs: 5,
+            link_dead_after_secs: 15,
         }
     }
 }

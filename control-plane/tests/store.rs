@@ -61,7 +61,10 @@ fn committed_records_survive_reopen_and_deletes_stick() {
                     max_expires_at: 9,
                     current: false,
                 }),
-                Op::Revocation("bob".into(), RevocationRecord { all_before: 4, devices: BTreeMap::new() }),
+                Op::Revocation(
+                    "bob".into(),
+                    RevocationRecord { all_before: 4, devices: BTreeMap::new(), covers_until: 0 },
+                ),
                 Op::Stream(StreamRecord { id: 1, name: "u:alice".into(), head: 2 }),
                 Op::Message(1, 1, Some(msg(5))),
                 Op::Message(1, 2, Some(msg(6))),

@@ -75,6 +75,7 @@ mod metrics;
 mod mqtt;
 mod outbound;
 mod quic;
+mod receipts;
 #[doc(hidden)]
 pub use quic::hostile as quic_hostile;
 mod tables;
@@ -160,6 +161,22 @@ pub struct GatewayConfig {
     /// Whether MQTT terminals may PUBLISH: when true a PUBLISH is acknowledged and dropped (Herald
     /// takes pushes from the admin API only); when false (the default) it is refused.
     pub mqtt_allow_publish: bool,
+    /// The link writes a heartbeat when it has written nothing for this long (also the TCP
+    /// keepalive idle time and probe interval).
+    pub link_heartbeat_secs: u64,
+    /// The link is dropped (and reconnected, resynced) when the control plane has sent nothing,
+    /// or not read, for this long. Keep it a few heartbeats.
+    pub link_dead_after_secs: u64,
+}
+
+impl GatewayConfig {
+    pub(crate) fn link_heartbeat(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.link_heartbeat_secs.max(1))
+    }
+
+    pub(crate) fn link_dead_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.link_dead_after_secs.max(1))
+    }
 }
 
 impl Default for GatewayConfig {
@@ -183,6 +200,8 @@ impl Default for GatewayConfig {
             quic_key: None,
             mqtt_addr: None,
             mqtt_allow_publish: false,
+            link_heartbeat_secs: 5,
+            link_dead_after_secs: 15,
         }
     }
 }
@@ -441,7 +460,10 @@ pub fn start(config: GatewayConfig) -> Result<Gateway, GatewayError> {
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     tracing::info!(driver = driver.label(), cores, %tcp_addr, ?mqtt_addr, ?quic_addr, "gateway starting");
 
-    let (up_tx, up_rx) = crossbeam_channel::unbounded();
+    // Bounded: cores coalesce receipts and keep them when it is full (see `receipts.rs`);
+    // presence, reports and terminal messages wait for room, which the link thread makes
+    // without blocking longer than `link_dead_after_secs` on a write.
+    let (up_tx, up_rx) = crossbeam_channel::bounded(link::UPSTREAM_EVENTS);
     let mut senders = Vec::with_capacity(cores);
     let mut boxes = Vec::with_capacity(cores);
     for _ in 0..cores {

@@ -220,6 +220,8 @@ struct Worker {
     /// The core's epoll instance for its TCP connections (owned by the readiness task's
     /// [`Watch`]).
     epfd: RawFd,
+    /// Terminal acks not yet handed to the link thread, coalesced.
+    receipts: crate::receipts::Receipts,
 }
 
 /// Runs core `n` until its drain has finished. Called on thread `herald-core-{n}`.
@@ -297,6 +299,7 @@ async fn core_main(n: usize, node: Arc<Node>, listeners: Listeners, inbox: Mailb
         draining: false,
         quic: None,
         epfd,
+        receipts: crate::receipts::Receipts::default(),
     }));
     monoio::spawn(readiness_loop(w.clone(), watch));
     monoio::spawn(accept_loop(w.clone(), listener, false));
@@ -317,10 +320,14 @@ async fn core_main(n: usize, node: Arc<Node>, listeners: Listeners, inbox: Mailb
                 && let Ok(cmd) = inbox.try_recv()
             {
                 budget -= 1;
-                jobs += usize::from(matches!(cmd, CoreCmd::Push(_)));
+                if let CoreCmd::Push(job) = &cmd {
+                    jobs += 1;
+                    inbox.release(crate::link::push_weight(job));
+                }
                 wk.on_cmd(cmd);
             }
             wk.flush_dirty();
+            wk.flush_receipts();
             if jobs > 0 {
                 wk.record_fanout();
             }
@@ -406,6 +413,8 @@ async fn timer_loop(w: Rc<RefCell<Worker>>, tick: Duration) {
             return;
         }
         wk.sweep();
+        // Also what a full upstream channel left behind.
+        wk.flush_receipts();
     }
 }
 
@@ -444,6 +453,7 @@ async fn readiness_loop(w: Rc<RefCell<Worker>>, watch: Watch) {
                     wk.finish(slot, generation);
                 }
             }
+            wk.flush_receipts();
         }
         yield_now().await;
     }
@@ -722,14 +732,9 @@ impl Worker {
             Frame::Login(login) if !authed => self.on_login(slot, &login, now),
             Frame::Ack(ack) if authed => {
                 let Some(a) = &self.conns[slot].auth else { return Ok(()) };
+                // Coalesced per (device, stream), sent up at the end of the batch.
                 for r in ack.ranges() {
-                    let _ = self.node.upstream.send(Upstream::Receipt {
-                        user: a.user.clone(),
-                        device: a.device.clone(),
-                        stream: r.stream,
-                        first: r.first,
-                        last: r.last,
-                    });
+                    self.receipts.add(&self.node.metrics, &a.user, &a.device, r.stream, r.first, r.last);
                 }
                 Ok(())
             }
@@ -931,6 +936,11 @@ impl Worker {
             Flushed::Error => shut(&c.transport, &mut self.quic, libc::SHUT_RDWR),
         }
         res
+    }
+
+    /// Hands the coalesced receipts to the link thread (see `receipts.rs`).
+    fn flush_receipts(&mut self) {
+        self.receipts.flush(&self.node.upstream, &self.node.metrics);
     }
 
     fn flush_dirty(&mut self) {

@@ -16,6 +16,8 @@ pub(crate) struct FileConfig {
     pub admin_key: Option<String>,
     pub default_ttl_secs: Option<u32>,
     pub credential_ttl_secs: Option<u64>,
+    pub cp_link_heartbeat_secs: Option<u64>,
+    pub cp_link_dead_after_secs: Option<u64>,
 
     pub tcp: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
@@ -34,6 +36,8 @@ pub(crate) struct FileConfig {
     pub max_frame_bytes: Option<usize>,
     pub outbound_queue_frames: Option<usize>,
     pub drain_timeout_ms: Option<u64>,
+    pub link_heartbeat_secs: Option<u64>,
+    pub link_dead_after_secs: Option<u64>,
 
     pub log_filter: Option<String>,
 }
@@ -44,7 +48,19 @@ pub(crate) struct FileConfig {
 pub(crate) struct ConfigErrors(pub Vec<String>);
 
 const SECTIONS: &[(&str, &[&str])] = &[
-    ("control_plane", &["data", "admin", "link", "admin_key", "default_ttl_secs", "credential_ttl_secs"]),
+    (
+        "control_plane",
+        &[
+            "data",
+            "admin",
+            "link",
+            "admin_key",
+            "default_ttl_secs",
+            "credential_ttl_secs",
+            "link_heartbeat_secs",
+            "link_dead_after_secs",
+        ],
+    ),
     (
         "gateway",
         &[
@@ -65,6 +81,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "max_frame_bytes",
             "outbound_queue_frames",
             "drain_timeout_ms",
+            "link_heartbeat_secs",
+            "link_dead_after_secs",
         ],
     ),
     ("log", &["filter"]),
@@ -104,6 +122,8 @@ impl FileConfig {
             admin_key: r.get("control_plane", "admin_key"),
             default_ttl_secs: r.get("control_plane", "default_ttl_secs"),
             credential_ttl_secs: r.get("control_plane", "credential_ttl_secs"),
+            cp_link_heartbeat_secs: r.get("control_plane", "link_heartbeat_secs"),
+            cp_link_dead_after_secs: r.get("control_plane", "link_dead_after_secs"),
             tcp: r.addr("gateway", "tcp"),
             metrics: r.addr("gateway", "metrics"),
             mqtt: r.listen("gateway", "mqtt"),
@@ -121,6 +141,8 @@ impl FileConfig {
             max_frame_bytes: r.get("gateway", "max_frame_bytes"),
             outbound_queue_frames: r.get("gateway", "outbound_queue_frames"),
             drain_timeout_ms: r.get("gateway", "drain_timeout_ms"),
+            link_heartbeat_secs: r.get("gateway", "link_heartbeat_secs"),
+            link_dead_after_secs: r.get("gateway", "link_dead_after_secs"),
             log_filter: r.get("log", "filter"),
         };
         if r.errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(r.errors)) }
@@ -183,6 +205,8 @@ mod tests {
         assert_eq!(cfg.log_filter.as_deref(), Some("info"));
         assert_eq!(cfg.mqtt, Some(super::super::Listen::At("0.0.0.0:1883".parse().unwrap())));
         assert_eq!(cfg.mqtt_allow_publish, Some(false));
+        assert_eq!((cfg.link_heartbeat_secs, cfg.link_dead_after_secs), (Some(5), Some(15)));
+        assert_eq!((cfg.cp_link_heartbeat_secs, cfg.cp_link_dead_after_secs), (Some(5), Some(15)));
         assert_eq!((cfg.admin_key, cfg.node_id), (None, None));
     }
 

@@ -202,6 +202,17 @@ fn init_tracing(file_filter: Option<&str>) {
         .try_init();
 }
 
+/// Checks a side's link heartbeat and deadline: a deadline not above the heartbeat would drop
+/// a healthy idle link.
+fn link_liveness(section: &str, heartbeat_secs: u64, dead_after_secs: u64) -> Result<(u64, u64), Failure> {
+    if heartbeat_secs == 0 || dead_after_secs <= heartbeat_secs {
+        return Err(usage(format!(
+            "{section}.link_dead_after_secs ({dead_after_secs}) must be above {section}.link_heartbeat_secs ({heartbeat_secs}), which must be at least 1"
+        )));
+    }
+    Ok((heartbeat_secs, dead_after_secs))
+}
+
 fn start_control_plane(file: &FileConfig, args: &CpArgs) -> Result<ControlPlane, Failure> {
     let mut cfg = ControlPlaneConfig::default();
     if let Some(d) = args.data.clone().or(file.data.clone()) {
@@ -221,6 +232,11 @@ fn start_control_plane(file: &FileConfig, args: &CpArgs) -> Result<ControlPlane,
     if let Some(t) = file.credential_ttl_secs {
         cfg.credential_ttl_secs = t;
     }
+    (cfg.link_heartbeat_secs, cfg.link_dead_after_secs) = link_liveness(
+        "control_plane",
+        file.cp_link_heartbeat_secs.unwrap_or(cfg.link_heartbeat_secs),
+        file.cp_link_dead_after_secs.unwrap_or(cfg.link_dead_after_secs),
+    )?;
     let cp = herald_control_plane::start(cfg).map_err(|e| anyhow::anyhow!("control plane: {e}"))?;
     if let Some(key) = cp.generated_admin_key() {
         println!("herald: generated admin key (stored in the data dir, shown once): {key}");
@@ -311,6 +327,11 @@ fn start_gateway(
     if let Some(d) = file.drain_timeout_ms {
         cfg.drain_timeout_ms = d;
     }
+    (cfg.link_heartbeat_secs, cfg.link_dead_after_secs) = link_liveness(
+        "gateway",
+        file.link_heartbeat_secs.unwrap_or(cfg.link_heartbeat_secs),
+        file.link_dead_after_secs.unwrap_or(cfg.link_dead_after_secs),
+    )?;
     let gw = herald_gateway::start(cfg).map_err(|e| anyhow::anyhow!("gateway: {e}"))?;
     // Logins are refused (OVERLOADED) until the control plane's tables arrive; announce the
     // gateway once it can serve, or say that it is still waiting.
