@@ -312,7 +312,7 @@ impl Gateway {
         self.node.tables.load().version
     }
 
-    /// Whether the link to the control plane is up.
+    /// Whether the link to the control plane is up (the control plane answered `Welcome`).
     pub fn link_connected(&self) -> bool {
         self.node.metrics.link_connected.load(Ordering::Relaxed) == 1
     }

@@ -309,7 +309,6 @@ pub(crate) fn run(node: Arc<Node>, up: Receiver<Upstream>) {
             Ok(s) => {
                 backoff = BACKOFF_MIN;
                 node.metrics.link_connects.fetch_add(1, Ordering::Relaxed);
-                node.metrics.link_connected.store(1, Ordering::Relaxed);
                 let (done, refused) = session(&node, s, &up, &mut state);
                 // Answers the reader passed on before it stopped count; the rest are lost.
                 while let Ok(ev) = up.try_recv() {
@@ -606,7 +605,11 @@ fn read_loop(node: &Arc<Node>, mut stream: TcpStream) -> ReadEnd {
 
 fn dispatch(node: &Arc<Node>, msg: LinkMessage, scratch: &mut AlignedVec, parts: &mut Option<Tables>) {
     match msg {
-        LinkMessage::Welcome(w) => tracing::info!(epoch = w.epoch, "control plane welcomed this node"),
+        LinkMessage::Welcome(w) => {
+            // Connected means answered: a TCP connect alone succeeds even to a stopped process.
+            node.metrics.link_connected.store(1, Ordering::Relaxed);
+            tracing::info!(epoch = w.epoch, "control plane welcomed this node");
+        }
         LinkMessage::Heartbeat => {}
         // A snapshot in parts applies at once with its last part, never half of it.
         LinkMessage::TablesPart(t) => parts.get_or_insert_with(Tables::default).extend(t),
