@@ -82,12 +82,97 @@ fn a_snapshot_over_the_frame_limit_reaches_a_gateway_and_a_stopped_control_plane
 
     // The control plane stops (SIGSTOP): the link is declared dead within its 2 s deadline.
     cp.signal(libc::SIGSTOP);
-    let detected = wait_link(metrics, 0, Duration::from_secs(10));
+    let detected = wait_link(metrics, 0, Duration::from_secs(15));
     cp.signal(libc::SIGCONT);
     let detected = detected?;
-    assert!(detected < Duration::from_secs(5), "a stopped control plane detected after {detected:?}");
+    // 2 s deadline plus the poll and a loaded machine's slack; without liveness it is never.
+    assert!(detected < Duration::from_secs(8), "a stopped control plane detected after {detected:?}");
     // Resumed, it takes the node back (the old link is gone, so the id is free).
     wait_link(metrics, 1, Duration::from_secs(15))?;
     let _t2 = Terminal::login(tcp, &admin.token("u", "d2"))?;
+    Ok(())
+}
+
+/// Resident and peak resident memory (kB) of a process, from /proc.
+fn rss_kb(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
+/// The figures of issue #12 item 2, re-measured: one logged-in terminal sends 150 MB of ACK
+/// frames (256 ranges each, cumulative and disjoint) to `herald serve`; prints the server's
+/// memory before, after and at its peak, and checks the link stayed up. Heavy, so run by hand:
+/// `cargo test -p herald-tests --test link -- --ignored --nocapture ack_flood`.
+#[test]
+#[ignore = "a 150 MB flood: run by hand for the figures"]
+fn ack_flood_figures() -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+
+    use bytes::BytesMut;
+    use herald_protocol::frame::{Ack, AckRange, Decoder, Frame, Login};
+
+    let serve = herald_tests::Serve::start()?;
+    let token = serve.admin.token("flood", "d");
+    let pid = serve.proc.pid();
+    let mut s = std::net::TcpStream::connect(serve.tcp)?;
+    let mut out = BytesMut::new();
+    Frame::Login(Login::new(bytes::Bytes::from(token), bytes::Bytes::from_static(b"d"), &[]))
+        .encode(&mut out)?;
+    s.write_all(&out)?;
+    let mut buf = BytesMut::new();
+    let dec = Decoder::new(1 << 20);
+    let mut chunk = [0u8; 4096];
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    loop {
+        if let Some(f) = dec.decode(&mut buf)? {
+            anyhow::ensure!(matches!(f, Frame::LoginOk(_)), "login refused: {f:?}");
+            break;
+        }
+        let n = s.read(&mut chunk)?;
+        anyhow::ensure!(n > 0, "closed before LOGIN_OK");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let (before, _) = rss_kb(pid)?;
+    // 150 MB: ~48,800 frames of 256 ranges; half cumulative over 64 streams, half disjoint.
+    let mut frame = BytesMut::new();
+    let frames = 150_000_000 / (4 + 256 * 12);
+    let start = Instant::now();
+    for f in 0..frames as u32 {
+        let ranges: Vec<AckRange> = (0..256u32)
+            .map(|j| match j % 2 {
+                0 => AckRange { stream: j % 64, first: 0, last: f * 256 + j + 1 },
+                _ => AckRange {
+                    stream: 64 + j % 64,
+                    first: 2 * (f * 256 + j) + 1,
+                    last: 2 * (f * 256 + j) + 1,
+                },
+            })
+            .collect();
+        frame.clear();
+        Ack::new(&ranges).encode(&mut frame)?;
+        s.write_all(&frame)?;
+    }
+    let sent = start.elapsed();
+    let (after, peak) = rss_kb(pid)?;
+    let connects = ureq::get(&format!("http://{}/metrics", serve.admin.addr))
+        .set("Authorization", &format!("Bearer {}", serve.admin.key))
+        .call()?
+        .into_string()?
+        .lines()
+        .find_map(|l| l.strip_prefix("herald_cp_link_connects_total ").map(str::to_owned))
+        .unwrap_or_default();
+    println!(
+        "ack flood: {frames} frames ({} MB) in {sent:?}; herald serve RSS {before} kB before, {after} kB after, peak {peak} kB; link connects {connects}",
+        frames * (4 + 256 * 12) / 1_000_000
+    );
+    anyhow::ensure!(connects.trim() == "1", "the link was dropped during the flood ({connects} connects)");
     Ok(())
 }
