@@ -795,6 +795,26 @@ mod tests {
     }
 
     #[test]
+    fn receipts_held_for_the_link_are_bounded_in_bytes_and_drops_counted() {
+        let mut s = UpState::default();
+        let (user, device): (Arc<str>, Arc<str>) = ("u".into(), "d".into());
+        let each = 64 + 2;
+        let fit = MAX_HELD_RECEIPT_BYTES / each;
+        for i in 0..fit + 10 {
+            let ev = Upstream::Receipt {
+                user: user.clone(),
+                device: device.clone(),
+                stream: 1,
+                first: 0,
+                last: i as u32,
+            };
+            s.absorb(ev, 1);
+        }
+        assert_eq!((s.receipts.len(), s.dropped_receipts), (fit, 10));
+        assert!(s.receipt_bytes <= MAX_HELD_RECEIPT_BYTES);
+    }
+
+    #[test]
     fn a_resync_is_each_cores_answer_then_what_followed_it() {
         let mut s = UpState::default();
         let pos = StreamSeq { stream: 1, seq: 5 };
