@@ -131,7 +131,15 @@ struct Auth {
     session_id: u64,
     /// The user's id in the core's index.
     uid: u32,
+    /// ACK ranges this connection may still send: [`ACK_CREDIT_START`] plus one per push
+    /// queued to it. An honest terminal acks at most what it received; past the credit, ranges
+    /// are ignored (counted in `herald_receipts_dropped_total`), so an ACK flood cannot turn
+    /// into receipts for the control plane to process.
+    ack_credit: u32,
 }
+
+/// ACK ranges a connection may send beyond one per push it was sent.
+const ACK_CREDIT_START: u32 = 1_024;
 
 /// What carries a connection's frames.
 #[derive(Debug)]
@@ -731,7 +739,13 @@ impl Worker {
             }
             Frame::Login(login) if !authed => self.on_login(slot, &login, now),
             Frame::Ack(ack) if authed => {
-                let Some(a) = &self.conns[slot].auth else { return Ok(()) };
+                let Some(a) = &mut self.conns[slot].auth else { return Ok(()) };
+                let n = ack.ranges().len() as u32;
+                if n > a.ack_credit {
+                    self.node.metrics.receipts_dropped.fetch_add(u64::from(n), Ordering::Relaxed);
+                    return Ok(());
+                }
+                a.ack_credit -= n;
                 // Coalesced per (device, stream), sent up at the end of the batch.
                 for r in ack.ranges() {
                     self.receipts.add(&self.node.metrics, &a.user, &a.device, r.stream, r.first, r.last);
@@ -811,7 +825,13 @@ impl Worker {
         let uid = self.index.add_conn(&user, slot);
         let c = &mut self.conns[slot];
         c.live.logged_in(Tick::from_millis(now), grace_ms);
-        c.auth = Some(Auth { user: user.clone(), device: device.clone(), session_id, uid });
+        c.auth = Some(Auth {
+            user: user.clone(),
+            device: device.clone(),
+            session_id,
+            uid,
+            ack_credit: ACK_CREDIT_START,
+        });
         self.m.logins_ok.inc();
         let _ = self.node.upstream.send(Upstream::Online {
             core: self.n,
@@ -1130,6 +1150,11 @@ impl Worker {
                 (pid, queued, &mut c.proto)
             {
                 m.release(pid);
+            }
+            if matches!(queued, Queued::Yes | Queued::DroppedOldest)
+                && let Some(a) = &mut c.auth
+            {
+                a.ack_credit = a.ack_credit.saturating_add(1);
             }
             match queued {
                 Queued::Yes => {

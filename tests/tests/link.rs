@@ -141,26 +141,44 @@ fn ack_flood_figures() -> anyhow::Result<()> {
         buf.extend_from_slice(&chunk[..n]);
     }
     let (before, _) = rss_kb(pid)?;
+    // A legitimate terminal, pushed to during the flood: its push latency (API call to receipt).
+    let mut legit = Terminal::login(serve.tcp, &serve.admin.token("legit", "d"))?;
     // 150 MB: ~48,800 frames of 256 ranges; half cumulative over 64 streams, half disjoint.
-    let mut frame = BytesMut::new();
     let frames = 150_000_000 / (4 + 256 * 12);
-    let start = Instant::now();
-    for f in 0..frames as u32 {
-        let ranges: Vec<AckRange> = (0..256u32)
-            .map(|j| match j % 2 {
-                0 => AckRange { stream: j % 64, first: 0, last: f * 256 + j + 1 },
-                _ => AckRange {
-                    stream: 64 + j % 64,
-                    first: 2 * (f * 256 + j) + 1,
-                    last: 2 * (f * 256 + j) + 1,
-                },
-            })
-            .collect();
-        frame.clear();
-        Ack::new(&ranges).encode(&mut frame)?;
-        s.write_all(&frame)?;
+    let flood = std::thread::spawn(move || -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let mut frame = BytesMut::new();
+        for f in 0..frames as u32 {
+            let ranges: Vec<AckRange> = (0..256u32)
+                .map(|j| match j % 2 {
+                    0 => AckRange { stream: j % 64, first: 0, last: f * 256 + j + 1 },
+                    _ => AckRange {
+                        stream: 64 + j % 64,
+                        first: 2 * (f * 256 + j) + 1,
+                        last: 2 * (f * 256 + j) + 1,
+                    },
+                })
+                .collect();
+            frame.clear();
+            Ack::new(&ranges).encode(&mut frame)?;
+            s.write_all(&frame)?;
+        }
+        Ok(start.elapsed())
+    });
+    let mut latencies = Vec::new();
+    while !flood.is_finished() && latencies.len() < 200 {
+        let t0 = Instant::now();
+        serve.admin.push(herald_tests::push_body(json!({"user": "legit"}), "during"));
+        match legit.recv() {
+            Ok(_) => latencies.push(t0.elapsed()),
+            Err(_) => latencies.push(t0.elapsed()),
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    let sent = start.elapsed();
+    let sent = flood.join().map_err(|_| anyhow::anyhow!("flood thread panicked"))??;
+    latencies.sort();
+    let p50 = latencies.get(latencies.len() / 2).copied().unwrap_or_default();
+    let max = latencies.last().copied().unwrap_or_default();
     let (after, peak) = rss_kb(pid)?;
     let connects = ureq::get(&format!("http://{}/metrics", serve.admin.addr))
         .set("Authorization", &format!("Bearer {}", serve.admin.key))
@@ -170,8 +188,9 @@ fn ack_flood_figures() -> anyhow::Result<()> {
         .find_map(|l| l.strip_prefix("herald_cp_link_connects_total ").map(str::to_owned))
         .unwrap_or_default();
     println!(
-        "ack flood: {frames} frames ({} MB) in {sent:?}; herald serve RSS {before} kB before, {after} kB after, peak {peak} kB; link connects {connects}",
-        frames * (4 + 256 * 12) / 1_000_000
+        "ack flood: {frames} frames ({} MB) in {sent:?}; herald serve RSS {before} kB before, {after} kB after, peak {peak} kB; link connects {connects}; legitimate terminal's push latency over {} pushes: p50 {p50:?}, max {max:?}",
+        frames * (4 + 256 * 12) / 1_000_000,
+        latencies.len()
     );
     anyhow::ensure!(connects.trim() == "1", "the link was dropped during the flood ({connects} connects)");
     Ok(())
