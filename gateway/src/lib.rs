@@ -61,10 +61,13 @@
 //!   core, users hold `u32` ids).
 //! - `outbound`: a connection's bounded outbound queue, coalesced into one `writev`.
 //! - `link`: the control-plane client: tables, subscriptions, pushes and kicks down; presence,
-//!   receipts (every ACK range, as received) and push reports up, batched; after a reconnect it
-//!   asks the cores for their live sessions to resync presence.
+//!   receipts and push reports up, batched and split under the frame limit; heartbeats with a
+//!   deadline both ways; after a reconnect it asks the cores for their live sessions to resync
+//!   presence.
+//! - `receipts`: a core's terminal acks, coalesced per (device, stream) and bounded, handed to
+//!   the link on a bounded channel.
 //! - `tables`: immutable snapshots of keys, revocations and group → topics, swapped atomically.
-//! - `mailbox`: the per-core queue other threads use to reach a core.
+//! - `mailbox`: the per-core queue other threads use to reach a core (pushes bounded in bytes).
 //! - `metrics`: per-core single-writer counters and the HTTP endpoint.
 
 mod index;
