@@ -336,6 +336,15 @@ impl Core {
         first_secret: [u8; 32],
         retention_ms: u64,
     ) -> Core {
+        // Records stored before `covers_until` existed: every credential ever issued expires by
+        // the keys' latest expiry, so that bounds what they revoke.
+        let horizon = snap.keys.iter().map(|k| k.max_expires_at).max().unwrap_or(0);
+        let mut snap = snap;
+        for (_, r) in &mut snap.revocations {
+            if r.covers_until == 0 {
+                r.covers_until = horizon;
+            }
+        }
         let mut core = Core {
             users: BTreeMap::new(),
             groups: snap.groups.into_iter().collect(),
@@ -601,6 +610,9 @@ impl Core {
                 *slot = (*slot).max(before);
             }
         }
+        // Credentials issued so far (the ones revoked) expire by the keys' latest expiry.
+        let horizon = self.keys.values().map(|k| k.max_expires_at).max().unwrap_or(0);
+        r.covers_until = r.covers_until.max(horizon).max(before);
         let rec = r.clone();
         self.ops.push(Op::Revocation(user.to_owned(), rec.clone()));
         self.broadcast(vec![TableChange::Revoked(revocation_entry(user, &rec))]);
@@ -1679,9 +1691,18 @@ impl Core {
 
     // ---- the link ------------------------------------------------------------------------
 
-    /// A node said Hello: it replaces any earlier connection of the same node id and gets a
-    /// Welcome and the tables. Returns the connection's id.
-    pub(crate) fn node_hello(&mut self, hello: &Hello, queue: Arc<LinkQueue>) -> u64 {
+    /// A node said Hello: it gets a Welcome and the tables. Returns the connection's id, or
+    /// why the node is refused: another live link holds its node id (two gateways configured
+    /// with one id would otherwise take the id from each other in a loop). A restarted node
+    /// whose old link is half-open gets in once the old link misses its heartbeat deadline; it
+    /// retries slowly meanwhile.
+    pub(crate) fn node_hello(&mut self, hello: &Hello, queue: Arc<LinkQueue>) -> Result<u64, String> {
+        if self.nodes.contains_key(&hello.node_id) {
+            return Err(format!(
+                "node id {:?} is already connected (from {}); give every gateway its own --node-id",
+                hello.node_id, self.nodes[&hello.node_id].public_addr
+            ));
+        }
         self.drop_node_presence(&hello.node_id);
         let conn = self.next_conn;
         self.next_conn += 1;
@@ -1694,12 +1715,10 @@ impl Core {
             stats: NodeStats::default(),
             behind: None,
         };
-        if let Some(old) = self.nodes.insert(hello.node_id.clone(), node) {
-            old.queue.close();
-        }
+        self.nodes.insert(hello.node_id.clone(), node);
         self.metrics.link_connects.inc();
         self.metrics.nodes.set(self.nodes.len() as u64);
-        conn
+        Ok(conn)
     }
 
     fn drop_node_presence(&mut self, node: &str) {
@@ -1859,7 +1878,30 @@ impl Core {
             self.ops.push(Op::KeyRemoved(*id));
         }
         self.broadcast(retired.into_iter().map(TableChange::KeyRemoved).collect());
+        self.prune_revocations(now_secs);
         self.update_gauges();
+    }
+
+    /// Drops revocation records that can no longer match a valid credential (every credential
+    /// issued before their stamps has expired), from memory, the store and the nodes' tables:
+    /// otherwise the table, and the snapshot every node gets, grows with every revocation ever
+    /// made.
+    fn prune_revocations(&mut self, now_secs: u64) {
+        let gone: Vec<String> = self
+            .revocations
+            .iter()
+            .filter(|(_, r)| r.covers_until <= now_secs)
+            .map(|(u, _)| u.clone())
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        self.metrics.revocations_pruned.add(gone.len() as u64);
+        for u in &gone {
+            self.revocations.remove(u);
+            self.ops.push(Op::RevocationRemoved(u.clone()));
+        }
+        self.broadcast(gone.into_iter().map(TableChange::RevocationRemoved).collect());
     }
 }
 
@@ -2108,6 +2150,49 @@ mod tests {
     }
 
     #[test]
+    fn a_revocation_leaves_once_every_credential_it_covers_has_expired() {
+        let mut c = core();
+        let queue = Arc::new(LinkQueue::new(16));
+        let hello = Hello { node_id: "n".into(), link_version: 1, cores: 1, public_addr: "a".into() };
+        c.node_hello(&hello, queue.clone()).unwrap();
+        // A 60 s credential issued at 1,000 and one for another user lasting to 1,100.
+        c.issue_credential("u", "d", 60, 1_000).unwrap();
+        c.revoke("u", None, 1_010);
+        c.issue_credential("v", "d", 100, 1_000).unwrap();
+        c.revoke("v", Some("d"), 1_010);
+        c.take_ops();
+        queue.take_all();
+        // u's stamp covers credentials issued up to 1,010, all expired by 1,060; v's (issued
+        // after v's credential lasting to 1,100) until 1,100.
+        c.sweep(1_059_000);
+        assert_eq!(c.tables().revocations.len(), 2);
+        c.sweep(1_060_000);
+        assert_eq!(c.revocations.keys().collect::<Vec<_>>(), vec!["v"]);
+        c.sweep(1_099_000);
+        assert_eq!(c.revocations.len(), 1);
+        c.sweep(1_100_000);
+        assert!(c.revocations.is_empty(), "no credential they revoke can still be valid");
+        assert!(c.tables().revocations.is_empty());
+        assert!(
+            c.take_ops().iter().filter(|o| matches!(o, Op::RevocationRemoved(_))).count() == 2,
+            "removed from the store too"
+        );
+        let removed: usize = queue
+            .take_all()
+            .into_iter()
+            .map(|m| match m {
+                LinkMessage::TablesDelta(ch) => {
+                    ch.iter().filter(|c| matches!(c, TableChange::RevocationRemoved(_))).count()
+                }
+                _ => 0,
+            })
+            .sum();
+        let told = removed == 2;
+        assert!(told, "the nodes drop them from their tables");
+        assert_eq!(c.metrics.revocations_pruned.get(), 2);
+    }
+
+    #[test]
     fn push_records_and_idempotency_keys_are_pruned_after_retention() {
         let mut c = core();
         c.issue_credential("u", "d", 60, 1_000).unwrap();
@@ -2166,7 +2251,7 @@ mod tests {
         c.issue_credential("u", "d2", 60, 1_000).unwrap();
         let queue = Arc::new(LinkQueue::new(16));
         let hello = Hello { node_id: "n".into(), link_version: 1, cores: 1, public_addr: "a".into() };
-        let conn = c.node_hello(&hello, queue.clone());
+        let conn = c.node_hello(&hello, queue.clone()).unwrap();
         let on = |s| {
             vec![PresenceChange::Online(Online {
                 user: "u".into(),
@@ -2203,7 +2288,7 @@ mod tests {
         let id = push(&mut c, TargetSpec::User("u".into()), 60);
         let queue = Arc::new(LinkQueue::new(16));
         let hello = Hello { node_id: "n".into(), link_version: 1, cores: 1, public_addr: "a".into() };
-        let conn = c.node_hello(&hello, queue.clone());
+        let conn = c.node_hello(&hello, queue.clone()).unwrap();
         let stream = c.stream_ids["u:u"];
         c.presence_changes(
             "n",
@@ -2317,7 +2402,7 @@ mod tests {
         let hello = |c: &mut Core, conns: &mut BTreeMap<String, (u64, Arc<LinkQueue>)>, n: usize| {
             let q = Arc::new(LinkQueue::new(1 << 20));
             let h = Hello { node_id: format!("n{n}"), link_version: 1, cores: 1, public_addr: "a".into() };
-            let conn = c.node_hello(&h, q.clone());
+            let conn = c.node_hello(&h, q.clone()).unwrap();
             conns.insert(format!("n{n}"), (conn, q));
         };
         for n in 0..NODES {
@@ -2533,7 +2618,7 @@ mod tests {
         for n in ["n0", "n1"] {
             let q = Arc::new(LinkQueue::new(1 << 10));
             let h = Hello { node_id: n.into(), link_version: 1, cores: 1, public_addr: "a".into() };
-            conns.push((n, c.node_hello(&h, q.clone()), q));
+            conns.push((n, c.node_hello(&h, q.clone()).unwrap(), q));
         }
         let on = |s| {
             vec![PresenceChange::Online(Online {

@@ -180,6 +180,11 @@ pub struct ControlPlaneConfig {
     /// Admin API connections served at once; more wait in the listen backlog. The binary
     /// reserves this many file descriptors for the API out of the process's limit.
     pub admin_max_connections: usize,
+    /// The link writes a heartbeat to a node when it has written nothing for this long (also the
+    /// TCP keepalive idle time and probe interval).
+    pub link_heartbeat_secs: u64,
+    /// A node's link is dropped when the node has sent nothing, or not read, for this long.
+    pub link_dead_after_secs: u64,
 }
 
 impl Default for ControlPlaneConfig {
@@ -199,6 +204,8 @@ impl Default for ControlPlaneConfig {
             admin_header_timeout_secs: 10,
             admin_body_timeout_secs: 60,
             admin_max_connections: 64,
+            link_heartbeat_secs: 5,
+            link_dead_after_secs: 15,
         }
     }
 }

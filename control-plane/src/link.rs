@@ -6,6 +6,13 @@
 //! tracking the stream offset for alignment padding and coalescing queued messages into one
 //! write. When the core marked the node behind (its queue was full), the writer tells the core
 //! once the queue is down to half its bound, and the core resyncs the node.
+//!
+//! Liveness: the writer sends a `Heartbeat` when it has written nothing for
+//! `link_heartbeat_secs`; the connection ends when the node has sent nothing, or a write has
+//! not completed, for `link_dead_after_secs` (plus TCP keepalive). Every message is split under
+//! the frame limit before it is encoded ([`LinkMessage::split`]); one that still cannot be
+//! encoded ends the connection (logged, counted) so the node reconnects and resyncs. A node id
+//! already held by a live link is refused (`Refused`), never swapped back and forth.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +20,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use herald_protocol::frame::{Decoder, Frame};
 use herald_protocol::link::{
-    LINK_VERSION, LinkMessage, MAX_LINK_FRAME_BYTES, PublishOutcome, PublishResult, TerminalPublish,
+    LINK_PART_BYTES, LINK_VERSION, LinkMessage, MAX_LINK_FRAME_BYTES, PublishOutcome, PublishResult,
+    TerminalPublish,
 };
 use rkyv::util::AlignedVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,6 +35,8 @@ use crate::{Shared, now_ms};
 
 /// How long a new connection has to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Retries (100 ms apart) of a Hello whose node id is held by another link, before refusing.
+const DUPLICATE_GRACE_TRIES: usize = 10;
 /// Bytes of queued messages written in one go.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
@@ -38,6 +48,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: 
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    let every = Duration::from_secs(shared.config.link_heartbeat_secs.max(1));
+                    let ka = socket2::TcpKeepalive::new().with_time(every).with_interval(every);
+                    if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&ka) {
+                        tracing::warn!(%peer, error = %e, "cannot set TCP keepalive on a link");
+                    }
                     tokio::spawn(connection(shared.clone(), stream, peer, shutdown.clone()));
                 }
                 Err(e) => {
@@ -113,12 +128,40 @@ async fn connection(
     }
     let node = hello.node_id.clone();
     let queue = Arc::new(LinkQueue::new(shared.config.link_queue_messages));
-    let conn = shared.fire(|core| core.node_hello(&hello, queue.clone()));
+    // A node that reconnects at once (it dropped its old link) may say Hello before this side
+    // has read the old link's end: give the old link a moment to go before refusing.
+    let mut hello_result = shared.fire(|core| core.node_hello(&hello, queue.clone()));
+    for _ in 0..DUPLICATE_GRACE_TRIES {
+        if hello_result.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        hello_result = shared.fire(|core| core.node_hello(&hello, queue.clone()));
+    }
+    let conn = match hello_result {
+        Ok(conn) => conn,
+        Err(reason) => {
+            shared.metrics.link_refused.inc();
+            tracing::error!(%peer, %node, %reason, "gateway node refused");
+            refuse(wr, reason).await;
+            return;
+        }
+    };
     tracing::info!(%peer, %node, conn, "gateway node connected");
-    let writer = tokio::spawn(write_loop(wr, queue.clone(), shared.clone(), node.clone(), conn));
+    let dead_after = Duration::from_secs(shared.config.link_dead_after_secs.max(1));
+    let mut writer = tokio::spawn(write_loop(wr, queue.clone(), shared.clone(), node.clone(), conn));
     loop {
         let msg = tokio::select! {
-            m = reader.next() => m,
+            m = tokio::time::timeout(dead_after, reader.next()) => match m {
+                Ok(m) => m,
+                Err(_) => {
+                    shared.metrics.link_timeouts.inc();
+                    tracing::warn!(%node, dead_after_secs = dead_after.as_secs(), "gateway node sent nothing for the deadline; dropping its link");
+                    break;
+                }
+            },
+            // The writer ends on a write error or timeout, or a message it cannot encode.
+            _ = &mut writer => break,
             () = crate::stopped(&mut shutdown) => break,
         };
         match msg {
@@ -151,6 +194,7 @@ fn apply(shared: &Arc<Shared>, queue: &Arc<LinkQueue>, node: &str, conn: u64, ms
         LinkMessage::Reports(rs) => shared.fire(|core| core.reports(&rs)),
         LinkMessage::Stats(s) => shared.fire(|core| core.node_stats(node, conn, s)),
         LinkMessage::Publish(p) => terminal_publish(shared, queue, p),
+        LinkMessage::Heartbeat => {}
         other => {
             tracing::warn!(%node, ?other, "gateway sent a control-plane message");
             return false;
@@ -197,6 +241,35 @@ fn terminal_publish(shared: &Arc<Shared>, queue: &Arc<LinkQueue>, p: TerminalPub
     }
 }
 
+/// Writes `buf`; false ends the link: a write error, or the node not taking the bytes within
+/// `dead_after` (it stopped reading).
+async fn write(
+    wr: &mut OwnedWriteHalf,
+    buf: &[u8],
+    dead_after: Duration,
+    shared: &Shared,
+    node: &str,
+) -> bool {
+    match tokio::time::timeout(dead_after, wr.write_all(buf)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            shared.metrics.link_timeouts.inc();
+            tracing::warn!(%node, "gateway node did not read its link for the deadline; dropping it");
+            false
+        }
+    }
+}
+
+/// Tells a node why it may not connect, then closes.
+async fn refuse(mut wr: OwnedWriteHalf, reason: String) {
+    let mut buf = BytesMut::new();
+    if LinkMessage::Refused(reason).encode(0, &mut buf).is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&buf)).await;
+    }
+    let _ = wr.shutdown().await;
+}
+
 /// Messages taken from the queue per write (a write also stops at `WRITE_BATCH_BYTES`).
 const WRITE_BATCH_MESSAGES: usize = 256;
 
@@ -210,21 +283,38 @@ async fn write_loop(
     let mut offset: u64 = 0;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut batch = Vec::with_capacity(WRITE_BATCH_MESSAGES);
-    while queue.pop(&mut batch, WRITE_BATCH_MESSAGES).await {
+    let mut parts = Vec::new();
+    let heartbeat = Duration::from_secs(shared.config.link_heartbeat_secs.max(1));
+    let dead_after = Duration::from_secs(shared.config.link_dead_after_secs.max(1));
+    loop {
+        match tokio::time::timeout(heartbeat, queue.pop(&mut batch, WRITE_BATCH_MESSAGES)).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            // Nothing to write for a heartbeat interval: say we are alive.
+            Err(_) => batch.push(LinkMessage::Heartbeat),
+        }
         for msg in batch.drain(..) {
-            match msg.encode(offset, &mut buf) {
-                Ok(n) => offset += n as u64,
-                Err(e) => tracing::error!(error = %e, "cannot encode a link message; dropped"),
-            }
-            if buf.len() >= WRITE_BATCH_BYTES {
-                if wr.write_all(&buf).await.is_err() {
-                    return;
+            msg.split(LINK_PART_BYTES, &mut parts);
+            for part in parts.drain(..) {
+                match part.encode(offset, &mut buf) {
+                    Ok(n) => offset += n as u64,
+                    Err(e) => {
+                        // Fatal for this link: the node reconnects and gets everything again.
+                        shared.metrics.link_encode_failures.inc();
+                        tracing::error!(%node, error = %e, message = ?std::mem::discriminant(&part), "cannot encode a link message; dropping the link");
+                        return;
+                    }
                 }
-                buf.clear();
+                if buf.len() >= WRITE_BATCH_BYTES {
+                    if !write(&mut wr, &buf, dead_after, &shared, &node).await {
+                        return;
+                    }
+                    buf.clear();
+                }
             }
         }
         if !buf.is_empty() {
-            if wr.write_all(&buf).await.is_err() {
+            if !write(&mut wr, &buf, dead_after, &shared, &node).await {
                 return;
             }
             buf.clear();

@@ -69,6 +69,11 @@ pub struct Metrics {
     pub pending_wills: Gauge,
     /// 1 while store commits fail (from a failed commit until the store is reopened).
     pub store_failing: Gauge,
+    /// Link liveness and integrity (issue #12): each ends a link, never silently.
+    pub link_timeouts: Counter,
+    pub link_refused: Counter,
+    pub link_encode_failures: Counter,
+    pub revocations_pruned: Counter,
 }
 
 impl Metrics {
@@ -155,7 +160,29 @@ impl Metrics {
                 &self.wills_cancelled,
             ),
         ];
-        for (name, help, c) in counters {
+        let link: [(&str, &str, &Counter); 4] = [
+            (
+                "herald_cp_link_timeouts_total",
+                "Node links dropped because the node sent nothing, or did not read, for link_dead_after_secs.",
+                &self.link_timeouts,
+            ),
+            (
+                "herald_cp_link_refused_total",
+                "Node links refused because another live link holds the node id.",
+                &self.link_refused,
+            ),
+            (
+                "herald_cp_link_encode_failures_total",
+                "Link messages that could not be encoded (the link was dropped for a resync).",
+                &self.link_encode_failures,
+            ),
+            (
+                "herald_cp_revocations_pruned_total",
+                "Revocation stamps removed because no credential they cover can still be valid.",
+                &self.revocations_pruned,
+            ),
+        ];
+        for (name, help, c) in counters.into_iter().chain(link) {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.get());
         }
         let gauges: [(&str, &str, &Gauge); 5] = [

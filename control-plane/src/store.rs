@@ -64,6 +64,11 @@ pub struct KeyRecord {
 pub struct RevocationRecord {
     pub all_before: u64,
     pub devices: BTreeMap<String, u64>,
+    /// Every credential these stamps revoke has expired by then (seconds): the latest expiry
+    /// of any credential issued up to the latest stamp. The record is pruned after it. 0 in
+    /// records stored before it existed (set when loaded).
+    #[serde(default)]
+    pub covers_until: u64,
 }
 
 /// A message stream: its name (`u:USER`, `g:GROUP`, `t:TOPIC`, `c`) and its last sequence.
@@ -135,6 +140,8 @@ pub enum Op {
     Key(KeyRecord),
     KeyRemoved(u32),
     Revocation(String, RevocationRecord),
+    /// A user's revocation record pruned (every credential it covered has expired).
+    RevocationRemoved(String),
     Stream(StreamRecord),
     Message(u32, u32, Option<MessageRecord>),
     Push(PushRecord),
@@ -521,6 +528,9 @@ fn commit_db(db: &Database, ops: &[Op]) -> Result<(), StoreError> {
                 }
                 Op::Revocation(user, rec) => {
                     revocations.insert(user.as_str(), json(rec).as_slice()).map_err(dberr)?;
+                }
+                Op::RevocationRemoved(user) => {
+                    revocations.remove(user.as_str()).map_err(dberr)?;
                 }
                 Op::Stream(rec) => {
                     streams.insert(rec.id, json(rec).as_slice()).map_err(dberr)?;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Admin, FakeGateway, online, pushes, start};
 use herald_protocol::frame::PushFlags;
@@ -260,4 +260,102 @@ fn node_disconnect_marks_its_devices_offline() {
         assert!(std::time::Instant::now() < end, "still online: {v}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The value of a metric line `name value` in the control plane's metrics text.
+fn metric(admin: &Admin, name: &str) -> u64 {
+    let text = admin.text("/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.parse().ok()))
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+#[test]
+fn a_second_link_with_a_node_id_in_use_is_refused_and_the_first_keeps_its_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = start(dir.path());
+    let admin = Admin::new(&cp);
+    let mut first = FakeGateway::connect(cp.link_addr(), "twin", vec![]);
+    first.expect("welcome", |m| matches!(m, LinkMessage::Welcome(_)));
+    first.expect("tables", |m| matches!(m, LinkMessage::Tables(_)));
+    let mut second = FakeGateway::connect(cp.link_addr(), "twin", vec![]);
+    let refused = second.expect("refused", |m| matches!(m, LinkMessage::Refused(_)));
+    let LinkMessage::Refused(reason) = refused else { unreachable!() };
+    assert!(reason.contains("twin") && reason.contains("already connected"), "{reason}");
+    assert_eq!(second.recv_within(Duration::from_secs(2)), None, "the refused link is closed");
+    assert_eq!(metric(&admin, "herald_cp_link_refused_total"), 1);
+    // The first link was not replaced: it still gets what the node is sent.
+    admin.ok("PUT", "/v1/groups/after", json!({"topics": ["x"]}));
+    first.expect("group delta on the first link", |m| {
+        matches!(m, LinkMessage::TablesDelta(ch) if ch.iter().any(|c| matches!(c, TableChange::Group(g) if g.group == "after")))
+    });
+    assert_eq!(metric(&admin, "herald_cp_nodes"), 1);
+    assert_eq!(metric(&admin, "herald_cp_link_connects_total"), 1);
+    // Once the first link is gone the id is free again.
+    drop(first);
+    let mut again = FakeGateway::connect(cp.link_addr(), "twin", vec![]);
+    again.expect("welcome after the first left", |m| matches!(m, LinkMessage::Welcome(_)));
+}
+
+#[test]
+fn a_silent_node_is_dropped_within_the_deadline_and_a_live_one_keeps_its_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path());
+    cfg.link_heartbeat_secs = 1;
+    cfg.link_dead_after_secs = 2;
+    let cp = herald_control_plane::start(cfg).unwrap();
+    let admin = Admin::new(&cp);
+    // Connects, says Hello, then never reads nor writes again (a stopped or vanished node).
+    let silent = FakeGateway::connect(cp.link_addr(), "silent", vec![]);
+    let mut live = FakeGateway::connect(cp.link_addr(), "live", vec![]);
+    let start = Instant::now();
+    common::eventually("both nodes connected", || (metric(&admin, "herald_cp_nodes") == 2).then_some(()));
+    // The live node answers the heartbeats it gets (FakeGateway does) for 4 s: twice the deadline.
+    let mut heartbeats_answered = live.drain(Duration::from_millis(4_000));
+    heartbeats_answered.retain(|m| !matches!(m, LinkMessage::Welcome(_) | LinkMessage::Tables(_)));
+    assert!(heartbeats_answered.is_empty(), "{heartbeats_answered:?}");
+    let end = Instant::now() + Duration::from_secs(5);
+    while metric(&admin, "herald_cp_nodes") != 1 {
+        assert!(Instant::now() < end, "the silent node was never dropped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(start.elapsed() < Duration::from_secs(9));
+    assert!(metric(&admin, "herald_cp_link_timeouts_total") >= 1);
+    let (_, nodes) = admin.call("GET", "/v1/nodes", None);
+    assert!(nodes.to_string().contains("live") && !nodes.to_string().contains("silent"), "{nodes}");
+    drop(silent);
+}
+
+#[test]
+fn a_snapshot_over_the_frame_limit_reaches_a_node_in_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = start(dir.path());
+    let admin = Admin::new(&cp);
+    // 100 groups × 10,000 topics: within the API's limits, ~25 MB of snapshot.
+    for g in 0..100 {
+        let topics: Vec<String> = (0..10_000).map(|t| format!("group-{g}-topic-{t:05}")).collect();
+        admin.ok("PUT", &format!("/v1/groups/group-{g}"), json!({ "topics": topics }));
+    }
+    let mut gw = FakeGateway::connect(cp.link_addr(), "n1", vec![]);
+    gw.expect("welcome", |m| matches!(m, LinkMessage::Welcome(_)));
+    let mut tables = herald_protocol::link::Tables::default();
+    let mut parts = 0;
+    loop {
+        match gw.expect("tables", |m| matches!(m, LinkMessage::Tables(_) | LinkMessage::TablesPart(_))) {
+            LinkMessage::TablesPart(t) => {
+                parts += 1;
+                tables.extend(t);
+            }
+            LinkMessage::Tables(t) => {
+                tables.extend(t);
+                break;
+            }
+            _ => unreachable!(),
+        }
+    }
+    assert!(parts >= 1, "a snapshot this large comes in parts");
+    assert_eq!(tables.keys.len(), 1);
+    assert_eq!(tables.groups.len(), 100);
+    assert!(tables.groups.iter().all(|g| g.topics.len() == 10_000));
+    assert_eq!(metric(&admin, "herald_cp_link_encode_failures_total"), 0);
 }

@@ -63,7 +63,10 @@ fn committed_records_survive_reopen_and_deletes_stick() {
                     current: false,
                     withdrawn_secs: Some(5),
                 }),
-                Op::Revocation("bob".into(), RevocationRecord { all_before: 4, devices: BTreeMap::new() }),
+                Op::Revocation(
+                    "bob".into(),
+                    RevocationRecord { all_before: 4, devices: BTreeMap::new(), covers_until: 0 },
+                ),
                 Op::Stream(StreamRecord { id: 1, name: "u:alice".into(), head: 2 }),
                 Op::Message(1, 1, Some(msg(5))),
                 Op::Message(1, 2, Some(msg(6))),

@@ -67,10 +67,13 @@
 //!   core, users hold `u32` ids).
 //! - `outbound`: a connection's bounded outbound queue, coalesced into one `writev`.
 //! - `link`: the control-plane client: tables, subscriptions, pushes and kicks down; presence,
-//!   receipts (every ACK range, as received) and push reports up, batched; after a reconnect it
-//!   asks the cores for their live sessions to resync presence.
+//!   receipts and push reports up, batched and split under the frame limit; heartbeats with a
+//!   deadline both ways; after a reconnect it asks the cores for their live sessions to resync
+//!   presence.
+//! - `receipts`: a core's terminal acks, coalesced per (device, stream) and bounded, handed to
+//!   the link on a bounded channel.
 //! - `tables`: immutable snapshots of keys, revocations and group → topics, swapped atomically.
-//! - `mailbox`: the per-core queue other threads use to reach a core.
+//! - `mailbox`: the per-core queue other threads use to reach a core (pushes bounded in bytes).
 //! - `metrics`: per-core single-writer counters and the HTTP endpoint.
 
 mod index;
@@ -81,6 +84,7 @@ mod metrics;
 mod mqtt;
 mod outbound;
 mod quic;
+mod receipts;
 mod scrape;
 #[doc(hidden)]
 pub use quic::hostile as quic_hostile;
@@ -177,6 +181,22 @@ pub struct GatewayConfig {
     /// admin API, the store, the link and the metrics endpoint. QUIC connections share the
     /// core's UDP socket and are not counted. Default: no cap.
     pub max_connections: usize,
+    /// The link writes a heartbeat when it has written nothing for this long (also the TCP
+    /// keepalive idle time and probe interval).
+    pub link_heartbeat_secs: u64,
+    /// The link is dropped (and reconnected, resynced) when the control plane has sent nothing,
+    /// or not read, for this long. Keep it a few heartbeats.
+    pub link_dead_after_secs: u64,
+}
+
+impl GatewayConfig {
+    pub(crate) fn link_heartbeat(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.link_heartbeat_secs.max(1))
+    }
+
+    pub(crate) fn link_dead_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.link_dead_after_secs.max(1))
+    }
 }
 
 impl Default for GatewayConfig {
@@ -202,6 +222,8 @@ impl Default for GatewayConfig {
             mqtt_addr: None,
             mqtt_allow_publish: false,
             max_connections: usize::MAX,
+            link_heartbeat_secs: 5,
+            link_dead_after_secs: 15,
         }
     }
 }
@@ -315,7 +337,7 @@ impl Gateway {
         self.node.tables.load().version
     }
 
-    /// Whether the link to the control plane is up.
+    /// Whether the link to the control plane is up (the control plane answered `Welcome`).
     pub fn link_connected(&self) -> bool {
         self.node.metrics.link_connected.load(Ordering::Relaxed) == 1
     }
@@ -463,7 +485,10 @@ pub fn start(config: GatewayConfig) -> Result<Gateway, GatewayError> {
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     tracing::info!(driver = driver.label(), cores, %tcp_addr, ?mqtt_addr, ?quic_addr, "gateway starting");
 
-    let (up_tx, up_rx) = crossbeam_channel::unbounded();
+    // Bounded: cores coalesce receipts and keep them when it is full (see `receipts.rs`);
+    // presence, reports and terminal messages wait for room, which the link thread makes
+    // without blocking longer than `link_dead_after_secs` on a write.
+    let (up_tx, up_rx) = crossbeam_channel::bounded(link::UPSTREAM_EVENTS);
     let mut senders = Vec::with_capacity(cores);
     let mut boxes = Vec::with_capacity(cores);
     for _ in 0..cores {

@@ -8,6 +8,15 @@
 //! per-core reports into one per node. After a (re)connect it resyncs: `Hello`, then `Online` for
 //! every session, which it asks the cores for ([`CoreCmd::Resync`]) instead of mirroring them.
 //! Terminals stay connected while the link is down.
+//!
+//! Liveness: this side writes a `Heartbeat` when it has written nothing for
+//! `link_heartbeat_secs`, and drops the link (then reconnects and resyncs) when it has read
+//! nothing for `link_dead_after_secs` or a write is stuck that long; TCP keepalive backs both.
+//! Every message that can grow is split under the frame limit ([`LinkMessage::split`]); a
+//! message that still cannot be encoded ends the link (logged, counted), never vanishes.
+//! A control plane that answers `Refused` (another live link holds this node id) is retried
+//! after 1 s, doubling up to twice the dead-link deadline (when a stale link of ours would have
+//! been dropped), each refusal logged as an error and counted.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -21,9 +30,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use herald_protocol::condition::Condition;
 use herald_protocol::frame::{Decoder, Frame, PushFlags, PushHeader, encode_push};
 use herald_protocol::link::{
-    Hello, LINK_VERSION, LinkMessage, MAX_LINK_FRAME_BYTES, NodeStats, Offline, Online, PresenceChange,
-    PublishOutcome, PublishRef, PublishResult, PushOrder, PushReport, Receipt, StreamSeq, Target,
-    TerminalPublish,
+    Hello, LINK_PART_BYTES, LINK_VERSION, LinkMessage, MAX_LINK_FRAME_BYTES, NodeStats, Offline, Online,
+    PresenceChange, PublishOutcome, PublishRef, PublishResult, PushOrder, PushReport, Receipt, StreamSeq,
+    Tables, Target, TerminalPublish,
 };
 use rkyv::util::AlignedVec;
 
@@ -101,6 +110,10 @@ struct UpState {
     unsent_resume: HashMap<u64, Vec<StreamSeq>>,
     presence: Vec<PresenceChange>,
     receipts: Vec<Receipt>,
+    /// Estimated bytes of `receipts`, bounded by [`MAX_HELD_RECEIPT_BYTES`].
+    receipt_bytes: usize,
+    /// Receipts dropped because `receipts` was full (the link down for long under heavy acking).
+    dropped_receipts: u64,
     /// push id → (sent, dropped, cores that reported).
     partial_reports: HashMap<u64, (u32, u32, usize)>,
     reports: Vec<PushReport>,
@@ -118,6 +131,15 @@ struct UpState {
     /// [`deliver_answers`], which takes them off `Node::publishes_queued`.
     released: usize,
 }
+
+/// Receipts held for the link (while it is down, or between two flushes) at most, in estimated
+/// bytes. Past it a receipt is dropped and counted (`herald_receipts_dropped_total`): the
+/// message it acknowledged stays unacknowledged and is delivered again later (at least once),
+/// rather than the node's memory growing with a terminal's acks.
+const MAX_HELD_RECEIPT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Events the cores' upstream channel holds (about 100 bytes each).
+pub(crate) const UPSTREAM_EVENTS: usize = 65_536;
 
 /// Wills held while the link is down; more are dropped (and counted).
 const MAX_HELD_PUBLISHES: usize = 65_536;
@@ -218,6 +240,12 @@ impl UpState {
                 }
             }
             Upstream::Receipt { user, device, stream, first, last } => {
+                let cost = 64 + user.len() + device.len();
+                if self.receipt_bytes + cost > MAX_HELD_RECEIPT_BYTES {
+                    self.dropped_receipts += 1;
+                    return;
+                }
+                self.receipt_bytes += cost;
                 self.receipts.push(Receipt {
                     user: user.to_string(),
                     device: device.to_string(),
@@ -269,6 +297,9 @@ impl UpState {
 pub(crate) fn run(node: Arc<Node>, up: Receiver<Upstream>) {
     let mut state = UpState::default();
     let mut backoff = BACKOFF_MIN;
+    // A longer wait than the backoff, once (after a refusal).
+    let mut wait = None;
+    let mut refusals = 0u32;
     let cores = node.cores.len();
     loop {
         if finished(&node) {
@@ -278,8 +309,7 @@ pub(crate) fn run(node: Arc<Node>, up: Receiver<Upstream>) {
             Ok(s) => {
                 backoff = BACKOFF_MIN;
                 node.metrics.link_connects.fetch_add(1, Ordering::Relaxed);
-                node.metrics.link_connected.store(1, Ordering::Relaxed);
-                let done = session(&node, s, &up, &mut state);
+                let (done, refused) = session(&node, s, &up, &mut state);
                 // Answers the reader passed on before it stopped count; the rest are lost.
                 while let Ok(ev) = up.try_recv() {
                     state.absorb(ev, cores);
@@ -291,12 +321,27 @@ pub(crate) fn run(node: Arc<Node>, up: Receiver<Upstream>) {
                 if done {
                     return;
                 }
-                tracing::warn!("link to the control plane lost; reconnecting");
+                if refused {
+                    // 1 s, doubling to twice the dead-link deadline: by then the control plane
+                    // has dropped a stale link of ours, while a true duplicate is asked rarely.
+                    let retry = (Duration::from_secs(1) * (1 << refusals.min(10)))
+                        .min(node.config.link_dead_after() * 2);
+                    refusals += 1;
+                    wait = Some(retry);
+                    tracing::error!(
+                        retry_ms = retry.as_millis() as u64,
+                        node_id = %node.config.node_id,
+                        "control plane refused this node; retrying later"
+                    );
+                } else {
+                    refusals = 0;
+                    tracing::warn!("link to the control plane lost; reconnecting");
+                }
             }
             Err(e) => tracing::debug!(error = %e, "control plane unreachable"),
         }
         // Keep absorbing events while disconnected (receipts, reports, resume positions).
-        let until = Instant::now() + backoff;
+        let until = Instant::now() + wait.take().unwrap_or(backoff);
         while let Some(left) = until.checked_duration_since(Instant::now()) {
             match up.recv_timeout(left) {
                 Ok(ev) => {
@@ -319,33 +364,98 @@ struct LinkWriter {
     stream: TcpStream,
     offset: u64,
     buf: BytesMut,
+    /// When the last message was written (a heartbeat goes when it is too long ago).
+    last_write: Instant,
+    parts: Vec<LinkMessage>,
 }
 
 impl LinkWriter {
-    fn send(&mut self, msg: &LinkMessage) -> std::io::Result<()> {
+    /// Writes `msg`, split into parts under the frame limit. A part that still cannot be
+    /// encoded is an error for the whole link: the caller drops it, reconnects and resyncs, so
+    /// nothing is lost silently.
+    fn send(&mut self, node: &Node, msg: LinkMessage) -> std::io::Result<()> {
+        let mut parts = std::mem::take(&mut self.parts);
+        msg.split(LINK_PART_BYTES, &mut parts);
+        let mut res = Ok(());
+        for part in parts.drain(..) {
+            if res.is_ok() {
+                res = self.send_one(node, &part);
+            }
+        }
+        self.parts = parts;
+        res
+    }
+
+    fn send_one(&mut self, node: &Node, msg: &LinkMessage) -> std::io::Result<()> {
         self.buf.clear();
-        msg.encode(self.offset, &mut self.buf).map_err(std::io::Error::other)?;
-        self.stream.write_all(&self.buf)?;
+        if let Err(e) = msg.encode(self.offset, &mut self.buf) {
+            node.metrics.link_encode_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, message = ?std::mem::discriminant(msg), "cannot encode a link message; dropping the link");
+            return Err(std::io::Error::other(e));
+        }
+        self.stream.write_all(&self.buf).inspect_err(|e| {
+            if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+                node.metrics.link_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("the control plane has not read the link for the deadline; dropping it");
+            }
+        })?;
         self.offset += self.buf.len() as u64;
+        self.last_write = Instant::now();
         Ok(())
     }
 }
 
-/// One connection's life. True when the node has finished (stop for good).
-fn session(node: &Arc<Node>, stream: TcpStream, up: &Receiver<Upstream>, state: &mut UpState) -> bool {
+/// TCP keepalive on a link socket: the kernel probes an idle link too, so a peer that vanished
+/// (power loss, a dropped route) is noticed even if heartbeats are not flowing.
+pub(crate) fn keepalive(stream: &TcpStream, every: Duration) {
+    let ka = socket2::TcpKeepalive::new().with_time(every).with_interval(every);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+        tracing::warn!(error = %e, "cannot set TCP keepalive on the link");
+    }
+}
+
+/// How a connection's reader ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadEnd {
+    Lost,
+    /// The control plane refused this node (see [`LinkMessage::Refused`]).
+    Refused,
+}
+
+/// One connection's life: (the node has finished (stop for good), the control plane refused
+/// this node).
+fn session(
+    node: &Arc<Node>,
+    stream: TcpStream,
+    up: &Receiver<Upstream>,
+    state: &mut UpState,
+) -> (bool, bool) {
     let cores = node.cores.len();
     let _ = stream.set_nodelay(true);
-    let Ok(rx_stream) = stream.try_clone() else { return false };
+    let dead_after = node.config.link_dead_after();
+    let heartbeat = node.config.link_heartbeat();
+    keepalive(&stream, heartbeat);
+    // A silent control plane (stopped, half-open link) is detected by these deadlines.
+    let _ = stream.set_read_timeout(Some(dead_after));
+    let _ = stream.set_write_timeout(Some(dead_after));
+    let Ok(rx_stream) = stream.try_clone() else { return (false, false) };
     let closed = Arc::new(AtomicBool::new(false));
     let reader = {
         let (node, closed) = (node.clone(), closed.clone());
         std::thread::Builder::new().name("herald-link-rx".into()).spawn(move || {
-            read_loop(&node, rx_stream);
+            let end = read_loop(&node, rx_stream);
             closed.store(true, Ordering::SeqCst);
+            end
         })
     };
-    let Ok(reader) = reader else { return false };
-    let mut w = LinkWriter { stream, offset: 0, buf: BytesMut::with_capacity(4096) };
+    let Ok(reader) = reader else { return (false, false) };
+    let mut w = LinkWriter {
+        stream,
+        offset: 0,
+        buf: BytesMut::with_capacity(4096),
+        last_write: Instant::now(),
+        parts: Vec::new(),
+    };
     while let Ok(ev) = up.try_recv() {
         state.absorb(ev, cores);
     }
@@ -355,7 +465,7 @@ fn session(node: &Arc<Node>, stream: TcpStream, up: &Receiver<Upstream>, state: 
         cores: cores as u16,
         public_addr: node.tcp_addr.to_string(),
     });
-    let mut ok = w.send(&hello).is_ok();
+    let mut ok = w.send(node, hello).is_ok();
     // The cores' answers replace every presence change queued while the link was down.
     state.begin_resync(cores);
     for c in &node.cores {
@@ -376,7 +486,8 @@ fn session(node: &Arc<Node>, stream: TcpStream, up: &Receiver<Upstream>, state: 
             Err(RecvTimeoutError::Disconnected) => finished_node = true,
         }
         deliver_answers(node, state);
-        ok = flush_up(&mut w, state).is_ok();
+        node.metrics.upstream_len.store(up.len() as u64, Ordering::Relaxed);
+        ok = flush_up(node, &mut w, state).is_ok();
         if ok && last_stats.elapsed() >= STATS_EVERY {
             last_stats = Instant::now();
             let m = &node.metrics;
@@ -385,7 +496,10 @@ fn session(node: &Arc<Node>, stream: TcpStream, up: &Receiver<Upstream>, state: 
                 deliveries: m.sum(|c| c.deliveries.get()),
                 drops: m.sum(|c| c.drops.iter().map(crate::metrics::Cell::get).sum()),
             };
-            ok = w.send(&LinkMessage::Stats(stats)).is_ok();
+            ok = w.send(node, LinkMessage::Stats(stats)).is_ok();
+        }
+        if ok && w.last_write.elapsed() >= heartbeat {
+            ok = w.send(node, LinkMessage::Heartbeat).is_ok();
         }
         if stop || finished_node {
             finished_node = true;
@@ -393,25 +507,26 @@ fn session(node: &Arc<Node>, stream: TcpStream, up: &Receiver<Upstream>, state: 
         }
     }
     let _ = w.stream.shutdown(Shutdown::Both);
-    let _ = reader.join();
-    finished_node
+    let refused = reader.join().is_ok_and(|end| end == ReadEnd::Refused);
+    (finished_node, refused)
 }
 
-fn flush_up(w: &mut LinkWriter, state: &mut UpState) -> std::io::Result<()> {
+fn flush_up(node: &Node, w: &mut LinkWriter, state: &mut UpState) -> std::io::Result<()> {
     if !state.presence.is_empty() {
-        w.send(&LinkMessage::Presence(std::mem::take(&mut state.presence)))?;
+        w.send(node, LinkMessage::Presence(std::mem::take(&mut state.presence)))?;
     }
     if !state.receipts.is_empty() {
-        w.send(&LinkMessage::Receipts(std::mem::take(&mut state.receipts)))?;
+        state.receipt_bytes = 0;
+        w.send(node, LinkMessage::Receipts(std::mem::take(&mut state.receipts)))?;
     }
     if !state.reports.is_empty() {
-        w.send(&LinkMessage::Reports(std::mem::take(&mut state.reports)))?;
+        w.send(node, LinkMessage::Reports(std::mem::take(&mut state.reports)))?;
     }
     // After presence: a will follows its connection's Offline. (Whatever is not written
     // because the link fails is gone with the link: QoS 1 is answered by `link_lost`.)
     state.released += state.publishes.len();
     for p in state.publishes.drain(..) {
-        w.send(&LinkMessage::Publish(p))?;
+        w.send(node, LinkMessage::Publish(p))?;
     }
     Ok(())
 }
@@ -426,51 +541,88 @@ fn deliver_answers(node: &Node, state: &mut UpState) {
     if state.released > 0 {
         node.publishes_queued.fetch_sub(std::mem::take(&mut state.released), Ordering::Relaxed);
     }
+    if state.dropped_receipts > 0 {
+        node.metrics
+            .receipts_dropped
+            .fetch_add(std::mem::take(&mut state.dropped_receipts), Ordering::Relaxed);
+    }
     if state.dropped_publishes > 0 {
         node.metrics.publishes_dropped.fetch_add(state.dropped_publishes, Ordering::Relaxed);
         state.dropped_publishes = 0;
     }
 }
 
-fn read_loop(node: &Arc<Node>, mut stream: TcpStream) {
+fn read_loop(node: &Arc<Node>, mut stream: TcpStream) -> ReadEnd {
     let decoder = Decoder::new(MAX_LINK_FRAME_BYTES);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut scratch = AlignedVec::new();
     let mut payload_scratch = AlignedVec::new();
+    // The parts of a snapshot received so far (applied with its closing `Tables`).
+    let mut parts: Option<Tables> = None;
     loop {
         let n = match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return ReadEnd::Lost,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                node.metrics.link_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    dead_after_secs = node.config.link_dead_after_secs,
+                    "the control plane sent nothing for the deadline; dropping the link"
+                );
+                return ReadEnd::Lost;
+            }
+            Err(_) => return ReadEnd::Lost,
             Ok(n) => n,
         };
         buf.extend_from_slice(&chunk[..n]);
         loop {
             match decoder.decode(&mut buf) {
                 Ok(Some(Frame::Link(link))) => match LinkMessage::decode(&link, &mut scratch) {
-                    Ok(msg) => dispatch(node, msg, &mut payload_scratch),
+                    Ok(LinkMessage::Refused(reason)) => {
+                        node.metrics.link_refusals.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(%reason, node_id = %node.config.node_id, "the control plane refused this node");
+                        return ReadEnd::Refused;
+                    }
+                    Ok(msg) => dispatch(node, msg, &mut payload_scratch, &mut parts),
                     Err(e) => {
                         tracing::error!(error = %e, "bad link message; dropping the link");
-                        return;
+                        return ReadEnd::Lost;
                     }
                 },
                 Ok(Some(other)) => {
                     tracing::error!(frame = ?other, "unexpected frame on the link; dropping it");
-                    return;
+                    return ReadEnd::Lost;
                 }
                 Ok(None) => break,
                 Err(e) => {
                     tracing::error!(error = %e, "bad link frame; dropping the link");
-                    return;
+                    return ReadEnd::Lost;
                 }
             }
         }
     }
 }
 
-fn dispatch(node: &Arc<Node>, msg: LinkMessage, scratch: &mut AlignedVec) {
+fn dispatch(node: &Arc<Node>, msg: LinkMessage, scratch: &mut AlignedVec, parts: &mut Option<Tables>) {
     match msg {
-        LinkMessage::Welcome(w) => tracing::info!(epoch = w.epoch, "control plane welcomed this node"),
-        LinkMessage::Tables(t) => node.tables.store(Snapshot::from_tables(&t)),
+        LinkMessage::Welcome(w) => {
+            // Connected means answered: a TCP connect alone succeeds even to a stopped process.
+            node.metrics.link_connected.store(1, Ordering::Relaxed);
+            tracing::info!(epoch = w.epoch, "control plane welcomed this node");
+        }
+        LinkMessage::Heartbeat => {}
+        // A snapshot in parts applies at once with its last part, never half of it.
+        LinkMessage::TablesPart(t) => parts.get_or_insert_with(Tables::default).extend(t),
+        LinkMessage::Tables(t) => {
+            let t = match parts.take() {
+                Some(mut whole) => {
+                    whole.extend(t);
+                    whole
+                }
+                None => t,
+            };
+            node.tables.store(Snapshot::from_tables(&t));
+        }
         LinkMessage::TablesDelta(changes) => {
             let cur = node.tables.load_full();
             node.tables.store(cur.with_changes(&changes));
@@ -488,8 +640,25 @@ fn dispatch(node: &Arc<Node>, msg: LinkMessage, scratch: &mut AlignedVec) {
             };
             if let Some(job) = push_job(order, node.tables.load_full(), mqtt) {
                 let job = Arc::new(job);
-                for c in &node.cores {
-                    c.send(CoreCmd::Push(job.clone()));
+                let bytes = push_weight(&job);
+                for (core, c) in node.cores.iter().enumerate() {
+                    let cmd = CoreCmd::Push(job.clone());
+                    if c.send_bounded(cmd, bytes, MAILBOX_PUSH_BYTES, node.config.link_dead_after()).is_err()
+                    {
+                        // The core has not taken a push for the whole deadline: drop it there,
+                        // counted, and report the core's part so the node's report completes.
+                        node.metrics.mailbox_push_drops.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            core,
+                            push_id = job.push_id,
+                            "a core's mailbox stayed full; push dropped for it"
+                        );
+                        let _ = node.upstream.send(Upstream::Report {
+                            push_id: job.push_id,
+                            sent: 0,
+                            dropped: 0,
+                        });
+                    }
                 }
             }
         }
@@ -504,6 +673,14 @@ fn dispatch(node: &Arc<Node>, msg: LinkMessage, scratch: &mut AlignedVec) {
         }
         other => tracing::warn!(message = ?std::mem::discriminant(&other), "unexpected link message"),
     }
+}
+
+/// Bytes of pushes a core's mailbox holds at most (see `mailbox.rs` for what happens past it).
+pub(crate) const MAILBOX_PUSH_BYTES: usize = 64 * 1024 * 1024;
+
+/// What a push weighs in a core's mailbox: its frame, plus the job around it.
+pub(crate) fn push_weight(job: &PushJob) -> usize {
+    job.frame.len() + 256
 }
 
 fn push_job(order: PushOrder, tables: Arc<Snapshot>, mqtt: Option<crate::mqtt::MqttPush>) -> Option<PushJob> {
@@ -615,6 +792,26 @@ mod tests {
             Some((2, PublishOutcome::Unavailable))
         );
         assert_eq!((s.dropped_publishes, s.released), (2, 4));
+    }
+
+    #[test]
+    fn receipts_held_for_the_link_are_bounded_in_bytes_and_drops_counted() {
+        let mut s = UpState::default();
+        let (user, device): (Arc<str>, Arc<str>) = ("u".into(), "d".into());
+        let each = 64 + 2;
+        let fit = MAX_HELD_RECEIPT_BYTES / each;
+        for i in 0..fit + 10 {
+            let ev = Upstream::Receipt {
+                user: user.clone(),
+                device: device.clone(),
+                stream: 1,
+                first: 0,
+                last: i as u32,
+            };
+            s.absorb(ev, 1);
+        }
+        assert_eq!((s.receipts.len(), s.dropped_receipts), (fit, 10));
+        assert!(s.receipt_bytes <= MAX_HELD_RECEIPT_BYTES);
     }
 
     #[test]

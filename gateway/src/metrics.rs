@@ -143,6 +143,21 @@ pub(crate) struct Registry {
     /// Scrapes closed without an answer (deadline, eviction, oversized request); written by the
     /// metrics thread only.
     pub(crate) scrapes_failed: AtomicU64,
+    /// Link connections dropped because the control plane was silent, or did not read, for
+    /// `link_dead_after_secs`.
+    pub(crate) link_timeouts: AtomicU64,
+    /// Times the control plane refused this node (its node id is in use).
+    pub(crate) link_refusals: AtomicU64,
+    /// Link messages that could not be encoded (each dropped the link for a resync).
+    pub(crate) link_encode_failures: AtomicU64,
+    /// Receipts dropped because the link thread already held its bound of them.
+    pub(crate) receipts_dropped: AtomicU64,
+    /// Receipts a core could not hand to the full upstream channel and kept for its next tick.
+    pub(crate) receipts_deferred: AtomicU64,
+    /// Pushes not handed to a core whose mailbox stayed full for the link deadline.
+    pub(crate) mailbox_push_drops: AtomicU64,
+    /// Events in the upstream channel, sampled by the link thread each loop.
+    pub(crate) upstream_len: AtomicU64,
 }
 
 impl Registry {
@@ -153,6 +168,13 @@ impl Registry {
             link_connects: AtomicU64::new(0),
             publishes_dropped: AtomicU64::new(0),
             scrapes_failed: AtomicU64::new(0),
+            link_timeouts: AtomicU64::new(0),
+            link_refusals: AtomicU64::new(0),
+            link_encode_failures: AtomicU64::new(0),
+            receipts_dropped: AtomicU64::new(0),
+            receipts_deferred: AtomicU64::new(0),
+            upstream_len: AtomicU64::new(0),
+            mailbox_push_drops: AtomicU64::new(0),
         }
     }
 
@@ -309,6 +331,21 @@ impl Registry {
             out,
             "# HELP herald_metrics_scrapes_failed_total Metrics requests closed unanswered: over the deadline, evicted, or too large.\n# TYPE herald_metrics_scrapes_failed_total counter\nherald_metrics_scrapes_failed_total {}",
             self.scrapes_failed.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP herald_link_timeouts_total Link connections dropped because the control plane was silent or did not read for link_dead_after_secs.\n# TYPE herald_link_timeouts_total counter\nherald_link_timeouts_total {}\n# HELP herald_link_refusals_total Times the control plane refused this node (node id in use).\n# TYPE herald_link_refusals_total counter\nherald_link_refusals_total {}\n# HELP herald_link_encode_failures_total Link messages that could not be encoded (the link was dropped and resynced).\n# TYPE herald_link_encode_failures_total counter\nherald_link_encode_failures_total {}",
+            self.link_timeouts.load(Ordering::Relaxed),
+            self.link_refusals.load(Ordering::Relaxed),
+            self.link_encode_failures.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP herald_receipts_dropped_total Terminal acknowledgements dropped because the link held its bound of them (the messages are redelivered).\n# TYPE herald_receipts_dropped_total counter\nherald_receipts_dropped_total {}\n# HELP herald_receipts_deferred_total Coalesced receipts a core kept for its next tick because the upstream channel was full.\n# TYPE herald_receipts_deferred_total counter\nherald_receipts_deferred_total {}\n# HELP herald_link_upstream_events Events queued from the cores to the link thread.\n# TYPE herald_link_upstream_events gauge\nherald_link_upstream_events {}\n# HELP herald_core_mailbox_push_drops_total Pushes dropped for a core whose mailbox stayed full for link_dead_after_secs.\n# TYPE herald_core_mailbox_push_drops_total counter\nherald_core_mailbox_push_drops_total {}",
+            self.receipts_dropped.load(Ordering::Relaxed),
+            self.receipts_deferred.load(Ordering::Relaxed),
+            self.upstream_len.load(Ordering::Relaxed),
+            self.mailbox_push_drops.load(Ordering::Relaxed)
         );
         out
     }

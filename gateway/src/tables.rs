@@ -83,6 +83,7 @@ impl Snapshot {
                 TableChange::GroupRemoved(g) => {
                     s.group_topics.remove(g.as_str());
                 }
+                TableChange::RevocationRemoved(user) => s.revocations.forget(user),
             }
         }
         s.reindex();

@@ -137,7 +137,15 @@ struct Auth {
     uid: u32,
     /// The credential's signing key: the session ends if the key is withdrawn (`creds`).
     key_id: u32,
+    /// ACK ranges this connection may still send: [`ACK_CREDIT_START`] plus one per push
+    /// queued to it. An honest terminal acks at most what it received; past the credit, ranges
+    /// are ignored (counted in `herald_receipts_dropped_total`), so an ACK flood cannot turn
+    /// into receipts for the control plane to process.
+    ack_credit: u32,
 }
+
+/// ACK ranges a connection may send beyond one per push it was sent.
+const ACK_CREDIT_START: u32 = 1_024;
 
 /// What carries a connection's frames.
 #[derive(Debug)]
@@ -239,6 +247,8 @@ struct Worker {
     epfd: RawFd,
     /// What live sessions' credentials must still satisfy (expiry, revocations, keys).
     creds: creds::Creds,
+    /// Terminal acks not yet handed to the link thread, coalesced.
+    receipts: crate::receipts::Receipts,
 }
 
 /// Runs core `n` until its drain has finished. Called on thread `herald-core-{n}`.
@@ -317,6 +327,7 @@ async fn core_main(n: usize, node: Arc<Node>, listeners: Listeners, inbox: Mailb
         quic: None,
         epfd,
         creds: creds::Creds::default(),
+        receipts: crate::receipts::Receipts::default(),
     }));
     monoio::spawn(readiness_loop(w.clone(), watch));
     monoio::spawn(accept_loop(w.clone(), listener, false));
@@ -337,10 +348,14 @@ async fn core_main(n: usize, node: Arc<Node>, listeners: Listeners, inbox: Mailb
                 && let Ok(cmd) = inbox.try_recv()
             {
                 budget -= 1;
-                jobs += usize::from(matches!(cmd, CoreCmd::Push(_)));
+                if let CoreCmd::Push(job) = &cmd {
+                    jobs += 1;
+                    inbox.release(crate::link::push_weight(job));
+                }
                 wk.on_cmd(cmd);
             }
             wk.flush_dirty();
+            wk.flush_receipts();
             if jobs > 0 {
                 wk.record_fanout();
             }
@@ -432,6 +447,8 @@ async fn timer_loop(w: Rc<RefCell<Worker>>, tick: Duration) {
             return;
         }
         wk.sweep();
+        // Also what a full upstream channel left behind.
+        wk.flush_receipts();
     }
 }
 
@@ -470,6 +487,7 @@ async fn readiness_loop(w: Rc<RefCell<Worker>>, watch: Watch) {
                     wk.finish(slot, generation);
                 }
             }
+            wk.flush_receipts();
         }
         yield_now().await;
     }
@@ -757,15 +775,16 @@ impl Worker {
             }
             Frame::Login(login) if !authed => self.on_login(slot, &login, now),
             Frame::Ack(ack) if authed => {
-                let Some(a) = &self.conns[slot].auth else { return Ok(()) };
+                let Some(a) = &mut self.conns[slot].auth else { return Ok(()) };
+                let n = ack.ranges().len() as u32;
+                if n > a.ack_credit {
+                    self.node.metrics.receipts_dropped.fetch_add(u64::from(n), Ordering::Relaxed);
+                    return Ok(());
+                }
+                a.ack_credit -= n;
+                // Coalesced per (device, stream), sent up at the end of the batch.
                 for r in ack.ranges() {
-                    let _ = self.node.upstream.send(Upstream::Receipt {
-                        user: a.user.clone(),
-                        device: a.device.clone(),
-                        stream: r.stream,
-                        first: r.first,
-                        last: r.last,
-                    });
+                    self.receipts.add(&self.node.metrics, &a.user, &a.device, r.stream, r.first, r.last);
                 }
                 Ok(())
             }
@@ -851,7 +870,14 @@ impl Worker {
             self.deadlines.push(Reverse((now + expiry_left, slot as u32, c.generation)));
         }
         c.live.logged_in(Tick::from_millis(now), grace_ms);
-        c.auth = Some(Auth { user: user.clone(), device: device.clone(), session_id, uid, key_id });
+        c.auth = Some(Auth {
+            user: user.clone(),
+            device: device.clone(),
+            session_id,
+            uid,
+            key_id,
+            ack_credit: ACK_CREDIT_START,
+        });
         self.m.logins_ok.inc();
         let _ = self.node.upstream.send(Upstream::Online {
             core: self.n,
@@ -1026,6 +1052,11 @@ impl Worker {
             Flushed::Error => shut(&c.transport, &mut self.quic, libc::SHUT_RDWR),
         }
         res
+    }
+
+    /// Hands the coalesced receipts to the link thread (see `receipts.rs`).
+    fn flush_receipts(&mut self) {
+        self.receipts.flush(&self.node.upstream, &self.node.metrics);
     }
 
     fn flush_dirty(&mut self) {
@@ -1232,6 +1263,11 @@ impl Worker {
                 (pid, queued, &mut c.proto)
             {
                 m.release(pid);
+            }
+            if matches!(queued, Queued::Yes | Queued::DroppedOldest)
+                && let Some(a) = &mut c.auth
+            {
+                a.ack_credit = a.ack_credit.saturating_add(1);
             }
             match queued {
                 Queued::Yes => {

@@ -238,6 +238,11 @@ impl Revocations {
         *slot = (*slot).max(before_secs);
     }
 
+    /// Forgets `user`'s revocations (every credential they covered has expired).
+    pub fn forget(&mut self, user: &str) {
+        self.by_user.remove(user);
+    }
+
     /// Refuses `claims` if a revocation covers them. No allocation.
     pub fn check(&self, claims: &Claims) -> Result<(), CredentialError> {
         if self.revoked(&claims.user, &claims.device, claims.issued_at) {

@@ -57,6 +57,9 @@ const LOGIN_FIXED: usize = 8;
 const LOGIN_OK_BODY: usize = 24;
 const GOAWAY_BODY: usize = 8;
 const ACK_RANGE_BYTES: usize = 12;
+/// Most ranges one ACK may carry. A client batches at most a few dozen streams per ACK; the cap
+/// bounds the receipts a single frame can make a gateway produce (an ACK flood).
+pub const MAX_ACK_RANGES: usize = 256;
 const RESUME_ENTRY_BYTES: usize = 8;
 /// Longest reason text in a close frame, in bytes.
 pub const MAX_CLOSE_REASON_BYTES: usize = 123;
@@ -357,6 +360,9 @@ fn parse_body(ty: u8, body: Bytes) -> Result<Frame, DecodeError> {
         T_ACK => {
             if body.is_empty() || !body.len().is_multiple_of(ACK_RANGE_BYTES) {
                 return Err(malformed("ack", "length is not a positive multiple of 12"));
+            }
+            if body.len() > MAX_ACK_RANGES * ACK_RANGE_BYTES {
+                return Err(malformed("ack", "more than 256 ranges"));
             }
             let ack = Ack { ranges_raw: body };
             if ack.ranges().any(|r| r.first > r.last) {

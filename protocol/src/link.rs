@@ -29,9 +29,13 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::frame::{self, EncodeError, Link};
 
 /// Version of the link messages below; bump on any incompatible change.
-pub const LINK_VERSION: u16 = 1;
+pub const LINK_VERSION: u16 = 2;
 /// Largest link frame either side accepts (a table snapshot can be large).
 pub const MAX_LINK_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// What a sender aims one message's list items at ([`LinkMessage::split`]): a quarter of the
+/// frame limit, so the estimate's slack (rkyv's relative pointers, alignment) can never push a
+/// part past [`MAX_LINK_FRAME_BYTES`], and a part stays small enough not to stall the link.
+pub const LINK_PART_BYTES: usize = MAX_LINK_FRAME_BYTES / 4;
 
 /// Everything that travels on the link.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -55,6 +59,16 @@ pub enum LinkMessage {
     Publish(TerminalPublish),
     /// control plane → gateway: what became of a [`TerminalPublish`] that asked for an answer.
     PublishResult(PublishResult),
+    // Added in link version 2.
+    /// Either way: "still here". Each side sends one when it has written nothing for its
+    /// heartbeat interval, and drops the link when it has read nothing for its deadline.
+    Heartbeat,
+    /// control plane → gateway, instead of `Welcome`: this node may not connect (another live
+    /// link already uses its node id); the reason is for the operator. The connection closes.
+    Refused(String),
+    /// control plane → gateway: one part of a `Tables` snapshot too large for one message; the
+    /// parts are concatenated, and the snapshot applied, when the closing `Tables` arrives.
+    TablesPart(Tables),
 }
 
 /// A gateway node introduces itself.
@@ -175,6 +189,8 @@ pub enum TableChange {
     Revoked(RevocationEntry),
     Group(GroupTopics),
     GroupRemoved(String),
+    /// A user's revocations are gone: every credential they covered has expired (link v2).
+    RevocationRemoved(String),
 }
 
 /// A user's groups and direct topics, as the control plane holds them. Replaces what the node
@@ -284,7 +300,105 @@ pub enum LinkError {
     Invalid(String),
 }
 
+/// Estimated archived size of a string (its bytes plus an out-of-line header and alignment).
+fn str_cost(s: &str) -> usize {
+    s.len() + 16
+}
+
+fn strs_cost(v: &[String]) -> usize {
+    16 + v.iter().map(|s| str_cost(s)).sum::<usize>()
+}
+
+fn target_cost(t: &Target) -> usize {
+    match t {
+        Target::Users(us) => strs_cost(us),
+        Target::Device { user, device } => str_cost(user) + str_cost(device),
+        Target::User(s) | Target::Group(s) | Target::Topic(s) | Target::Condition(s) => str_cost(s),
+    }
+}
+
+fn revocation_cost(r: &RevocationEntry) -> usize {
+    32 + str_cost(&r.user) + r.devices.iter().map(|(d, _)| str_cost(d) + 16).sum::<usize>()
+}
+
+fn group_cost(g: &GroupTopics) -> usize {
+    16 + str_cost(&g.group) + strs_cost(&g.topics)
+}
+
+/// Splits `items` into runs whose estimated size stays under `budget` (an item larger than the
+/// budget gets a run of its own; encoding it then fails, which the sender treats as fatal).
+fn runs<T>(items: Vec<T>, budget: usize, cost: impl Fn(&T) -> usize, mut emit: impl FnMut(Vec<T>)) {
+    let mut run = Vec::new();
+    let mut size = 0;
+    for item in items {
+        let c = cost(&item);
+        if !run.is_empty() && size + c > budget {
+            emit(std::mem::take(&mut run));
+            size = 0;
+        }
+        size += c;
+        run.push(item);
+    }
+    if !run.is_empty() {
+        emit(run);
+    }
+}
+
 impl LinkMessage {
+    /// Splits a message whose lists can grow without bound (presence, receipts, reports,
+    /// subscriptions, table deltas, a table snapshot) into messages each estimated under
+    /// `budget` bytes ([`LINK_PART_BYTES`] on the wire), in order, into `out`. Batches split into
+    /// several batches of the same kind (each applies on its own); a snapshot splits into
+    /// `TablesPart`s and a closing `Tables`, applied together. Other messages pass unchanged.
+    pub fn split(self, budget: usize, out: &mut Vec<LinkMessage>) {
+        match self {
+            LinkMessage::Presence(v) => runs(
+                v,
+                budget,
+                |p| match p {
+                    PresenceChange::Online(o) => {
+                        48 + str_cost(&o.user) + str_cost(&o.device) + 8 * o.resume.len()
+                    }
+                    PresenceChange::Offline(o) => 48 + str_cost(&o.user) + str_cost(&o.device),
+                },
+                |r| out.push(LinkMessage::Presence(r)),
+            ),
+            LinkMessage::Receipts(v) => runs(
+                v,
+                budget,
+                |r| 16 + str_cost(&r.user) + str_cost(&r.device),
+                |r| out.push(LinkMessage::Receipts(r)),
+            ),
+            LinkMessage::Reports(v) => runs(v, budget, |_| 16, |r| out.push(LinkMessage::Reports(r))),
+            LinkMessage::Subscriptions(v) => runs(
+                v,
+                budget,
+                |u| 16 + str_cost(&u.user) + strs_cost(&u.groups) + strs_cost(&u.topics),
+                |r| out.push(LinkMessage::Subscriptions(r)),
+            ),
+            LinkMessage::TablesDelta(v) => runs(
+                v,
+                budget,
+                |c| match c {
+                    TableChange::KeyAdded(_) | TableChange::KeyRemoved(_) => 48,
+                    TableChange::Revoked(r) => revocation_cost(r),
+                    TableChange::Group(g) => group_cost(g),
+                    TableChange::GroupRemoved(g) | TableChange::RevocationRemoved(g) => 16 + str_cost(g),
+                },
+                |r| out.push(LinkMessage::TablesDelta(r)),
+            ),
+            LinkMessage::Tables(t) => split_tables(t, budget, out),
+            // Pushes, publishes and the rest are bounded where they are made (payload and body
+            // limits); the encoder refuses whatever is not.
+            other => out.push(other),
+        }
+    }
+
+    /// Estimated archived size of a push (for byte bounds on queues of them).
+    pub fn push_cost(p: &PushOrder) -> usize {
+        64 + p.payload.len() + target_cost(&p.target) + p.origin.as_ref().map_or(0, target_cost)
+    }
+
     /// Appends this message as a LINK frame to `dst`, preceded by the padding that puts the frame
     /// at a 16-aligned offset, given `stream_offset` bytes already written on this link.
     /// Returns the number of bytes appended.
@@ -310,6 +424,58 @@ impl LinkMessage {
         };
         rkyv::from_bytes::<LinkMessage, rkyv::rancor::Error>(bytes)
             .map_err(|e| LinkError::Invalid(e.to_string()))
+    }
+}
+
+/// One entry of a snapshot, for splitting it in order.
+enum TableItem {
+    Key(KeyEntry),
+    Revocation(RevocationEntry),
+    Group(GroupTopics),
+}
+
+fn split_tables(t: Tables, budget: usize, out: &mut Vec<LinkMessage>) {
+    let version = t.version;
+    let empty = || Tables { version, ..Tables::default() };
+    let items = t
+        .keys
+        .into_iter()
+        .map(TableItem::Key)
+        .chain(t.revocations.into_iter().map(TableItem::Revocation))
+        .chain(t.groups.into_iter().map(TableItem::Group));
+    let mut parts = Vec::new();
+    runs(
+        items.collect(),
+        budget,
+        |i| match i {
+            TableItem::Key(_) => 48,
+            TableItem::Revocation(r) => revocation_cost(r),
+            TableItem::Group(g) => group_cost(g),
+        },
+        |run| {
+            let mut part = empty();
+            for i in run {
+                match i {
+                    TableItem::Key(k) => part.keys.push(k),
+                    TableItem::Revocation(r) => part.revocations.push(r),
+                    TableItem::Group(g) => part.groups.push(g),
+                }
+            }
+            parts.push(part);
+        },
+    );
+    let last = parts.pop().unwrap_or_else(empty);
+    out.extend(parts.into_iter().map(LinkMessage::TablesPart));
+    out.push(LinkMessage::Tables(last));
+}
+
+impl Tables {
+    /// Appends a `TablesPart` (see [`LinkMessage::TablesPart`]).
+    pub fn extend(&mut self, part: Tables) {
+        self.version = part.version;
+        self.keys.extend(part.keys);
+        self.revocations.extend(part.revocations);
+        self.groups.extend(part.groups);
     }
 }
 
@@ -374,6 +540,84 @@ mod tests {
             got.push(LinkMessage::decode(&l, &mut scratch).unwrap());
         }
         assert_eq!(got, msgs);
+    }
+
+    /// Encodes every part (each must fit a frame) and decodes it back.
+    fn through_frames(parts: &[LinkMessage]) -> Vec<LinkMessage> {
+        let mut scratch = AlignedVec::new();
+        parts
+            .iter()
+            .map(|m| {
+                let mut wire = BytesMut::new();
+                m.encode(0, &mut wire).expect("a part fits a link frame");
+                assert!(wire.len() <= MAX_LINK_FRAME_BYTES);
+                let Some(Frame::Link(l)) = Decoder::new(MAX_LINK_FRAME_BYTES).decode(&mut wire).unwrap()
+                else {
+                    panic!("not a link frame")
+                };
+                LinkMessage::decode(&l, &mut scratch).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_receipts_batch_over_the_frame_limit_splits_into_parts_that_fit() {
+        // ~960,000 receipts: what one QoS 1 burst to 15,000 MQTT subscribers produced.
+        let receipts: Vec<Receipt> = (0..960_000u32)
+            .map(|i| Receipt {
+                user: format!("user-{:08}", i % 15_000),
+                device: format!("device-{i:08}"),
+                stream: i % 100,
+                first: i,
+                last: i,
+            })
+            .collect();
+        let whole = LinkMessage::Receipts(receipts.clone());
+        assert!(whole.encode(0, &mut BytesMut::new()).is_err(), "the test batch must not fit one frame");
+        let mut parts = Vec::new();
+        whole.split(LINK_PART_BYTES, &mut parts);
+        assert!(parts.len() > 1);
+        let mut got = Vec::new();
+        for m in through_frames(&parts) {
+            let LinkMessage::Receipts(rs) = m else { panic!("not receipts") };
+            got.extend(rs);
+        }
+        assert_eq!(got, receipts);
+    }
+
+    #[test]
+    fn a_snapshot_over_the_frame_limit_splits_into_parts_and_a_closing_tables() {
+        // 100 groups × 10,000 topics, within the API's limits.
+        let tables = Tables {
+            version: 9,
+            keys: vec![KeyEntry { key_id: 1, secret: [7; 32] }],
+            revocations: vec![RevocationEntry { user: "u".into(), all_before: 5, devices: vec![] }],
+            groups: (0..100)
+                .map(|g| GroupTopics {
+                    group: format!("group-{g}"),
+                    topics: (0..10_000).map(|t| format!("group-{g}/topic-{t:06}")).collect(),
+                })
+                .collect(),
+        };
+        let whole = LinkMessage::Tables(tables.clone());
+        assert!(whole.encode(0, &mut BytesMut::new()).is_err(), "the test snapshot must not fit one frame");
+        let mut parts = Vec::new();
+        whole.split(LINK_PART_BYTES, &mut parts);
+        assert!(parts.len() > 1);
+        let got = through_frames(&parts);
+        let (last, rest) = got.split_last().unwrap();
+        let LinkMessage::Tables(last) = last.clone() else { panic!("the last part is not Tables") };
+        let mut joined = Tables { version: 9, ..Tables::default() };
+        for m in rest {
+            let LinkMessage::TablesPart(t) = m else { panic!("a middle part is not TablesPart") };
+            joined.extend(t.clone());
+        }
+        joined.extend(last);
+        assert_eq!(joined, tables);
+        // A small snapshot stays one message.
+        let mut one = Vec::new();
+        LinkMessage::Tables(Tables::default()).split(LINK_PART_BYTES, &mut one);
+        assert_eq!(one, vec![LinkMessage::Tables(Tables::default())]);
     }
 
     #[test]

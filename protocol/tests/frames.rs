@@ -238,6 +238,11 @@ fn hostile_frames_give_their_documented_error_and_close_code() {
             raw(frame::T_ACK, &[1, 0, 0, 0, 9, 0, 0, 0, 8, 0, 0, 0]),
             malformed("ack", "range with first > last"),
         ),
+        (
+            "ack with 257 ranges",
+            raw(frame::T_ACK, &[0; 12 * (frame::MAX_ACK_RANGES + 1)]),
+            malformed("ack", "more than 256 ranges"),
+        ),
         ("goaway short", raw(frame::T_GOAWAY, &[0; 7]), malformed("goaway", "shorter than 8 bytes")),
         ("close short", raw(frame::T_CLOSE, &[0]), malformed("close", "shorter than its code")),
         (

@@ -167,7 +167,14 @@ impl FakeGateway {
         loop {
             if let Some(f) = self.decoder.decode(&mut self.buf).unwrap() {
                 let Frame::Link(l) = f else { panic!("not a link frame") };
-                return Some(LinkMessage::decode(&l, &mut self.scratch).unwrap());
+                match LinkMessage::decode(&l, &mut self.scratch).unwrap() {
+                    // The control plane's "still here": answered, so the link stays up.
+                    LinkMessage::Heartbeat => {
+                        self.send(LinkMessage::Heartbeat);
+                        continue;
+                    }
+                    m => return Some(m),
+                }
             }
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {

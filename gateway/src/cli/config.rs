@@ -19,6 +19,8 @@ pub(crate) struct FileConfig {
     pub admin_header_timeout_secs: Option<u64>,
     pub admin_body_timeout_secs: Option<u64>,
     pub admin_max_connections: Option<usize>,
+    pub cp_link_heartbeat_secs: Option<u64>,
+    pub cp_link_dead_after_secs: Option<u64>,
 
     pub tcp: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
@@ -39,6 +41,8 @@ pub(crate) struct FileConfig {
     pub outbound_queue_bytes: Option<usize>,
     pub drain_timeout_ms: Option<u64>,
     pub max_connections: Option<usize>,
+    pub link_heartbeat_secs: Option<u64>,
+    pub link_dead_after_secs: Option<u64>,
 
     pub log_filter: Option<String>,
 }
@@ -61,6 +65,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "admin_header_timeout_secs",
             "admin_body_timeout_secs",
             "admin_max_connections",
+            "link_heartbeat_secs",
+            "link_dead_after_secs",
         ],
     ),
     (
@@ -85,6 +91,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "outbound_queue_bytes",
             "drain_timeout_ms",
             "max_connections",
+            "link_heartbeat_secs",
+            "link_dead_after_secs",
         ],
     ),
     ("log", &["filter"]),
@@ -127,6 +135,8 @@ impl FileConfig {
             admin_header_timeout_secs: r.get("control_plane", "admin_header_timeout_secs"),
             admin_body_timeout_secs: r.get("control_plane", "admin_body_timeout_secs"),
             admin_max_connections: r.get("control_plane", "admin_max_connections"),
+            cp_link_heartbeat_secs: r.get("control_plane", "link_heartbeat_secs"),
+            cp_link_dead_after_secs: r.get("control_plane", "link_dead_after_secs"),
             tcp: r.addr("gateway", "tcp"),
             metrics: r.addr("gateway", "metrics"),
             mqtt: r.listen("gateway", "mqtt"),
@@ -146,6 +156,8 @@ impl FileConfig {
             outbound_queue_bytes: r.get("gateway", "outbound_queue_bytes"),
             drain_timeout_ms: r.get("gateway", "drain_timeout_ms"),
             max_connections: r.get("gateway", "max_connections"),
+            link_heartbeat_secs: r.get("gateway", "link_heartbeat_secs"),
+            link_dead_after_secs: r.get("gateway", "link_dead_after_secs"),
             log_filter: r.get("log", "filter"),
         };
         if r.errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(r.errors)) }
@@ -212,6 +224,8 @@ mod tests {
         assert_eq!(cfg.admin_header_timeout_secs, Some(10));
         assert_eq!(cfg.admin_body_timeout_secs, Some(60));
         assert_eq!(cfg.admin_max_connections, Some(64));
+        assert_eq!((cfg.link_heartbeat_secs, cfg.link_dead_after_secs), (Some(5), Some(15)));
+        assert_eq!((cfg.cp_link_heartbeat_secs, cfg.cp_link_dead_after_secs), (Some(5), Some(15)));
     }
 
     #[test]

@@ -259,6 +259,17 @@ fn configured_admin_key(env: Option<String>, file: Option<&str>) -> Result<Optio
     Ok(Some(key))
 }
 
+/// Checks a side's link heartbeat and deadline: a deadline not above the heartbeat would drop
+/// a healthy idle link.
+fn link_liveness(section: &str, heartbeat_secs: u64, dead_after_secs: u64) -> Result<(u64, u64), Failure> {
+    if heartbeat_secs == 0 || dead_after_secs <= heartbeat_secs {
+        return Err(usage(format!(
+            "{section}.link_dead_after_secs ({dead_after_secs}) must be above {section}.link_heartbeat_secs ({heartbeat_secs}), which must be at least 1"
+        )));
+    }
+    Ok((heartbeat_secs, dead_after_secs))
+}
+
 fn start_control_plane(file: &FileConfig, args: &CpArgs) -> Result<ControlPlane, Failure> {
     let mut cfg = ControlPlaneConfig::default();
     if let Some(d) = args.data.clone().or(file.data.clone()) {
@@ -286,6 +297,11 @@ fn start_control_plane(file: &FileConfig, args: &CpArgs) -> Result<ControlPlane,
     if let Some(n) = file.admin_max_connections {
         cfg.admin_max_connections = n;
     }
+    (cfg.link_heartbeat_secs, cfg.link_dead_after_secs) = link_liveness(
+        "control_plane",
+        file.cp_link_heartbeat_secs.unwrap_or(cfg.link_heartbeat_secs),
+        file.cp_link_dead_after_secs.unwrap_or(cfg.link_dead_after_secs),
+    )?;
     let cp = herald_control_plane::start(cfg).map_err(|e| {
         let code = match &e {
             herald_control_plane::Error::Store(s) if s.is_data_error() => Some(EXIT_DATAERR),
@@ -447,6 +463,11 @@ fn start_gateway(
     } else if let Some(c) = configured {
         cfg.max_connections = c;
     }
+    (cfg.link_heartbeat_secs, cfg.link_dead_after_secs) = link_liveness(
+        "gateway",
+        file.link_heartbeat_secs.unwrap_or(cfg.link_heartbeat_secs),
+        file.link_dead_after_secs.unwrap_or(cfg.link_dead_after_secs),
+    )?;
     let gw = herald_gateway::start(cfg).map_err(|e| anyhow::anyhow!("gateway: {e}"))?;
     // Logins are refused (OVERLOADED) until the control plane's tables arrive; announce the
     // gateway once it can serve, or say that it is still waiting.

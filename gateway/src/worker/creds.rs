@@ -150,6 +150,7 @@ mod tests {
                     session_id: i as u64,
                     uid: i as u32,
                     key_id: 1 + (i % 2) as u32,
+                    ack_credit: 0,
                 }
             })
             .collect();

@@ -12,7 +12,6 @@ use herald_protocol::mqtt::{
 use herald_protocol::link::{PublishOutcome, PublishRef, PublishResult, TerminalPublish};
 
 use super::{Proto, PushJob, Stop, Worker};
-use crate::link::Upstream;
 use crate::mqtt::{Filters, MAX_PUBLISHING, MqttConn, Will, inbox_topic, permitted, publish_target};
 
 static PINGRESP: [u8; 2] = [0xd0, 0x00];
@@ -170,13 +169,7 @@ impl Worker {
                 if let Some((stream, seq)) = self.mqtt(slot).release(ack.packet_id)
                     && let Some(a) = &self.conns[slot].auth
                 {
-                    let _ = self.node.upstream.send(Upstream::Receipt {
-                        user: a.user.clone(),
-                        device: a.device.clone(),
-                        stream,
-                        first: seq,
-                        last: seq,
-                    });
+                    self.receipts.add(&self.node.metrics, &a.user, &a.device, stream, seq, seq);
                 }
                 Ok(())
             }

@@ -109,6 +109,7 @@ impl Worker {
             }
             self.flush_dirty();
         }
+        self.flush_receipts();
     }
 
     fn on_quic_event(&mut self, ev: AppEvent) {

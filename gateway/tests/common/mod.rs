@@ -94,6 +94,7 @@ pub struct FakeCp {
     conn: Arc<Mutex<Option<Conn>>>,
     rx: Receiver<LinkMessage>,
     pub hellos: Arc<std::sync::atomic::AtomicUsize>,
+    beats: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FakeCp {
@@ -112,20 +113,26 @@ impl FakeCp {
         }));
         let conn: Arc<Mutex<Option<Conn>>> = Arc::new(Mutex::new(None));
         let hellos = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let beats = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (tx, rx) = crossbeam_channel::unbounded();
         {
-            let (tables, conn, hellos) = (tables.clone(), conn.clone(), hellos.clone());
+            let (tables, conn, hellos, beats) = (tables.clone(), conn.clone(), hellos.clone(), beats.clone());
             std::thread::spawn(move || {
                 for s in listener.incoming() {
                     let Ok(s) = s else { return };
                     *conn.lock() = Some(Conn { stream: s.try_clone().unwrap(), offset: 0 });
-                    let (tables, conn, tx, hellos) =
-                        (tables.clone(), conn.clone(), tx.clone(), hellos.clone());
-                    std::thread::spawn(move || read_link(s, &tables, &conn, &tx, &hellos));
+                    let (tables, conn, tx, hellos, beats) =
+                        (tables.clone(), conn.clone(), tx.clone(), hellos.clone(), beats.clone());
+                    std::thread::spawn(move || read_link(s, &tables, &conn, &tx, &hellos, &beats));
                 }
             });
         }
-        FakeCp { addr, tables, conn, rx, hellos }
+        FakeCp { addr, tables, conn, rx, hellos, beats }
+    }
+
+    /// Heartbeats the gateway sent (each answered).
+    pub fn heartbeats(&self) -> usize {
+        self.beats.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn send(&self, msg: &LinkMessage) {
@@ -226,6 +233,7 @@ fn read_link(
     conn: &Mutex<Option<Conn>>,
     tx: &Sender<LinkMessage>,
     hellos: &std::sync::atomic::AtomicUsize,
+    beats: &std::sync::atomic::AtomicUsize,
 ) {
     let dec = Decoder::new(MAX_LINK_FRAME_BYTES);
     let mut buf = BytesMut::new();
@@ -240,6 +248,14 @@ fn read_link(
         while let Some(f) = dec.decode(&mut buf).unwrap() {
             let Frame::Link(l) = f else { panic!("not a link frame") };
             let m = LinkMessage::decode(&l, &mut scratch).unwrap();
+            // Keep the gateway's link alive (it drops a silent control plane).
+            if matches!(m, LinkMessage::Heartbeat) {
+                beats.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if let Some(c) = conn.lock().as_mut() {
+                    send_on(c, &LinkMessage::Heartbeat);
+                }
+                continue;
+            }
             if matches!(m, LinkMessage::Hello(_)) {
                 hellos.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let mut g = conn.lock();
