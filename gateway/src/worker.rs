@@ -135,8 +135,6 @@ struct Auth {
     session_id: u64,
     /// The user's id in the core's index.
     uid: u32,
-    /// The credential's signing key: the session ends if the key is withdrawn (`creds`).
-    key_id: u32,
     /// ACK ranges this connection may still send: [`ACK_CREDIT_START`] plus one per push
     /// queued to it. An honest terminal acks at most what it received; past the credit, ranges
     /// are ignored (counted in `herald_receipts_dropped_total`), so an ACK flood cannot turn
@@ -850,8 +848,7 @@ impl Worker {
         grace_ms: u32,
     ) -> (u64, Arc<str>) {
         let session_id = self.node.next_session_id();
-        self.creds.set(slot, claims.issued_at, claims.expires_at);
-        let key_id = claims.key_id;
+        self.creds.set(slot, claims.key_id, claims.issued_at, claims.expires_at);
         let user: Arc<str> = claims.user.into();
         let device: Arc<str> = claims.device.into();
         self.replace(&user, &device, session_id);
@@ -875,7 +872,6 @@ impl Worker {
             device: device.clone(),
             session_id,
             uid,
-            key_id,
             ack_credit: ACK_CREDIT_START,
         });
         self.m.logins_ok.inc();

@@ -26,6 +26,9 @@ use crate::tables::Snapshot;
 /// The parts of a session's credential that the clock or the tables can invalidate later.
 #[derive(Debug, Clone, Copy, Default)]
 struct Times {
+    /// The credential's signing key: the session ends if the key is withdrawn. Kept here, not
+    /// in the connection's slot, which must stay within its size guard.
+    key_id: u32,
     /// Unix seconds, saturated.
     issued_at: u32,
     /// Unix seconds, saturated; the credential is refused at and after this second.
@@ -48,11 +51,11 @@ fn secs32(s: u64) -> u32 {
 
 impl Creds {
     /// Records the credential of the session now in `slot`.
-    pub(super) fn set(&mut self, slot: usize, issued_at: u64, expires_at: u64) {
+    pub(super) fn set(&mut self, slot: usize, key_id: u32, issued_at: u64, expires_at: u64) {
         if self.times.len() <= slot {
             self.times.resize(slot + 1, Times::default());
         }
-        self.times[slot] = Times { issued_at: secs32(issued_at), expires_at: secs32(expires_at) };
+        self.times[slot] = Times { key_id, issued_at: secs32(issued_at), expires_at: secs32(expires_at) };
     }
 
     fn times(&self, slot: usize) -> Times {
@@ -72,7 +75,7 @@ impl Creds {
         }
         // A withdrawn key is a revocation of every credential it signed; a new login with such
         // a credential is refused AUTH_FORGED (its key is unknown, PROTOCOL.md §4).
-        if !snap.keys.contains(auth.key_id)
+        if !snap.keys.contains(t.key_id)
             || snap.revocations.revoked(&auth.user, &auth.device, u64::from(t.issued_at))
         {
             return Some(CloseCode::AUTH_REVOKED);
@@ -143,13 +146,12 @@ mod tests {
         let mut creds = Creds::default();
         let sessions: Vec<Auth> = (0..SESSIONS)
             .map(|i| {
-                creds.set(i, 100, u64::from(u32::MAX));
+                creds.set(i, 1 + (i % 2) as u32, 100, u64::from(u32::MAX));
                 Auth {
                     user: Arc::from(format!("user-{i}")),
                     device: Arc::from("phone"),
                     session_id: i as u64,
                     uid: i as u32,
-                    key_id: 1 + (i % 2) as u32,
                     ack_credit: 0,
                 }
             })
