@@ -159,6 +159,21 @@ pub struct ControlPlaneConfig {
     pub push_record_retention_secs: u64,
     /// Pushes queued for one gateway node before it counts as behind (see the crate docs).
     pub link_queue_messages: usize,
+    /// Bytes of pushes queued for one gateway node before it counts as behind, whichever of
+    /// this and `link_queue_messages` is reached first.
+    pub link_queue_bytes: usize,
+    /// Bytes of undelivered messages one user's inbox may hold; a direct push past it is
+    /// refused `507` (see **Caps** in the crate docs).
+    pub max_inbox_bytes_per_user: u64,
+    /// Bytes of undelivered messages all streams together may hold; a push past it is
+    /// refused `507`.
+    pub max_stored_bytes: u64,
+    /// How long the record of a TTL-0 push (its status) is kept after it was accepted (it can
+    /// never be delivered later, so there is nothing to wait for).
+    pub fire_and_forget_record_retention_secs: u64,
+    /// Bytes of changes waiting for the store: past it the admin API answers `429` and link
+    /// connections stop reading from their gateways until the store catches up.
+    pub commit_queue_bytes: u64,
 }
 
 impl Default for ControlPlaneConfig {
@@ -175,6 +190,11 @@ impl Default for ControlPlaneConfig {
             worker_threads: 2,
             push_record_retention_secs: 86_400,
             link_queue_messages: 65_536,
+            link_queue_bytes: 64 << 20,
+            max_inbox_bytes_per_user: 4 << 20,
+            max_stored_bytes: 512 << 20,
+            fire_and_forget_record_retention_secs: 300,
+            commit_queue_bytes: 64 << 20,
         }
     }
 }
@@ -235,6 +255,12 @@ impl Shared {
         &self,
         f: impl FnOnce(&mut Core) -> Result<(T, Vec<u64>), ApiError>,
     ) -> Result<T, ApiError> {
+        if self.committer.is_full() {
+            self.metrics.commit_queue_full.inc();
+            return Err(ApiError::too_many_requests(
+                "the store is behind (commit_queue_bytes of changes are waiting to be written); retry later",
+            ));
+        }
         let (value, durable) = self.submit(f)?;
         match durable {
             None => Ok(value),
@@ -281,6 +307,11 @@ impl Shared {
             self.committer.submit(Job { ops, publish: Vec::new(), done: None });
         }
         v
+    }
+
+    /// Resolves once the committer's queue is under `commit_queue_bytes`.
+    pub(crate) async fn committer_room(&self) {
+        self.committer.room().await;
     }
 
     /// Waits until push `id` is durable (an idempotent retry of a push still in flight).
@@ -425,6 +456,13 @@ pub fn start_with_store(config: ControlPlaneConfig, store: Arc<dyn Store>) -> Re
     let now = now_ms();
     let retention_ms = config.push_record_retention_secs.saturating_mul(1000);
     let mut core = Core::load(snapshot, metrics.clone(), now, now / 1000, first_secret, retention_ms);
+    core.set_limits(core::Limits {
+        max_inbox_bytes_per_user: config.max_inbox_bytes_per_user,
+        max_stored_bytes: config.max_stored_bytes,
+        fire_and_forget_record_retention_ms: config
+            .fire_and_forget_record_retention_secs
+            .saturating_mul(1000),
+    });
     let initial_ops = core.take_ops();
     if !initial_ops.is_empty() {
         store.commit(&initial_ops)?;
@@ -432,7 +470,7 @@ pub fn start_with_store(config: ControlPlaneConfig, store: Arc<dyn Store>) -> Re
     let committed_at = core.last_push_id();
     let slot: Arc<OnceLock<Weak<Shared>>> = Arc::new(OnceLock::new());
     let publish_slot = slot.clone();
-    let committer = Committer::start(store, metrics.clone(), move |ids| {
+    let committer = Committer::start(store, metrics.clone(), config.commit_queue_bytes, move |ids| {
         if let Some(shared) = publish_slot.get().and_then(Weak::upgrade) {
             shared.lock().publish(ids);
             if let Some(&max) = ids.iter().max() {

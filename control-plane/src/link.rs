@@ -112,11 +112,19 @@ async fn connection(
         return;
     }
     let node = hello.node_id.clone();
-    let queue = Arc::new(LinkQueue::new(shared.config.link_queue_messages));
+    let queue = Arc::new(
+        LinkQueue::new(shared.config.link_queue_messages).with_max_bytes(shared.config.link_queue_bytes),
+    );
     let conn = shared.fire(|core| core.node_hello(&hello, queue.clone()));
     tracing::info!(%peer, %node, conn, "gateway node connected");
     let writer = tokio::spawn(write_loop(wr, queue.clone(), shared.clone(), node.clone(), conn));
     loop {
+        // Back-pressure: what a message changes must be committed; while the store is behind,
+        // stop reading (the gateway's writes, then its own bounded queues, wait).
+        tokio::select! {
+            () = shared.committer_room() => {}
+            () = crate::stopped(&mut shutdown) => break,
+        }
         let msg = tokio::select! {
             m = reader.next() => m,
             () = crate::stopped(&mut shutdown) => break,
@@ -229,7 +237,7 @@ async fn write_loop(
             }
             buf.clear();
         }
-        if queue.is_behind() && queue.pushes() <= queue.capacity() / 2 {
+        if queue.is_behind() && queue.drained() {
             shared.fire(|core| core.node_drained(&node, conn, now_ms()));
         }
     }

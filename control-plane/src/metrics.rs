@@ -59,17 +59,21 @@ pub struct Metrics {
     pub terminal_publishes_refused: Counter,
     pub wills_published: Counter,
     pub wills_cancelled: Counter,
+    pub pushes_refused_full: Counter,
+    pub commit_queue_full: Counter,
     pub nodes: Gauge,
     pub online_devices: Gauge,
     pub stored_messages: Gauge,
     pub pending_wills: Gauge,
+    pub stored_bytes: Gauge,
+    pub commit_queue_bytes: Gauge,
 }
 
 impl Metrics {
     /// The Prometheus exposition text.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
-        let counters: [(&str, &str, &Counter); 21] = [
+        let counters: [(&str, &str, &Counter); 23] = [
             ("herald_cp_pushes_accepted_total", "Pushes accepted (durable).", &self.pushes_accepted),
             (
                 "herald_cp_pushes_idempotent_total",
@@ -143,15 +147,35 @@ impl Metrics {
                 "Delayed wills dropped because the device logged in again in time.",
                 &self.wills_cancelled,
             ),
+            (
+                "herald_cp_pushes_refused_full_total",
+                "Pushes refused 507: an inbox or the stored-bytes cap was full.",
+                &self.pushes_refused_full,
+            ),
+            (
+                "herald_cp_commit_queue_full_total",
+                "Admin writes refused 429 because the store was behind (commit_queue_bytes).",
+                &self.commit_queue_full,
+            ),
         ];
         for (name, help, c) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.get());
         }
-        let gauges: [(&str, &str, &Gauge); 4] = [
+        let gauges: [(&str, &str, &Gauge); 6] = [
             ("herald_cp_nodes", "Connected gateway nodes.", &self.nodes),
             ("herald_cp_online_devices", "Devices online on some node.", &self.online_devices),
             ("herald_cp_stored_messages", "Messages held for delivery.", &self.stored_messages),
             ("herald_cp_pending_wills", "Terminals' wills waiting for their delay.", &self.pending_wills),
+            (
+                "herald_cp_stored_bytes",
+                "Bytes of messages held for delivery (as capped).",
+                &self.stored_bytes,
+            ),
+            (
+                "herald_cp_commit_queue_bytes",
+                "Bytes of changes waiting for the store (estimated).",
+                &self.commit_queue_bytes,
+            ),
         ];
         for (name, help, g) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", g.get());

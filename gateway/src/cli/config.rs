@@ -16,6 +16,11 @@ pub(crate) struct FileConfig {
     pub admin_key: Option<String>,
     pub default_ttl_secs: Option<u32>,
     pub credential_ttl_secs: Option<u64>,
+    pub max_inbox_bytes_per_user: Option<u64>,
+    pub max_stored_bytes: Option<u64>,
+    pub fire_and_forget_record_retention_secs: Option<u64>,
+    pub link_queue_bytes: Option<usize>,
+    pub commit_queue_bytes: Option<u64>,
 
     pub tcp: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
@@ -44,7 +49,22 @@ pub(crate) struct FileConfig {
 pub(crate) struct ConfigErrors(pub Vec<String>);
 
 const SECTIONS: &[(&str, &[&str])] = &[
-    ("control_plane", &["data", "admin", "link", "admin_key", "default_ttl_secs", "credential_ttl_secs"]),
+    (
+        "control_plane",
+        &[
+            "data",
+            "admin",
+            "link",
+            "admin_key",
+            "default_ttl_secs",
+            "credential_ttl_secs",
+            "max_inbox_bytes_per_user",
+            "max_stored_bytes",
+            "fire_and_forget_record_retention_secs",
+            "link_queue_bytes",
+            "commit_queue_bytes",
+        ],
+    ),
     (
         "gateway",
         &[
@@ -104,6 +124,12 @@ impl FileConfig {
             admin_key: r.get("control_plane", "admin_key"),
             default_ttl_secs: r.get("control_plane", "default_ttl_secs"),
             credential_ttl_secs: r.get("control_plane", "credential_ttl_secs"),
+            max_inbox_bytes_per_user: r.get("control_plane", "max_inbox_bytes_per_user"),
+            max_stored_bytes: r.get("control_plane", "max_stored_bytes"),
+            fire_and_forget_record_retention_secs: r
+                .get("control_plane", "fire_and_forget_record_retention_secs"),
+            link_queue_bytes: r.get("control_plane", "link_queue_bytes"),
+            commit_queue_bytes: r.get("control_plane", "commit_queue_bytes"),
             tcp: r.addr("gateway", "tcp"),
             metrics: r.addr("gateway", "metrics"),
             mqtt: r.listen("gateway", "mqtt"),
@@ -184,6 +210,13 @@ mod tests {
         assert_eq!(cfg.mqtt, Some(super::super::Listen::At("0.0.0.0:1883".parse().unwrap())));
         assert_eq!(cfg.mqtt_allow_publish, Some(false));
         assert_eq!((cfg.admin_key, cfg.node_id), (None, None));
+        // The memory caps the example shows are the defaults.
+        let d = herald_control_plane::ControlPlaneConfig::default();
+        assert_eq!(cfg.max_inbox_bytes_per_user, Some(d.max_inbox_bytes_per_user));
+        assert_eq!(cfg.max_stored_bytes, Some(d.max_stored_bytes));
+        assert_eq!(cfg.fire_and_forget_record_retention_secs, Some(d.fire_and_forget_record_retention_secs));
+        assert_eq!(cfg.link_queue_bytes, Some(d.link_queue_bytes));
+        assert_eq!(cfg.commit_queue_bytes, Some(d.commit_queue_bytes));
     }
 
     #[test]

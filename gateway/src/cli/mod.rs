@@ -221,6 +221,21 @@ fn start_control_plane(file: &FileConfig, args: &CpArgs) -> Result<ControlPlane,
     if let Some(t) = file.credential_ttl_secs {
         cfg.credential_ttl_secs = t;
     }
+    if let Some(b) = file.max_inbox_bytes_per_user {
+        cfg.max_inbox_bytes_per_user = b;
+    }
+    if let Some(b) = file.max_stored_bytes {
+        cfg.max_stored_bytes = b;
+    }
+    if let Some(t) = file.fire_and_forget_record_retention_secs {
+        cfg.fire_and_forget_record_retention_secs = t;
+    }
+    if let Some(b) = file.link_queue_bytes {
+        cfg.link_queue_bytes = b;
+    }
+    if let Some(b) = file.commit_queue_bytes {
+        cfg.commit_queue_bytes = b;
+    }
     let cp = herald_control_plane::start(cfg).map_err(|e| anyhow::anyhow!("control plane: {e}"))?;
     if let Some(key) = cp.generated_admin_key() {
         println!("herald: generated admin key (stored in the data dir, shown once): {key}");
