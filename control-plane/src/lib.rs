@@ -79,18 +79,36 @@
 //! covers them all) or as soon as every device it was targeted at acknowledged it, whichever
 //! comes first; so memory holds the undelivered messages, not everything within TTL. A push
 //! record (its status counters) and its idempotency key are kept for
-//! [`ControlPlaneConfig::push_record_retention_secs`] (default 24 h) after the push expired
-//! (TTL 0: after it was accepted), so `expired` is reported for that long; then both are
+//! [`ControlPlaneConfig::push_record_retention_secs`] (default 24 h) after the push expired,
+//! so `expired` is reported for that long; a TTL-0 push, which can never be delivered later,
+//! keeps its record only [`ControlPlaneConfig::fire_and_forget_record_retention_secs`]
+//! (default 5 min) after it was accepted (its 425 B would otherwise stay a day); then both are
 //! deleted, `GET /v1/pushes/{id}` answers 404 saying the push was pruned, and a POST reusing the
 //! key is a new push. Push ids stay monotonic across pruning and restarts (the last id is
 //! stored).
 //!
+//! **Caps.** Everything stored is also held in memory (backlogs are served from it), so
+//! undelivered messages are capped in bytes (payload + collapse key + 128 B of bookkeeping
+//! each): [`ControlPlaneConfig::max_inbox_bytes_per_user`] (default 4 MiB) per user inbox
+//! (`user`/`users` pushes) and [`ControlPlaneConfig::max_stored_bytes`] (default 512 MiB)
+//! over every stream. A push (TTL > 0) that does not fit is **refused** with `507` and a reason
+//! naming the cap — a `users` push as a whole if any one inbox is full — and takes no push id;
+//! nothing already accepted is dropped to make room (a `202` keeps meaning "delivered or
+//! expired"; the application decides what matters). Bytes are charged when a push is accepted
+//! and given back when its message leaves (acknowledged, expired, collapsed); the gauge
+//! `herald_cp_stored_bytes` and the counter `herald_cp_pushes_refused_full_total` show them. A
+//! terminal's MQTT PUBLISH refused this way is answered `Unavailable` (it may retry). Changes
+//! waiting for the store are bounded by [`ControlPlaneConfig::commit_queue_bytes`]: past it
+//! the admin API answers `429` (nothing changed) and link connections stop reading from their
+//! gateways until the store catches up (see `committer.rs`).
+//!
 //! **Link backpressure.** Each node's outbound queue holds at most
-//! [`ControlPlaneConfig::link_queue_messages`] pushes (control messages — tables, deltas,
+//! [`ControlPlaneConfig::link_queue_messages`] pushes and
+//! [`ControlPlaneConfig::link_queue_bytes`] of them (control messages — tables, deltas,
 //! subscriptions, kicks — are always admitted: they are few and must not be lost). A push that
 //! does not fit marks the node *behind*: from then on no live push is queued to it. Stored
 //! pushes (TTL > 0) lose nothing: once the node's writer has drained the queue to half its
-//! bound, every device online on the node is resent, from its cursors, the stored messages
+//! bounds, every device online on the node is resent, from its cursors, the stored messages
 //! from the first push that was not queued (a device that logged in meanwhile, or whose login
 //! backlog did not fit, gets its whole backlog), in order per stream, and live pushes are
 //! queued again. A resync is queued whole, so it may take the queue past its bound once.
