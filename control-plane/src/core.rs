@@ -281,6 +281,8 @@ pub(crate) struct Core {
     /// Push records changed since the last `take_ops`: written once per take rather than once
     /// per change (a burst of receipts changes the same record thousands of times).
     dirty_pushes: BTreeSet<u64>,
+    /// Cursors changed since the last `take_ops`, likewise (one per receipt otherwise).
+    dirty_cursors: BTreeSet<(String, String, u32)>,
 }
 
 /// What became of a live push offered to one node.
@@ -372,6 +374,7 @@ impl Core {
             limits: Limits::default(),
             stored_bytes: 0,
             dirty_pushes: BTreeSet::new(),
+            dirty_cursors: BTreeSet::new(),
         };
         for rec in snap.streams {
             core.stream_ids.insert(rec.name.clone(), rec.id);
@@ -452,6 +455,13 @@ impl Core {
         for id in std::mem::take(&mut self.dirty_pushes) {
             if let Some(p) = self.pushes.get(&id) {
                 self.ops.push(Op::Push(p.clone()));
+            }
+        }
+        for (user, device, stream) in std::mem::take(&mut self.dirty_cursors) {
+            let cursor =
+                self.cursors.get(&(user.clone(), device.clone())).and_then(|m| m.get(&stream)).cloned();
+            if let Some(cursor) = cursor {
+                self.ops.push(Op::Cursor { user, device, stream, cursor });
             }
         }
         std::mem::take(&mut self.ops)
@@ -1509,12 +1519,7 @@ impl Core {
             }
         }
         if cur != before {
-            self.ops.push(Op::Cursor {
-                user: user.to_owned(),
-                device: device.to_owned(),
-                stream,
-                cursor: cur.clone(),
-            });
+            self.dirty_cursors.insert((user.to_owned(), device.to_owned(), stream));
             self.cursors.entry(key).or_default().insert(stream, cur);
         }
     }
