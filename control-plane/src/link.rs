@@ -51,6 +51,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: 
 }
 
 /// Reads link messages from one node.
+/// Read buffers larger than this are freed once the message in them is decoded.
+const KEEP_BUFFER_BYTES: usize = 1 << 20;
+
 struct Reader {
     half: OwnedReadHalf,
     buf: BytesMut,
@@ -66,7 +69,16 @@ impl Reader {
                 let Frame::Link(link) = frame else {
                     anyhow::bail!("unexpected non-link frame on the link");
                 };
-                return Ok(Some(LinkMessage::decode(&link, &mut self.scratch)?));
+                let msg = LinkMessage::decode(&link, &mut self.scratch)?;
+                // One large batch (a burst's receipts) must not leave its size allocated for
+                // the life of the link.
+                if self.scratch.capacity() > KEEP_BUFFER_BYTES {
+                    self.scratch = AlignedVec::new();
+                }
+                if self.buf.is_empty() && self.buf.capacity() > KEEP_BUFFER_BYTES {
+                    self.buf = BytesMut::new();
+                }
+                return Ok(Some(msg));
             }
             self.buf.reserve(64 * 1024);
             if self.half.read_buf(&mut self.buf).await? == 0 {

@@ -327,6 +327,10 @@ impl LinkWriter {
         msg.encode(self.offset, &mut self.buf).map_err(std::io::Error::other)?;
         self.stream.write_all(&self.buf)?;
         self.offset += self.buf.len() as u64;
+        // A burst's receipts make one large message: do not keep its size allocated.
+        if self.buf.capacity() > 1 << 20 {
+            self.buf = BytesMut::with_capacity(4096);
+        }
         Ok(())
     }
 }
