@@ -283,6 +283,8 @@ pub(crate) struct Core {
     dirty_pushes: BTreeSet<u64>,
     /// Cursors changed since the last `take_ops`, likewise (one per receipt otherwise).
     dirty_cursors: BTreeSet<(String, String, u32)>,
+    /// Bytes charged for the records in `pushes` (see `limits.rs`).
+    record_bytes: u64,
 }
 
 /// What became of a live push offered to one node.
@@ -375,6 +377,7 @@ impl Core {
             stored_bytes: 0,
             dirty_pushes: BTreeSet::new(),
             dirty_cursors: BTreeSet::new(),
+            record_bytes: 0,
         };
         for rec in snap.streams {
             core.stream_ids.insert(rec.name.clone(), rec.id);
@@ -401,6 +404,7 @@ impl Core {
                 core.conditions.insert(p.id, Arc::new(c));
             }
             core.prunes.entry(p.expires_ms.saturating_add(retention_ms)).or_default().push(p.id);
+            core.record_bytes += limits::record_cost(&p);
             core.pushes.insert(p.id, p);
         }
         for (stream, seq, m) in snap.messages {
@@ -1105,6 +1109,14 @@ impl Core {
         if req.ttl_secs > 0 {
             self.check_room(&stream_names, limits::message_cost(&message))?;
         }
+        // (An estimate from the request: the record is made below.)
+        let record = limits::request_record_cost(
+            &req.target,
+            req.idempotency_key.as_deref(),
+            req.collapse_key.as_deref(),
+            stream_names.len(),
+        );
+        self.make_record_room(record, now_ms)?;
         self.last_push_id = push_id;
         let mut messages = Vec::with_capacity(stream_names.len());
         let mut collapsed_pushes = Vec::new();
@@ -1167,6 +1179,7 @@ impl Core {
         };
         self.ops.push(Op::Push(rec.clone()));
         self.prunes.entry(self.prune_at(req.ttl_secs, now_ms, expires_ms)).or_default().push(push_id);
+        self.record_bytes += limits::record_cost(&rec);
         self.pushes.insert(push_id, rec);
         if let Some(k) = req.idempotency_key {
             self.idem.insert(k, push_id);
@@ -1916,6 +1929,7 @@ impl Core {
                 let Some(p) = self.pushes.remove(&id) else {
                     continue;
                 };
+                self.record_bytes = self.record_bytes.saturating_sub(limits::record_cost(&p));
                 if let Some(k) = &p.idempotency_key
                     && self.idem.get(k) == Some(&id)
                 {

@@ -84,8 +84,11 @@
 //! keeps its record only [`ControlPlaneConfig::fire_and_forget_record_retention_secs`]
 //! (default 5 min) after it was accepted (its 425 B would otherwise stay a day); then both are
 //! deleted, `GET /v1/pushes/{id}` answers 404 saying the push was pruned, and a POST reusing the
-//! key is a new push. Push ids stay monotonic across pruning and restarts (the last id is
-//! stored).
+//! key is a new push. Records are also bounded in bytes overall
+//! ([`ControlPlaneConfig::max_push_record_bytes`], default 256 MiB, ~600,000 records): past it
+//! the records of pushes that have expired are pruned early, soonest-due first, and a push is
+//! refused `507` if only unexpired ones remain. Push ids stay monotonic across pruning and
+//! restarts (the last id is stored).
 //!
 //! **Caps.** Everything stored is also held in memory (backlogs are served from it), so
 //! undelivered messages are capped in bytes (payload + collapse key + 128 B of bookkeeping
@@ -189,6 +192,9 @@ pub struct ControlPlaneConfig {
     /// How long the record of a TTL-0 push (its status) is kept after it was accepted (it can
     /// never be delivered later, so there is nothing to wait for).
     pub fire_and_forget_record_retention_secs: u64,
+    /// Bytes of push records (statuses, idempotency keys) kept: past it the records of expired
+    /// pushes are pruned early, oldest first, and a push is refused `507` if that is not enough.
+    pub max_push_record_bytes: u64,
     /// Bytes of changes waiting for the store: past it the admin API answers `429` and link
     /// connections stop reading from their gateways until the store catches up.
     pub commit_queue_bytes: u64,
@@ -212,6 +218,7 @@ impl Default for ControlPlaneConfig {
             max_inbox_bytes_per_user: 4 << 20,
             max_stored_bytes: 512 << 20,
             fire_and_forget_record_retention_secs: 300,
+            max_push_record_bytes: 256 << 20,
             commit_queue_bytes: 64 << 20,
         }
     }
@@ -480,6 +487,7 @@ pub fn start_with_store(config: ControlPlaneConfig, store: Arc<dyn Store>) -> Re
         fire_and_forget_record_retention_ms: config
             .fire_and_forget_record_retention_secs
             .saturating_mul(1000),
+        max_push_record_bytes: config.max_push_record_bytes,
     });
     let initial_ops = core.take_ops();
     if !initial_ops.is_empty() {

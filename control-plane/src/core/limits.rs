@@ -15,11 +15,19 @@
 
 use super::Core;
 use crate::api::ApiError;
-use crate::store::MessageRecord;
+use crate::store::{MessageRecord, PushRecord, TargetSpec};
 
 /// What one stored message costs beyond its payload and collapse key: the record itself, its
 /// `BTreeMap` slot, its expiry entry (an estimate; it only has to be proportional).
 const MESSAGE_OVERHEAD_BYTES: u64 = 128;
+
+/// What one push record costs beyond its strings: the record, its map slot and prune entry
+/// (425 B measured per TTL-0 push in issue #12, strings included).
+const RECORD_OVERHEAD_BYTES: u64 = 320;
+
+/// Most prune entries looked at to make room for one push record (bounds the time a full
+/// record table can add to one request).
+const MAX_EVICTION_SCAN: usize = 4096;
 
 /// The caps (see the crate docs for the defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +38,9 @@ pub(crate) struct Limits {
     pub max_stored_bytes: u64,
     /// How long a TTL-0 push's record (its status) is kept after it was accepted.
     pub fire_and_forget_record_retention_ms: u64,
+    /// Bytes of push records (status, idempotency key) kept; past it the records of expired
+    /// pushes are pruned early, oldest first, and if that is not enough the push is refused.
+    pub max_push_record_bytes: u64,
 }
 
 impl Default for Limits {
@@ -38,8 +49,32 @@ impl Default for Limits {
             max_inbox_bytes_per_user: u64::MAX,
             max_stored_bytes: u64::MAX,
             fire_and_forget_record_retention_ms: u64::MAX,
+            max_push_record_bytes: u64::MAX,
         }
     }
+}
+
+/// Memory a push record is charged for.
+pub(super) fn record_cost(p: &PushRecord) -> u64 {
+    request_record_cost(&p.target, p.idempotency_key.as_deref(), p.collapse_key.as_deref(), p.messages.len())
+}
+
+/// [`record_cost`] of the record a request will make, before it is made.
+pub(super) fn request_record_cost(
+    target: &TargetSpec,
+    idempotency_key: Option<&str>,
+    collapse_key: Option<&str>,
+    messages: usize,
+) -> u64 {
+    let target = match target {
+        TargetSpec::User(s) | TargetSpec::Group(s) | TargetSpec::Topic(s) | TargetSpec::Condition(s) => {
+            s.len()
+        }
+        TargetSpec::Users(us) => us.iter().map(|u| u.len() + 24).sum(),
+    };
+    // The idempotency key is held twice: in the record and in the key index.
+    let keys = idempotency_key.map_or(0, |k| 2 * k.len()) + collapse_key.map_or(0, str::len);
+    RECORD_OVERHEAD_BYTES + (target + keys + messages * 8) as u64
 }
 
 /// Memory a stored message is charged for.
@@ -98,6 +133,46 @@ impl Core {
         Ok(())
     }
 
+    /// Makes room for a push record of `cost` bytes: past `max_push_record_bytes`, the records
+    /// of pushes that have expired are pruned early, soonest-due first (their `GET` answers 404
+    /// "pruned", as after their retention); if that is not enough, the `507` the API answers.
+    pub(super) fn make_record_room(&mut self, cost: u64, now_ms: u64) -> Result<(), ApiError> {
+        let max = self.limits.max_push_record_bytes;
+        if self.record_bytes.saturating_add(cost) <= max {
+            return Ok(());
+        }
+        let mut freed = 0u64;
+        let mut early = Vec::new();
+        'scan: for ids in self.prunes.values().take(MAX_EVICTION_SCAN) {
+            for &id in ids {
+                if let Some(p) = self.pushes.get(&id)
+                    && (p.expires_ms <= now_ms || p.ttl_secs == 0)
+                    && !self.pending.contains_key(&id)
+                {
+                    freed += record_cost(p);
+                    early.push(id);
+                    if self.record_bytes.saturating_sub(freed).saturating_add(cost) <= max {
+                        break 'scan;
+                    }
+                }
+            }
+        }
+        if !early.is_empty() {
+            // Due now: `prune_pushes` deletes them (and skips their later entries).
+            self.prunes.entry(0).or_default().extend(early);
+            self.prune_pushes(now_ms);
+        }
+        if self.record_bytes.saturating_add(cost) <= max {
+            return Ok(());
+        }
+        self.metrics.pushes_refused_full.inc();
+        Err(ApiError::insufficient_storage(format!(
+            "the control plane holds {} bytes of push records of pushes that have not expired \
+             (max_push_record_bytes {}); retry once some have expired",
+            self.record_bytes, max
+        )))
+    }
+
     /// Charges `cost` bytes to stream `id`.
     pub(super) fn charge(&mut self, id: u32, cost: u64) {
         if let Some(st) = self.streams.get_mut(&id) {
@@ -147,6 +222,16 @@ mod tests {
         ttl_secs: u32,
         collapse: Option<&str>,
     ) -> Result<u64, ApiError> {
+        push_at(c, target, ttl_secs, collapse, 1_000_000)
+    }
+
+    fn push_at(
+        c: &mut Core,
+        target: TargetSpec,
+        ttl_secs: u32,
+        collapse: Option<&str>,
+        now_ms: u64,
+    ) -> Result<u64, ApiError> {
         let req = NewPush {
             target,
             title: None,
@@ -157,7 +242,7 @@ mod tests {
             collapse_key: collapse.map(str::to_owned),
             idempotency_key: None,
         };
-        let Accepted::New { push_id, .. } = c.accept_push(req, 1_000_000)? else { panic!("replayed") };
+        let Accepted::New { push_id, .. } = c.accept_push(req, now_ms)? else { panic!("replayed") };
         c.publish(&[push_id]);
         Ok(push_id)
     }
@@ -194,6 +279,30 @@ mod tests {
         c.sweep(1_000_000 + 61_000);
         assert_eq!(c.stored_bytes(), 0);
         push(&mut c, TargetSpec::User("u".into()), 60, None).unwrap();
+    }
+
+    #[test]
+    fn push_records_are_bounded_in_bytes_expired_ones_go_first() {
+        let one = request_record_cost(&TargetSpec::Topic("t".into()), None, None, 1);
+        let mut c = core(Limits { max_push_record_bytes: 10 * one, ..Limits::default() });
+        let expired: Vec<u64> =
+            (0..5).map(|_| push(&mut c, TargetSpec::Topic("t".into()), 1, None).unwrap()).collect();
+        let live: Vec<u64> =
+            (0..5).map(|_| push(&mut c, TargetSpec::Topic("t".into()), 600, None).unwrap()).collect();
+        // Full. Once the first five have expired, each new push prunes one of them early (the
+        // sweeper would keep them `retention_ms`, 60 s here).
+        c.sweep(1_002_000);
+        assert!(expired.iter().all(|id| !c.was_pruned(*id)));
+        for (i, old) in expired.iter().enumerate() {
+            push_at(&mut c, TargetSpec::Topic("t".into()), 600, None, 1_002_000).unwrap();
+            assert!(c.was_pruned(*old), "push {i}: the oldest expired record made room");
+            assert_eq!(c.pushes.len(), 10);
+        }
+        // Only unexpired records left: refused, and they are all still there.
+        let refused = push_at(&mut c, TargetSpec::Topic("t".into()), 600, None, 1_002_000).unwrap_err();
+        assert_eq!(refused.status(), axum::http::StatusCode::INSUFFICIENT_STORAGE);
+        assert!(refused.reason().contains("max_push_record_bytes"), "{}", refused.reason());
+        assert!(live.iter().all(|id| c.push_status(*id, 1_001_000).is_some()));
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub(crate) struct FileConfig {
     pub max_inbox_bytes_per_user: Option<u64>,
     pub max_stored_bytes: Option<u64>,
     pub fire_and_forget_record_retention_secs: Option<u64>,
+    pub max_push_record_bytes: Option<u64>,
     pub link_queue_bytes: Option<usize>,
     pub commit_queue_bytes: Option<u64>,
 
@@ -61,6 +62,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "max_inbox_bytes_per_user",
             "max_stored_bytes",
             "fire_and_forget_record_retention_secs",
+            "max_push_record_bytes",
             "link_queue_bytes",
             "commit_queue_bytes",
         ],
@@ -128,6 +130,7 @@ impl FileConfig {
             max_stored_bytes: r.get("control_plane", "max_stored_bytes"),
             fire_and_forget_record_retention_secs: r
                 .get("control_plane", "fire_and_forget_record_retention_secs"),
+            max_push_record_bytes: r.get("control_plane", "max_push_record_bytes"),
             link_queue_bytes: r.get("control_plane", "link_queue_bytes"),
             commit_queue_bytes: r.get("control_plane", "commit_queue_bytes"),
             tcp: r.addr("gateway", "tcp"),
@@ -215,6 +218,7 @@ mod tests {
         assert_eq!(cfg.max_inbox_bytes_per_user, Some(d.max_inbox_bytes_per_user));
         assert_eq!(cfg.max_stored_bytes, Some(d.max_stored_bytes));
         assert_eq!(cfg.fire_and_forget_record_retention_secs, Some(d.fire_and_forget_record_retention_secs));
+        assert_eq!(cfg.max_push_record_bytes, Some(d.max_push_record_bytes));
         assert_eq!(cfg.link_queue_bytes, Some(d.link_queue_bytes));
         assert_eq!(cfg.commit_queue_bytes, Some(d.commit_queue_bytes));
     }

@@ -230,6 +230,9 @@ fn start_control_plane(file: &FileConfig, args: &CpArgs) -> Result<ControlPlane,
     if let Some(t) = file.fire_and_forget_record_retention_secs {
         cfg.fire_and_forget_record_retention_secs = t;
     }
+    if let Some(b) = file.max_push_record_bytes {
+        cfg.max_push_record_bytes = b;
+    }
     if let Some(b) = file.link_queue_bytes {
         cfg.link_queue_bytes = b;
     }
