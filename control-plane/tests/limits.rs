@@ -204,3 +204,28 @@ fn a_store_that_falls_behind_makes_the_api_answer_429_instead_of_queueing_withou
         .unwrap_or(0);
     assert!(refused >= 2, "{metrics}");
 }
+
+#[test]
+fn while_the_store_is_behind_the_link_is_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Gated {
+        inner: RedbStore::open(dir.path()).unwrap(),
+        state: Mutex::new((true, false)),
+        changed: Condvar::new(),
+    });
+    let mut cfg = config(dir.path());
+    cfg.commit_queue_bytes = 1;
+    let cp = herald_control_plane::start_with_store(cfg, store.clone()).unwrap();
+    store.set(false);
+    // A device the control plane has never seen: recording it is a store change, stuck at the gate.
+    let mut gw = FakeGateway::connect(cp.link_addr(), "n1", vec![online("u", "new-device", 1, vec![])]);
+    store.wait_stuck();
+    gw.ack("u", "new-device", 1, 1, 1);
+    // Not read while the store is behind. (An absence can only be watched for a while.)
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(cp.metrics().receipts.get(), 0, "a receipt was read while the store was behind");
+    store.set(true);
+    eventually("the receipt is read once the store caught up", || {
+        (cp.metrics().receipts.get() == 1).then_some(())
+    });
+}
