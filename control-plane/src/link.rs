@@ -75,8 +75,10 @@ impl Reader {
                 if self.scratch.capacity() > KEEP_BUFFER_BYTES {
                     self.scratch = AlignedVec::new();
                 }
-                if self.buf.is_empty() && self.buf.capacity() > KEEP_BUFFER_BYTES {
-                    self.buf = BytesMut::new();
+                if self.buf.capacity() > KEEP_BUFFER_BYTES && self.buf.len() <= KEEP_BUFFER_BYTES {
+                    // What is left (the start of the next frame) moves to a buffer of its own,
+                    // so the large one is freed with the message.
+                    self.buf = BytesMut::from(&self.buf[..]);
                 }
                 return Ok(Some(msg));
             }
