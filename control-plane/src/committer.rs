@@ -210,6 +210,11 @@ fn run(
         if ok && !ids.is_empty() {
             publish(&ids);
         }
+        // No longer waiting: room again before the submitters hear (one that writes again at
+        // once must not find its own committed job still counted).
+        let left = backlog.bytes.fetch_sub(bytes, Ordering::AcqRel) - bytes;
+        metrics.commit_queue_bytes.set(left);
+        backlog.room.notify_waiters();
         for job in batch.drain(..) {
             if let Some(done) = job.done {
                 let _ = done.send(ok);
@@ -223,8 +228,5 @@ fn run(
         if ids.capacity() > KEEP_OPS {
             ids = Vec::new();
         }
-        let left = backlog.bytes.fetch_sub(bytes, Ordering::AcqRel) - bytes;
-        metrics.commit_queue_bytes.set(left);
-        backlog.room.notify_waiters();
     }
 }
