@@ -79,6 +79,10 @@ pub struct Knobs {
     /// Give up waiting for deliveries after this long without a new one, seconds.
     #[arg(long, default_value_t = 5)]
     pub stall_secs: u64,
+    /// burst: after the last delivery, how long Herald's RSS may take to come back to within
+    /// 10 % of its level before the burst (memory must be given back), seconds.
+    #[arg(long, default_value_t = 30)]
+    pub settle_secs: u64,
     /// `raw`: also run fanout and burst as a bare send(2) loop (the floor).
     #[arg(long, value_enum, default_value_t = Baseline::None)]
     pub baseline: Baseline,
@@ -106,6 +110,10 @@ pub struct FloorFigures {
     pub deliveries: u64,
     pub deliveries_per_s: Option<f64>,
 }
+
+/// burst: Herald's RSS after the burst must come back to within this factor of its RSS before
+/// (issue #12 item 10); above it the result carries a note.
+const RSS_SETTLED_RATIO: f64 = 1.10;
 
 /// One scenario's figures. Every field is always present (null where it does not apply).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -505,8 +513,11 @@ impl Session {
         let b = bar(expected, "burst");
         let m = self.await_deliveries(expected, &b)?;
         b.finish_and_clear();
+        // The peak is watched while the receipts that follow the deliveries are processed too.
+        let rss_after = self.settled_rss(rss0, k.settle_secs);
         stop.store(true, Ordering::Relaxed);
         let _ = sampler.join();
+        let rss_peak = peak.load(Ordering::Relaxed).max(rss_after);
         let cpu_us = self.target.gateway_cpu_us().saturating_sub(cpu0);
         let counters = self.target.counters().zip(counters0).map(|(a, b)| a.since(&b));
         let cp = self.target.admin.cp_counters().zip(cp0).map(|(a, b)| (a.0 - b.0, a.1 - b.1));
@@ -537,10 +548,23 @@ impl Session {
                 "gateway_cpu_ms": cpu_us as f64 / 1e3,
                 "gateway_cpu_us_per_delivery": (m.deliveries > 0).then(|| cpu_us as f64 / m.deliveries as f64),
                 "gateway_fanout_mean_us_per_push_per_core": counters.as_ref().filter(|c| c.fanout_count > 0.0).map(|c| c.fanout_us_sum / c.fanout_count),
+                "rss_before_bytes": rss0, "rss_peak_bytes": rss_peak, "rss_after_bytes": rss_after,
+                "rss_after_over_before": (rss0 > 0).then(|| rss_after as f64 / rss0 as f64),
+                "settle_secs": k.settle_secs,
             }),
             ..Default::default()
         };
         fill_latency(&mut res, &m.hist);
+        if rss0 > 0 && rss_after as f64 > rss0 as f64 * RSS_SETTLED_RATIO {
+            res.notes.push(format!(
+                "RSS NOT GIVEN BACK: {:.1} MiB before the burst, {:.1} MiB at peak, {:.1} MiB {} s after it (ratio {:.2} > {RSS_SETTLED_RATIO})",
+                rss0 as f64 / 1048576.0,
+                rss_peak as f64 / 1048576.0,
+                rss_after as f64 / 1048576.0,
+                k.settle_secs,
+                rss_after as f64 / rss0 as f64,
+            ));
+        }
         res.notes.push("deliveries_per_s: deliveries between the first and the last receipt; first/last_delivery_ms from the first admin API call".into());
         self.charts.cdfs.push(("burst".into(), hist::cdf_ms(&m.hist)));
         self.charts.burst.push(("herald".into(), timeline_rate(&m, t_start)));
@@ -559,6 +583,21 @@ impl Session {
             self.charts.burst.push(("ceiling: one send(2) per conn".into(), tl));
         }
         Ok(res)
+    }
+
+    /// Herald's RSS once it is back within [`RSS_SETTLED_RATIO`] of `before`, or after
+    /// `settle_secs` if it never is (polled every 250 ms: memory given back shows at once).
+    fn settled_rss(&self, before: u64, settle_secs: u64) -> u64 {
+        let rss =
+            || self.target.gateway_pids.iter().filter_map(|&p| crate::procfs::rss_bytes(p)).sum::<u64>();
+        let deadline = std::time::Instant::now() + Duration::from_secs(settle_secs);
+        loop {
+            let now = rss();
+            if now as f64 <= before as f64 * RSS_SETTLED_RATIO || std::time::Instant::now() >= deadline {
+                return now;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     /// How this session sends a push to every terminal: the admin API, or (for a broker) an MQTT

@@ -66,6 +66,16 @@ impl ApiError {
         }
     }
 
+    /// A cap on what the control plane holds is reached (`507`): the reason names it.
+    pub fn insufficient_storage(reason: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::INSUFFICIENT_STORAGE, reason: reason.into(), cause: None }
+    }
+
+    /// Back-pressure (`429`): the control plane is behind; the reason says on what.
+    pub fn too_many_requests(reason: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::TOO_MANY_REQUESTS, reason: reason.into(), cause: None }
+    }
+
     /// The service cannot take the request now (the store failed); the cause is logged.
     pub fn unavailable(cause: impl Into<String>) -> ApiError {
         ApiError {

@@ -10,13 +10,22 @@
 //! get 503 / `Unavailable`), `/healthz` reports the store failing, and the committer reopens the
 //! store and rebuilds the working state from it (see `health.rs`), retrying with backoff until
 //! that works. Nothing a failed job changed in memory survives the rebuild.
+//!
+//! **Bound.** The queue is bounded in bytes (`commit_queue_bytes`, an estimate of what the queued
+//! changes hold in memory): a job is never refused once its changes are made in memory (that
+//! would make memory and store diverge), so the bound is enforced *before* the work: the admin
+//! API answers `429` while the queue is over it ([`Committer::is_full`]), and each link
+//! connection stops reading from its gateway until there is room ([`Committer::room`]), which
+//! pushes back over TCP to the gateway. After a large batch the thread's buffers are shrunk so a
+//! burst's worth of changes is not kept allocated.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use crate::health::StoreHealth;
 use crate::metrics::Metrics;
@@ -37,6 +46,45 @@ const REFAIL_WINDOW: Duration = Duration::from_secs(60);
 /// generation) and returns the store changes that made (see `Core::reload`).
 pub(crate) type Reload = Box<dyn Fn(Snapshot) -> Vec<Op> + Send>;
 
+/// Ops the commit thread's buffer keeps allocated between batches; a larger batch's buffer is
+/// freed (a burst of receipts can make one batch of hundreds of thousands of ops).
+const KEEP_OPS: usize = 16 * 1024;
+
+/// What one queued op is counted for beyond its strings and payload (enum, record fields).
+const OP_OVERHEAD_BYTES: u64 = 160;
+
+/// Memory a queued op holds, estimated (the bound only has to be proportional).
+fn op_bytes(op: &Op) -> u64 {
+    let var = match op {
+        Op::User(name, rec) => {
+            name.len()
+                + (rec.groups.len() + rec.topics.len()) * 32
+                + (rec.since.len() + rec.devices.len()) * 48
+        }
+        Op::Group(name, topics) => name.len() + topics.iter().map(|t| t.len() + 24).sum::<usize>(),
+        Op::Revocation(user, r) => user.len() + r.devices.len() * 48,
+        Op::RevocationRemoved(user) => user.len(),
+        Op::Stream(rec) => rec.name.len(),
+        Op::Message(_, _, m) => m.as_ref().map_or(0, |m| m.payload.len()),
+        Op::Push(p) => p.messages.len() * 8 + p.idempotency_key.as_ref().map_or(0, String::len),
+        Op::Cursor { user, device, cursor, .. } => user.len() + device.len() + cursor.above.len() * 4,
+        Op::Key(_) | Op::KeyRemoved(_) | Op::PushRemoved(_) | Op::LastPushId(_) => 0,
+    };
+    OP_OVERHEAD_BYTES + var as u64
+}
+
+fn job_bytes(job: &Job) -> u64 {
+    job.ops.iter().map(op_bytes).sum::<u64>() + job.publish.len() as u64 * 8
+}
+
+/// Bytes queued for the commit thread, and who waits for room.
+#[derive(Debug)]
+struct Backlog {
+    bytes: AtomicU64,
+    max_bytes: u64,
+    room: Notify,
+}
+
 /// A unit of work for the committer.
 #[derive(Debug, Default)]
 pub(crate) struct Job {
@@ -54,31 +102,75 @@ pub(crate) struct Job {
 /// after it has drained what was queued.
 #[derive(Debug)]
 pub(crate) struct Committer {
-    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    tx: Mutex<Option<mpsc::Sender<(Job, u64)>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    backlog: Arc<Backlog>,
 }
 
 impl Committer {
     /// Starts the commit thread. `publish` runs on it after each durable commit, in order.
+    /// `max_queued_bytes`: see the module docs.
     pub(crate) fn start(
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
         health: Arc<StoreHealth>,
+        max_queued_bytes: u64,
         publish: impl Fn(&[u64]) + Send + 'static,
         reload: Reload,
     ) -> std::io::Result<Committer> {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<(Job, u64)>();
+        let backlog = Arc::new(Backlog {
+            bytes: AtomicU64::new(0),
+            max_bytes: max_queued_bytes.max(1),
+            room: Notify::new(),
+        });
+        let thread_backlog = backlog.clone();
         let thread = std::thread::Builder::new()
             .name("herald-cp-store".into())
-            .spawn(move || run(&*store, &metrics, &health, rx, publish, &reload))?;
-        Ok(Committer { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
+            .spawn(move || run(&*store, &metrics, &health, &thread_backlog, rx, publish, &reload))?;
+        Ok(Committer { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), backlog })
+    }
+    /// Whether the queued changes are at or over the bound: callers that can refuse work
+    /// (the admin API) refuse it before changing anything.
+    pub(crate) fn is_full(&self) -> bool {
+        self.queued_bytes() >= self.backlog.max_bytes
+    }
+
+    /// Bytes of changes queued and not yet committed (estimated).
+    pub(crate) fn queued_bytes(&self) -> u64 {
+        self.backlog.bytes.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the queue is under its bound (callers that can wait: link readers).
+    pub(crate) async fn room(&self) {
+        loop {
+            let notified = self.backlog.room.notified();
+            if !self.is_full() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Queues a job. Returns false if the committer is closed (the job's `done` sees `false`).
+    /// Never refuses for lack of room (see the module docs).
     pub(crate) fn submit(&self, job: Job) -> bool {
         let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         match guard.as_ref() {
-            Some(tx) => tx.send(job).is_ok(),
+            Some(tx) => {
+                let bytes = job_bytes(&job);
+                self.backlog.bytes.fetch_add(bytes, Ordering::AcqRel);
+                match tx.send((job, bytes)) {
+                    Ok(()) => true,
+                    Err(mpsc::SendError((job, bytes))) => {
+                        self.backlog.bytes.fetch_sub(bytes, Ordering::AcqRel);
+                        if let Some(done) = job.done {
+                            let _ = done.send(false);
+                        }
+                        false
+                    }
+                }
+            }
             None => {
                 if let Some(done) = job.done {
                     let _ = done.send(false);
@@ -98,7 +190,10 @@ impl Committer {
     }
 }
 
-fn fail(job: Job) {
+/// Fails a job queued on a failing store; its bytes leave the count.
+fn fail(backlog: &Backlog, (job, bytes): (Job, u64)) {
+    backlog.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    backlog.room.notify_waiters();
     if let Some(done) = job.done {
         let _ = done.send(false);
     }
@@ -108,7 +203,8 @@ fn run(
     store: &dyn Store,
     metrics: &Metrics,
     health: &StoreHealth,
-    rx: mpsc::Receiver<Job>,
+    backlog: &Backlog,
+    rx: mpsc::Receiver<(Job, u64)>,
     publish: impl Fn(&[u64]),
     reload: &Reload,
 ) {
@@ -118,10 +214,14 @@ fn run(
     let mut backoff = REOPEN_BACKOFF_FIRST;
     let mut recovered_at: Option<Instant> = None;
     while let Ok(first) = rx.recv() {
-        batch.push(first);
+        let mut bytes = first.1;
+        batch.push(first.0);
         while batch.len() < MAX_BATCH_JOBS {
             match rx.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok((job, b)) => {
+                    bytes += b;
+                    batch.push(job);
+                }
                 Err(_) => break,
             }
         }
@@ -152,6 +252,11 @@ fn run(
         if ok && !ids.is_empty() {
             publish(&ids);
         }
+        // No longer waiting: room again before the submitters hear (one that writes again at
+        // once must not find its own committed job still counted).
+        let left = backlog.bytes.fetch_sub(bytes, Ordering::AcqRel) - bytes;
+        metrics.commit_queue_bytes.set(left);
+        backlog.room.notify_waiters();
         for job in batch.drain(..) {
             if let Some(done) = job.done {
                 let _ = done.send(ok && job.generation == generation);
@@ -159,11 +264,17 @@ fn run(
         }
         ops.clear();
         ids.clear();
+        if ops.capacity() > KEEP_OPS {
+            ops = Vec::new();
+        }
+        if ids.capacity() > KEEP_OPS {
+            ids = Vec::new();
+        }
         if !ok {
             if recovered_at.is_none_or(|t| t.elapsed() > REFAIL_WINDOW) {
                 backoff = REOPEN_BACKOFF_FIRST;
             }
-            if !recover(store, metrics, health, &rx, reload, &mut backoff) {
+            if !recover(store, metrics, health, backlog, &rx, reload, &mut backoff) {
                 return;
             }
             recovered_at = Some(Instant::now());
@@ -177,7 +288,8 @@ fn recover(
     store: &dyn Store,
     metrics: &Metrics,
     health: &StoreHealth,
-    rx: &mpsc::Receiver<Job>,
+    backlog: &Backlog,
+    rx: &mpsc::Receiver<(Job, u64)>,
     reload: &Reload,
     backoff: &mut Duration,
 ) -> bool {
@@ -189,7 +301,7 @@ fn recover(
         loop {
             let left = until.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(job) => fail(job),
+                Ok(job) => fail(backlog, job),
                 Err(mpsc::RecvTimeoutError::Timeout) => break,
                 Err(mpsc::RecvTimeoutError::Disconnected) => return false,
             }

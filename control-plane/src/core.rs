@@ -18,8 +18,10 @@ use herald_protocol::link::{
 };
 use serde::Serialize;
 
+mod limits;
 mod publish;
 
+pub(crate) use limits::Limits;
 pub(crate) use publish::Published;
 
 use crate::api::ApiError;
@@ -88,6 +90,8 @@ struct Stream {
     messages: BTreeMap<u32, MessageRecord>,
     /// Collapse key → sequence of the newest message carrying it.
     collapse: HashMap<String, u32>,
+    /// Bytes charged for its stored and pending messages (see `limits.rs`).
+    bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -281,6 +285,17 @@ pub(crate) struct Core {
     metrics: Arc<Metrics>,
     /// Terminals' wills waiting for their delay (see `publish`).
     wills: publish::Wills,
+    /// Caps on stored bytes and TTL-0 record retention (see `limits.rs`).
+    limits: Limits,
+    /// Bytes charged over every stream.
+    stored_bytes: u64,
+    /// Push records changed since the last `take_ops`: written once per take rather than once
+    /// per change (a burst of receipts changes the same record thousands of times).
+    dirty_pushes: BTreeSet<u64>,
+    /// Cursors changed since the last `take_ops`, likewise (one per receipt otherwise).
+    dirty_cursors: BTreeSet<(String, String, u32)>,
+    /// Bytes charged for the records in `pushes` (see `limits.rs`).
+    record_bytes: u64,
 }
 
 /// What became of a live push offered to one node.
@@ -378,12 +393,23 @@ impl Core {
             ops: Vec::new(),
             metrics,
             wills: publish::Wills::default(),
+            limits: Limits::default(),
+            stored_bytes: 0,
+            dirty_pushes: BTreeSet::new(),
+            dirty_cursors: BTreeSet::new(),
+            record_bytes: 0,
         };
         for rec in snap.streams {
             core.stream_ids.insert(rec.name.clone(), rec.id);
             core.streams.insert(
                 rec.id,
-                Stream { published: rec.head, rec, messages: BTreeMap::new(), collapse: HashMap::new() },
+                Stream {
+                    published: rec.head,
+                    rec,
+                    messages: BTreeMap::new(),
+                    collapse: HashMap::new(),
+                    bytes: 0,
+                },
             );
         }
         for p in snap.pushes {
@@ -398,6 +424,7 @@ impl Core {
                 core.conditions.insert(p.id, Arc::new(c));
             }
             core.prunes.entry(p.expires_ms.saturating_add(retention_ms)).or_default().push(p.id);
+            core.record_bytes += limits::record_cost(&p);
             core.pushes.insert(p.id, p);
         }
         for (stream, seq, m) in snap.messages {
@@ -406,7 +433,9 @@ impl Core {
                     st.collapse.insert(k.clone(), seq);
                 }
                 core.expiries.entry(m.expires_ms).or_default().push((stream, seq));
+                let cost = limits::message_cost(&m);
                 st.messages.insert(seq, m);
+                core.charge(stream, cost);
             }
         }
         for (user, device, stream, c) in snap.cursors {
@@ -448,6 +477,18 @@ impl Core {
 
     /// The store changes made since the last call.
     pub(crate) fn take_ops(&mut self) -> Vec<Op> {
+        for id in std::mem::take(&mut self.dirty_pushes) {
+            if let Some(p) = self.pushes.get(&id) {
+                self.ops.push(Op::Push(p.clone()));
+            }
+        }
+        for (user, device, stream) in std::mem::take(&mut self.dirty_cursors) {
+            let cursor =
+                self.cursors.get(&(user.clone(), device.clone())).and_then(|m| m.get(&stream)).cloned();
+            if let Some(cursor) = cursor {
+                self.ops.push(Op::Cursor { user, device, stream, cursor });
+            }
+        }
         std::mem::take(&mut self.ops)
     }
 
@@ -469,6 +510,9 @@ impl Core {
         fresh.last_published = fresh.last_push_id;
         fresh.tables_version = self.tables_version + 1;
         fresh.metrics.pending_wills.set(0);
+        // The caps are configuration, not stored state: the rebuilt core keeps them (and
+        // recounts the bytes they charge from what it loaded).
+        fresh.set_limits(self.limits);
         *self = fresh;
         // Stored, so that failed pushes' ids are not reused after a restart either.
         self.ops.push(Op::LastPushId(self.last_push_id));
@@ -479,6 +523,7 @@ impl Core {
         self.metrics.nodes.set(self.nodes.len() as u64);
         self.metrics.online_devices.set(self.presence.values().map(|v| v.len() as u64).sum());
         self.metrics.stored_messages.set(self.streams.values().map(|s| s.messages.len() as u64).sum());
+        self.metrics.stored_bytes.set(self.stored_bytes);
     }
 
     fn effective_topics(&self, rec: &UserRecord) -> BTreeSet<String> {
@@ -1032,8 +1077,10 @@ impl Core {
         let id = self.streams.keys().max().map_or(1, |m| m + 1);
         let rec = StreamRecord { id, name: name.to_owned(), head: 0 };
         self.stream_ids.insert(name.to_owned(), id);
-        self.streams
-            .insert(id, Stream { rec, published: 0, messages: BTreeMap::new(), collapse: HashMap::new() });
+        self.streams.insert(
+            id,
+            Stream { rec, published: 0, messages: BTreeMap::new(), collapse: HashMap::new(), bytes: 0 },
+        );
         id
     }
 
@@ -1089,8 +1136,15 @@ impl Core {
             }
             _ => None,
         };
-        self.last_push_id += 1;
-        let push_id = self.last_push_id;
+        let stream_names: Vec<String> = match &req.target {
+            TargetSpec::User(u) => vec![stream_name_user(u)],
+            TargetSpec::Users(us) => us.iter().map(|u| stream_name_user(u)).collect(),
+            TargetSpec::Group(g) => vec![stream_name_group(g)],
+            TargetSpec::Topic(t) => vec![stream_name_topic(t)],
+            TargetSpec::Condition(_) => vec![COND_STREAM.to_owned()],
+        };
+        // Numbered once it fits (below): a refused push leaves no trace, not even an id.
+        let push_id = self.last_push_id + 1;
         let targeted: u64 = match &req.target {
             // From the maintained counts: independent of the number of members.
             TargetSpec::Group(_) | TargetSpec::Topic(_) => {
@@ -1113,13 +1167,6 @@ impl Core {
                     users.iter().map(|u| self.users.get(u).map_or(0, |u| u.rec.devices.len() as u64)).sum()
                 }
             }
-        };
-        let stream_names: Vec<String> = match &req.target {
-            TargetSpec::User(u) => vec![stream_name_user(u)],
-            TargetSpec::Users(us) => us.iter().map(|u| stream_name_user(u)).collect(),
-            TargetSpec::Group(g) => vec![stream_name_group(g)],
-            TargetSpec::Topic(t) => vec![stream_name_topic(t)],
-            TargetSpec::Condition(_) => vec![COND_STREAM.to_owned()],
         };
         let mut flags = PushFlags::default();
         if req.ttl_secs > 0 {
@@ -1150,6 +1197,18 @@ impl Core {
             collapse_key: req.collapse_key.clone(),
             payload: payload.to_bytes().to_vec(),
         };
+        if req.ttl_secs > 0 {
+            self.check_room(&stream_names, limits::message_cost(&message))?;
+        }
+        // (An estimate from the request: the record is made below.)
+        let record = limits::request_record_cost(
+            &req.target,
+            req.idempotency_key.as_deref(),
+            req.collapse_key.as_deref(),
+            stream_names.len(),
+        );
+        self.make_record_room(record, now_ms)?;
+        self.last_push_id = push_id;
         let mut messages = Vec::with_capacity(stream_names.len());
         let mut collapsed_pushes = Vec::new();
         for name in &stream_names {
@@ -1165,6 +1224,9 @@ impl Core {
                     && let Some(old) = st.collapse.insert(key.clone(), seq)
                 {
                     if let Some(m) = st.messages.remove(&old) {
+                        let freed = limits::message_cost(&m).min(st.bytes);
+                        st.bytes -= freed;
+                        self.stored_bytes = self.stored_bytes.saturating_sub(freed);
                         self.flight_by_push.remove(&m.push_id);
                         self.live.remove(&m.push_id);
                         collapsed_pushes.push(m.push_id);
@@ -1181,6 +1243,7 @@ impl Core {
                     self.ops.push(Op::Message(id, old, None));
                 }
                 self.ops.push(Op::Message(id, seq, Some(message.clone())));
+                self.charge(id, limits::message_cost(&message));
             }
             messages.push((id, seq));
         }
@@ -1206,7 +1269,8 @@ impl Core {
             idempotency_key: req.idempotency_key.clone(),
         };
         self.ops.push(Op::Push(rec.clone()));
-        self.prunes.entry(expires_ms.saturating_add(self.retention_ms)).or_default().push(push_id);
+        self.prunes.entry(self.prune_at(req.ttl_secs, now_ms, expires_ms)).or_default().push(push_id);
+        self.record_bytes += limits::record_cost(&rec);
         self.pushes.insert(push_id, rec);
         if let Some(k) = req.idempotency_key {
             self.idem.insert(k, push_id);
@@ -1241,6 +1305,9 @@ impl Core {
                     if m.ttl_secs > 0 && !collapsed && !superseded {
                         st.messages.insert(seq, m.clone());
                         self.expiries.entry(m.expires_ms).or_default().push((stream, seq));
+                    } else if m.ttl_secs > 0 {
+                        // Charged at acceptance, replaced before it was ever stored.
+                        self.release(stream, limits::message_cost(&m));
                     }
                 }
             }
@@ -1538,7 +1605,7 @@ impl Core {
         for (pid, _) in newly {
             if let Some(p) = self.pushes.get_mut(&pid) {
                 p.delivered += 1;
-                self.ops.push(Op::Push(p.clone()));
+                self.dirty_pushes.insert(pid);
                 // Nobody else is owed it (owed devices are a subset of the targeted ones).
                 if p.delivered >= p.targeted {
                     done.extend(p.messages.iter().copied().map(|m| (pid, m)));
@@ -1556,12 +1623,7 @@ impl Core {
             }
         }
         if cur != before {
-            self.ops.push(Op::Cursor {
-                user: user.to_owned(),
-                device: device.to_owned(),
-                stream,
-                cursor: cur.clone(),
-            });
+            self.dirty_cursors.insert((user.to_owned(), device.to_owned(), stream));
             self.cursors.entry(key).or_default().insert(stream, cur);
         }
     }
@@ -1581,7 +1643,8 @@ impl Core {
         let Some(n) = self.nodes.get_mut(node) else {
             return;
         };
-        let fits = orders.len() <= n.queue.room() || n.queue.pushes() == 0;
+        let bytes: usize = orders.iter().map(|o| o.payload.len()).sum();
+        let fits = n.queue.fits(orders.len(), bytes) || n.queue.pushes() == 0;
         match &mut n.behind {
             None if fits => {
                 self.metrics.backlog_pushes_sent.add(orders.len() as u64);
@@ -1830,7 +1893,7 @@ impl Core {
             if let Some(p) = self.pushes.get_mut(&r.push_id) {
                 p.sent += u64::from(r.sent);
                 p.dropped += u64::from(r.dropped);
-                self.ops.push(Op::Push(p.clone()));
+                self.dirty_pushes.insert(r.push_id);
             }
         }
     }
@@ -1910,6 +1973,7 @@ impl Core {
     fn drop_message(&mut self, stream: u32, seq: u32) -> Option<MessageRecord> {
         let st = self.streams.get_mut(&stream)?;
         let m = st.messages.remove(&seq)?;
+        let cost = limits::message_cost(&m);
         if let Some(k) = &m.collapse_key
             && st.collapse.get(k) == Some(&seq)
         {
@@ -1917,6 +1981,7 @@ impl Core {
         }
         self.conditions.remove(&m.push_id);
         self.ops.push(Op::Message(stream, seq, None));
+        self.release(stream, cost);
         self.ground_push(m.push_id);
         Some(m)
     }
@@ -1987,6 +2052,7 @@ impl Core {
                 let Some(p) = self.pushes.remove(&id) else {
                     continue;
                 };
+                self.record_bytes = self.record_bytes.saturating_sub(limits::record_cost(&p));
                 if let Some(k) = &p.idempotency_key
                     && self.idem.get(k) == Some(&id)
                 {

@@ -86,18 +86,39 @@
 //! covers them all) or as soon as every device it was targeted at acknowledged it, whichever
 //! comes first; so memory holds the undelivered messages, not everything within TTL. A push
 //! record (its status counters) and its idempotency key are kept for
-//! [`ControlPlaneConfig::push_record_retention_secs`] (default 24 h) after the push expired
-//! (TTL 0: after it was accepted), so `expired` is reported for that long; then both are
+//! [`ControlPlaneConfig::push_record_retention_secs`] (default 24 h) after the push expired,
+//! so `expired` is reported for that long; a TTL-0 push, which can never be delivered later,
+//! keeps its record only [`ControlPlaneConfig::fire_and_forget_record_retention_secs`]
+//! (default 5 min) after it was accepted (its 425 B would otherwise stay a day); then both are
 //! deleted, `GET /v1/pushes/{id}` answers 404 saying the push was pruned, and a POST reusing the
-//! key is a new push. Push ids stay monotonic across pruning and restarts (the last id is
-//! stored).
+//! key is a new push. Records are also bounded in bytes overall
+//! ([`ControlPlaneConfig::max_push_record_bytes`], default 256 MiB, ~600,000 records): past it
+//! the records of pushes that have expired are pruned early, soonest-due first, and a push is
+//! refused `507` if only unexpired ones remain. Push ids stay monotonic across pruning and
+//! restarts (the last id is stored).
+//!
+//! **Caps.** Everything stored is also held in memory (backlogs are served from it), so
+//! undelivered messages are capped in bytes (payload + collapse key + 128 B of bookkeeping
+//! each): [`ControlPlaneConfig::max_inbox_bytes_per_user`] (default 4 MiB) per user inbox
+//! (`user`/`users` pushes) and [`ControlPlaneConfig::max_stored_bytes`] (default 512 MiB)
+//! over every stream. A push (TTL > 0) that does not fit is **refused** with `507` and a reason
+//! naming the cap — a `users` push as a whole if any one inbox is full — and takes no push id;
+//! nothing already accepted is dropped to make room (a `202` keeps meaning "delivered or
+//! expired"; the application decides what matters). Bytes are charged when a push is accepted
+//! and given back when its message leaves (acknowledged, expired, collapsed); the gauge
+//! `herald_cp_stored_bytes` and the counter `herald_cp_pushes_refused_full_total` show them. A
+//! terminal's MQTT PUBLISH refused this way is answered `Unavailable` (it may retry). Changes
+//! waiting for the store are bounded by [`ControlPlaneConfig::commit_queue_bytes`]: past it
+//! the admin API answers `429` (nothing changed) and link connections stop reading from their
+//! gateways until the store catches up (see `committer.rs`).
 //!
 //! **Link backpressure.** Each node's outbound queue holds at most
-//! [`ControlPlaneConfig::link_queue_messages`] pushes (control messages — tables, deltas,
+//! [`ControlPlaneConfig::link_queue_messages`] pushes and
+//! [`ControlPlaneConfig::link_queue_bytes`] of them (control messages — tables, deltas,
 //! subscriptions, kicks — are always admitted: they are few and must not be lost). A push that
 //! does not fit marks the node *behind*: from then on no live push is queued to it. Stored
 //! pushes (TTL > 0) lose nothing: once the node's writer has drained the queue to half its
-//! bound, every device online on the node is resent, from its cursors, the stored messages
+//! bounds, every device online on the node is resent, from its cursors, the stored messages
 //! from the first push that was not queued (a device that logged in meanwhile, or whose login
 //! backlog did not fit, gets its whole backlog), in order per stream, and live pushes are
 //! queued again. A resync is queued whole, so it may take the queue past its bound once.
@@ -185,6 +206,24 @@ pub struct ControlPlaneConfig {
     pub link_heartbeat_secs: u64,
     /// A node's link is dropped when the node has sent nothing, or not read, for this long.
     pub link_dead_after_secs: u64,
+    /// Bytes of pushes queued for one gateway node before it counts as behind, whichever of
+    /// this and `link_queue_messages` is reached first.
+    pub link_queue_bytes: usize,
+    /// Bytes of undelivered messages one user's inbox may hold; a direct push past it is
+    /// refused `507` (see **Caps** in the crate docs).
+    pub max_inbox_bytes_per_user: u64,
+    /// Bytes of undelivered messages all streams together may hold; a push past it is
+    /// refused `507`.
+    pub max_stored_bytes: u64,
+    /// How long the record of a TTL-0 push (its status) is kept after it was accepted (it can
+    /// never be delivered later, so there is nothing to wait for).
+    pub fire_and_forget_record_retention_secs: u64,
+    /// Bytes of push records (statuses, idempotency keys) kept: past it the records of expired
+    /// pushes are pruned early, oldest first, and a push is refused `507` if that is not enough.
+    pub max_push_record_bytes: u64,
+    /// Bytes of changes waiting for the store: past it the admin API answers `429` and link
+    /// connections stop reading from their gateways until the store catches up.
+    pub commit_queue_bytes: u64,
 }
 
 impl Default for ControlPlaneConfig {
@@ -206,6 +245,12 @@ impl Default for ControlPlaneConfig {
             admin_max_connections: 64,
             link_heartbeat_secs: 5,
             link_dead_after_secs: 15,
+            link_queue_bytes: 64 << 20,
+            max_inbox_bytes_per_user: 4 << 20,
+            max_stored_bytes: 512 << 20,
+            fire_and_forget_record_retention_secs: 300,
+            max_push_record_bytes: 256 << 20,
+            commit_queue_bytes: 64 << 20,
         }
     }
 }
@@ -272,6 +317,12 @@ impl Shared {
         if let Some(reason) = self.health.failing() {
             return Err(ApiError::store_failing(&reason));
         }
+        if self.committer.is_full() {
+            self.metrics.commit_queue_full.inc();
+            return Err(ApiError::too_many_requests(
+                "the store is behind (commit_queue_bytes of changes are waiting to be written); retry later",
+            ));
+        }
         let (value, durable) = self.submit(f)?;
         match durable {
             None => Ok(value),
@@ -323,6 +374,11 @@ impl Shared {
             self.committer.submit(Job { ops, publish: Vec::new(), done: None, generation });
         }
         v
+    }
+
+    /// Resolves once the committer's queue is under `commit_queue_bytes`.
+    pub(crate) async fn committer_room(&self) {
+        self.committer.room().await;
     }
 
     /// Waits until push `id` is durable (an idempotent retry of a push still in flight).
@@ -469,6 +525,14 @@ pub fn start_with_store(config: ControlPlaneConfig, store: Arc<dyn Store>) -> Re
     let now = now_ms();
     let retention_ms = config.push_record_retention_secs.saturating_mul(1000);
     let mut core = Core::load(snapshot, metrics.clone(), now, now / 1000, first_secret, retention_ms);
+    core.set_limits(core::Limits {
+        max_inbox_bytes_per_user: config.max_inbox_bytes_per_user,
+        max_stored_bytes: config.max_stored_bytes,
+        fire_and_forget_record_retention_ms: config
+            .fire_and_forget_record_retention_secs
+            .saturating_mul(1000),
+        max_push_record_bytes: config.max_push_record_bytes,
+    });
     let initial_ops = core.take_ops();
     if !initial_ops.is_empty() {
         store.commit(&initial_ops)?;
@@ -491,6 +555,7 @@ pub fn start_with_store(config: ControlPlaneConfig, store: Arc<dyn Store>) -> Re
         store,
         metrics.clone(),
         health.clone(),
+        config.commit_queue_bytes,
         move |ids| {
             if let Some(shared) = publish_slot.get().and_then(Weak::upgrade) {
                 shared.lock().publish(ids);

@@ -66,6 +66,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: 
 }
 
 /// Reads link messages from one node.
+/// Read buffers larger than this are freed once the message in them is decoded.
+const KEEP_BUFFER_BYTES: usize = 1 << 20;
+
 struct Reader {
     half: OwnedReadHalf,
     buf: BytesMut,
@@ -81,7 +84,18 @@ impl Reader {
                 let Frame::Link(link) = frame else {
                     anyhow::bail!("unexpected non-link frame on the link");
                 };
-                return Ok(Some(LinkMessage::decode(&link, &mut self.scratch)?));
+                let msg = LinkMessage::decode(&link, &mut self.scratch)?;
+                // One large batch (a burst's receipts) must not leave its size allocated for
+                // the life of the link.
+                if self.scratch.capacity() > KEEP_BUFFER_BYTES {
+                    self.scratch = AlignedVec::new();
+                }
+                if self.buf.capacity() > KEEP_BUFFER_BYTES && self.buf.len() <= KEEP_BUFFER_BYTES {
+                    // What is left (the start of the next frame) moves to a buffer of its own,
+                    // so the large one is freed with the message.
+                    self.buf = BytesMut::from(&self.buf[..]);
+                }
+                return Ok(Some(msg));
             }
             self.buf.reserve(64 * 1024);
             if self.half.read_buf(&mut self.buf).await? == 0 {
@@ -127,7 +141,9 @@ async fn connection(
         return;
     }
     let node = hello.node_id.clone();
-    let queue = Arc::new(LinkQueue::new(shared.config.link_queue_messages));
+    let queue = Arc::new(
+        LinkQueue::new(shared.config.link_queue_messages).with_max_bytes(shared.config.link_queue_bytes),
+    );
     // A node that reconnects at once (it dropped its old link) may say Hello before this side
     // has read the old link's end: give the old link a moment to go before refusing.
     let mut hello_result = shared.fire(|core| core.node_hello(&hello, queue.clone()));
@@ -151,6 +167,12 @@ async fn connection(
     let dead_after = Duration::from_secs(shared.config.link_dead_after_secs.max(1));
     let mut writer = tokio::spawn(write_loop(wr, queue.clone(), shared.clone(), node.clone(), conn));
     loop {
+        // Back-pressure: what a message changes must be committed; while the store is behind,
+        // stop reading (the gateway's writes, then its own bounded queues, wait).
+        tokio::select! {
+            () = shared.committer_room() => {}
+            () = crate::stopped(&mut shutdown) => break,
+        }
         let msg = tokio::select! {
             m = tokio::time::timeout(dead_after, reader.next()) => match m {
                 Ok(m) => m,
@@ -319,7 +341,7 @@ async fn write_loop(
             }
             buf.clear();
         }
-        if queue.is_behind() && queue.pushes() <= queue.capacity() / 2 {
+        if queue.is_behind() && queue.drained() {
             shared.fire(|core| core.node_drained(&node, conn, now_ms()));
         }
     }

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub terminal_publishes_refused: Counter,
     pub wills_published: Counter,
     pub wills_cancelled: Counter,
+    pub pushes_refused_full: Counter,
+    pub commit_queue_full: Counter,
     pub nodes: Gauge,
     pub online_devices: Gauge,
     pub stored_messages: Gauge,
@@ -74,13 +76,15 @@ pub struct Metrics {
     pub link_refused: Counter,
     pub link_encode_failures: Counter,
     pub revocations_pruned: Counter,
+    pub stored_bytes: Gauge,
+    pub commit_queue_bytes: Gauge,
 }
 
 impl Metrics {
     /// The Prometheus exposition text.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
-        let counters: [(&str, &str, &Counter); 22] = [
+        let counters: [(&str, &str, &Counter); 24] = [
             ("herald_cp_pushes_accepted_total", "Pushes accepted (durable).", &self.pushes_accepted),
             (
                 "herald_cp_pushes_idempotent_total",
@@ -159,6 +163,16 @@ impl Metrics {
                 "Delayed wills dropped because the device logged in again in time.",
                 &self.wills_cancelled,
             ),
+            (
+                "herald_cp_pushes_refused_full_total",
+                "Pushes refused 507: an inbox or the stored-bytes cap was full.",
+                &self.pushes_refused_full,
+            ),
+            (
+                "herald_cp_commit_queue_full_total",
+                "Admin writes refused 429 because the store was behind (commit_queue_bytes).",
+                &self.commit_queue_full,
+            ),
         ];
         let link: [(&str, &str, &Counter); 4] = [
             (
@@ -185,7 +199,7 @@ impl Metrics {
         for (name, help, c) in counters.into_iter().chain(link) {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.get());
         }
-        let gauges: [(&str, &str, &Gauge); 5] = [
+        let gauges: [(&str, &str, &Gauge); 7] = [
             ("herald_cp_nodes", "Connected gateway nodes.", &self.nodes),
             ("herald_cp_online_devices", "Devices online on some node.", &self.online_devices),
             ("herald_cp_stored_messages", "Messages held for delivery.", &self.stored_messages),
@@ -194,6 +208,16 @@ impl Metrics {
                 "herald_cp_store_failing",
                 "1 while store commits fail, until it is reopened.",
                 &self.store_failing,
+            ),
+            (
+                "herald_cp_stored_bytes",
+                "Bytes of messages held for delivery (as capped).",
+                &self.stored_bytes,
+            ),
+            (
+                "herald_cp_commit_queue_bytes",
+                "Bytes of changes waiting for the store (estimated).",
+                &self.commit_queue_bytes,
             ),
         ];
         for (name, help, g) in gauges {

@@ -30,6 +30,7 @@ fn op(summary: &str, params: Vec<Value>, request: Option<Value>, ok: (&str, Valu
             "400": err("Invalid input"),
             "401": err("Missing or wrong admin key"),
             "503": err("The store is not accepting writes"),
+            "429": err("The store is behind (commit_queue_bytes of changes wait to be written); retry later"),
         }
     });
     if let Some(r) = request {
@@ -73,6 +74,11 @@ pub(crate) fn document() -> Value {
             doc["paths"][r.path][*m]["security"] = json!([]);
         }
     }
+    // Only pushes store messages, so only they meet the stored-bytes caps.
+    doc["paths"]["/v1/pushes"]["post"]["responses"]["507"] = err(
+        "An inbox (max_inbox_bytes_per_user) or the store (max_stored_bytes) is full of undelivered messages; \
+         nothing was accepted; retry once recipients acknowledged or messages expired",
+    );
     doc
 }
 

@@ -18,6 +18,9 @@ fn a_stalled_node_falls_behind_then_resyncs_without_losing_stored_pushes() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.link_queue_messages = 8;
+    // 800 pushes of 16 KB to one user: past the default inbox cap (4 MiB), which is not the
+    // subject here.
+    cfg.max_inbox_bytes_per_user = 64 << 20;
     let cp = herald_control_plane::start(cfg).unwrap();
     let admin = Admin::new(&cp);
     admin.token("alice", "phone");

@@ -401,6 +401,10 @@ impl LinkWriter {
         })?;
         self.offset += self.buf.len() as u64;
         self.last_write = Instant::now();
+        // A burst's receipts make one large message: do not keep its size allocated.
+        if self.buf.capacity() > 1 << 20 {
+            self.buf = BytesMut::with_capacity(4096);
+        }
         Ok(())
     }
 }

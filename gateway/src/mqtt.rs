@@ -96,6 +96,9 @@ use rkyv::util::AlignedVec;
 
 /// Most QoS 1 PUBLISH a connection may have unacknowledged (lowered by a 5.0 receive maximum).
 pub(crate) const MAX_INFLIGHT: u16 = 1024;
+
+/// Entries of an emptied QoS 1 window kept allocated (see [`Pending::inflight`]).
+const KEEP_INFLIGHT: usize = 16;
 /// SUBSCRIBEs held while the user's subscriptions have not arrived from the control plane.
 pub(crate) const MAX_PARKED: usize = 16;
 /// QoS 1 PUBLISH from a terminal that may wait for the control plane's answer (the receive
@@ -334,7 +337,8 @@ impl Filters {
 #[derive(Debug, Default)]
 struct Pending {
     /// (packet id, stream, seq) of QoS 1 PUBLISH awaiting PUBACK, oldest first. Kept (with its
-    /// capacity) once used: a connection that receives QoS 1 does not allocate per PUBLISH.
+    /// capacity, up to [`KEEP_INFLIGHT`]) once used: a connection that receives QoS 1 does not
+    /// allocate per PUBLISH, and one that took a burst gives the burst's window back.
     inflight: VecDeque<(u16, u32, u32)>,
     /// SUBSCRIBEs waiting for the user's subscriptions.
     parked: Vec<Subscribe>,
@@ -420,7 +424,12 @@ impl MqttConn {
     pub(crate) fn release(&mut self, pid: u16) -> Option<(u32, u32)> {
         let inflight = &mut self.pending.as_mut()?.inflight;
         let i = inflight.iter().position(|e| e.0 == pid)?;
-        inflight.remove(i).map(|(_, s, q)| (s, q))
+        let found = inflight.remove(i).map(|(_, s, q)| (s, q));
+        if inflight.is_empty() && inflight.capacity() > KEEP_INFLIGHT {
+            // A burst of 100 QoS 1 messages left 1.5 KiB here on each of 15,000 connections.
+            inflight.shrink_to(KEEP_INFLIGHT);
+        }
+        found
     }
 
     /// Holds a SUBSCRIBE until the user's subscriptions arrive; false (and dropped) when
@@ -649,6 +658,25 @@ mod tests {
         assert_eq!(m.take_parked().len(), 1);
         assert!(m.pending.is_some(), "the QoS 1 window stays");
         assert_eq!(m.release(1), Some((1, 1)));
+    }
+
+    #[test]
+    fn a_qos1_window_emptied_after_a_burst_gives_its_memory_back() {
+        let mut m = MqttConn::new(1024);
+        let pids: Vec<u16> = (0..100).map(|seq| m.alloc(1, seq).unwrap()).collect();
+        let window = |m: &MqttConn| m.pending.as_ref().map_or(0, |p| p.inflight.capacity());
+        assert!(window(&m) >= 100);
+        for pid in pids {
+            assert!(m.release(pid).is_some());
+        }
+        assert!(window(&m) <= KEEP_INFLIGHT, "{} entries kept", window(&m));
+        // A steady trickle neither grows it nor reallocates it.
+        let kept = window(&m);
+        for seq in 0..50 {
+            let pid = m.alloc(2, seq).unwrap();
+            m.release(pid);
+        }
+        assert_eq!(window(&m), kept);
     }
 
     #[test]

@@ -154,6 +154,8 @@ impl Core {
                 self.metrics.terminal_publishes.inc();
                 Ok(push_id)
             }
+            // A full inbox or store: the terminal may send it again later.
+            Err(e) if e.status().is_server_error() => Err(PublishOutcome::Unavailable),
             Err(_) => Err(PublishOutcome::Invalid),
         }
     }

@@ -21,6 +21,12 @@ pub(crate) struct FileConfig {
     pub admin_max_connections: Option<usize>,
     pub cp_link_heartbeat_secs: Option<u64>,
     pub cp_link_dead_after_secs: Option<u64>,
+    pub max_inbox_bytes_per_user: Option<u64>,
+    pub max_stored_bytes: Option<u64>,
+    pub fire_and_forget_record_retention_secs: Option<u64>,
+    pub max_push_record_bytes: Option<u64>,
+    pub link_queue_bytes: Option<usize>,
+    pub commit_queue_bytes: Option<u64>,
 
     pub tcp: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
@@ -67,6 +73,12 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "admin_max_connections",
             "link_heartbeat_secs",
             "link_dead_after_secs",
+            "max_inbox_bytes_per_user",
+            "max_stored_bytes",
+            "fire_and_forget_record_retention_secs",
+            "max_push_record_bytes",
+            "link_queue_bytes",
+            "commit_queue_bytes",
         ],
     ),
     (
@@ -137,6 +149,13 @@ impl FileConfig {
             admin_max_connections: r.get("control_plane", "admin_max_connections"),
             cp_link_heartbeat_secs: r.get("control_plane", "link_heartbeat_secs"),
             cp_link_dead_after_secs: r.get("control_plane", "link_dead_after_secs"),
+            max_inbox_bytes_per_user: r.get("control_plane", "max_inbox_bytes_per_user"),
+            max_stored_bytes: r.get("control_plane", "max_stored_bytes"),
+            fire_and_forget_record_retention_secs: r
+                .get("control_plane", "fire_and_forget_record_retention_secs"),
+            max_push_record_bytes: r.get("control_plane", "max_push_record_bytes"),
+            link_queue_bytes: r.get("control_plane", "link_queue_bytes"),
+            commit_queue_bytes: r.get("control_plane", "commit_queue_bytes"),
             tcp: r.addr("gateway", "tcp"),
             metrics: r.addr("gateway", "metrics"),
             mqtt: r.listen("gateway", "mqtt"),
@@ -226,6 +245,14 @@ mod tests {
         assert_eq!(cfg.admin_max_connections, Some(64));
         assert_eq!((cfg.link_heartbeat_secs, cfg.link_dead_after_secs), (Some(5), Some(15)));
         assert_eq!((cfg.cp_link_heartbeat_secs, cfg.cp_link_dead_after_secs), (Some(5), Some(15)));
+        // The memory caps the example shows are the defaults.
+        let d = herald_control_plane::ControlPlaneConfig::default();
+        assert_eq!(cfg.max_inbox_bytes_per_user, Some(d.max_inbox_bytes_per_user));
+        assert_eq!(cfg.max_stored_bytes, Some(d.max_stored_bytes));
+        assert_eq!(cfg.fire_and_forget_record_retention_secs, Some(d.fire_and_forget_record_retention_secs));
+        assert_eq!(cfg.max_push_record_bytes, Some(d.max_push_record_bytes));
+        assert_eq!(cfg.link_queue_bytes, Some(d.link_queue_bytes));
+        assert_eq!(cfg.commit_queue_bytes, Some(d.commit_queue_bytes));
     }
 
     #[test]

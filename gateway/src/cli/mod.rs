@@ -297,6 +297,24 @@ fn start_control_plane(file: &FileConfig, args: &CpArgs) -> Result<ControlPlane,
     if let Some(n) = file.admin_max_connections {
         cfg.admin_max_connections = n;
     }
+    if let Some(b) = file.max_inbox_bytes_per_user {
+        cfg.max_inbox_bytes_per_user = b;
+    }
+    if let Some(b) = file.max_stored_bytes {
+        cfg.max_stored_bytes = b;
+    }
+    if let Some(t) = file.fire_and_forget_record_retention_secs {
+        cfg.fire_and_forget_record_retention_secs = t;
+    }
+    if let Some(b) = file.max_push_record_bytes {
+        cfg.max_push_record_bytes = b;
+    }
+    if let Some(b) = file.link_queue_bytes {
+        cfg.link_queue_bytes = b;
+    }
+    if let Some(b) = file.commit_queue_bytes {
+        cfg.commit_queue_bytes = b;
+    }
     (cfg.link_heartbeat_secs, cfg.link_dead_after_secs) = link_liveness(
         "control_plane",
         file.cp_link_heartbeat_secs.unwrap_or(cfg.link_heartbeat_secs),
