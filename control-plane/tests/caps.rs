@@ -130,6 +130,15 @@ struct Gated {
 }
 
 impl Gated {
+    /// A store in `dir` with its gate open.
+    fn open(dir: &std::path::Path) -> Arc<Gated> {
+        Arc::new(Gated {
+            inner: RedbStore::open(dir).unwrap(),
+            state: Mutex::new((true, false)),
+            changed: Condvar::new(),
+        })
+    }
+
     fn set(&self, open: bool) {
         self.state.lock().unwrap().0 = open;
         self.changed.notify_all();
@@ -165,11 +174,7 @@ impl Store for Gated {
 #[test]
 fn a_store_that_falls_behind_makes_the_api_answer_429_instead_of_queueing_without_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Gated {
-        inner: RedbStore::open(dir.path()).unwrap(),
-        state: Mutex::new((true, false)),
-        changed: Condvar::new(),
-    });
+    let store = Gated::open(dir.path());
     let mut cfg = config(dir.path());
     // Any one job fills the queue while the store is stuck.
     cfg.commit_queue_bytes = 1;
@@ -214,11 +219,7 @@ fn a_store_that_falls_behind_makes_the_api_answer_429_instead_of_queueing_withou
 #[test]
 fn while_the_store_is_behind_the_link_is_not_read() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Gated {
-        inner: RedbStore::open(dir.path()).unwrap(),
-        state: Mutex::new((true, false)),
-        changed: Condvar::new(),
-    });
+    let store = Gated::open(dir.path());
     let mut cfg = config(dir.path());
     cfg.commit_queue_bytes = 1;
     let cp = herald_control_plane::start_with_store(cfg, store.clone()).unwrap();
